@@ -1,0 +1,39 @@
+"""Packaging for txvoice: the library, its twistd plugin and its console commands."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="txvoice",
+    version="0.1.0",
+    description="Real-time voice over WebSocket on Twisted and Autobahn",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    # twisted.plugins is listed so the plugin module lands in site-packages/twisted/plugins/, where
+    # twistd looks; the directory has no __init__.py on purpose (it would shadow Twisted's own).
+    packages=find_packages(exclude=["tests", "tests.*"]) + ["twisted.plugins"],
+    package_data={"twisted": ["plugins/txvoice_plugin.py"], "txvoice": ["static/*"]},
+    include_package_data=True,
+    install_requires=[
+        "twisted[tls]>=24.7",
+        "autobahn>=24.4",
+        "txaio>=23.1",
+        "zope.interface>=6",
+        "numpy>=1.26",
+        "opuslib>=3.0.1",
+        "webrtcvad-wheels>=2.0.14",
+        "soxr>=0.5",
+        "service-identity>=24.1",
+        "treq>=24.9",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "pytest-twisted>=1.14",
+            "hypothesis>=6.100",
+            "websockets>=13",
+        ],
+    },
+    entry_points={"console_scripts": []},
+    zip_safe=False,
+)

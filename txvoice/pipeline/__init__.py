@@ -1,0 +1,1 @@
+"""The voice pipeline: what a turn of audio becomes (echo now; speech-to-text, agent and text-to-speech later)."""

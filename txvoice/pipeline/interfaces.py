@@ -1,0 +1,75 @@
+"""
+The contract between a session and whatever answers its voice turns.
+
+A session opens one :class:`ITurn` per voice stream (``voice_start`` ... ``voice_end``).  Audio is
+fed on the audio worker pool, in arrival order; the response goes out through an
+:class:`IResponseSink` that the session provides, on the reactor thread.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from zope.interface import Attribute, Interface
+
+from txvoice.audio.format import AudioFormat
+
+
+@dataclass(slots=True)
+class TurnContext:
+    """What a pipeline knows about the turn it serves."""
+
+    session_id: str
+    stream_id: str
+    input_format: AudioFormat
+    user_id: str | None = None
+    conversation_id: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+class IResponseSink(Interface):
+    """Where a turn's response goes; every method is called on the reactor thread."""
+
+    def event(event_type: str, data: dict) -> None:
+        """Send a processing event (``processing_started``, ``transcript`` ...) to the client."""
+
+    def startResponse(text_content: str | None, audio_format: AudioFormat | None, metadata: dict) -> None:
+        """Announce a response (sent as ``voice_response``); audio chunks follow."""
+
+    def audio(chunk: bytes) -> None:
+        """Send one encoded chunk of response audio (binary frame or ``voice_stream_chunk``)."""
+
+    def endResponse(summary: dict) -> None:
+        """Close the response (final ``voice_stream_chunk``)."""
+
+
+class ITurn(Interface):
+    """One voice turn in a pipeline."""
+
+    def feed(raw: bytes, pcm) -> None:
+        """
+        Audio arrived (called on the audio worker pool, in order).  ``raw`` is the chunk as the
+        client sent it; ``pcm`` is the decoded ``numpy.int16`` audio at the pipeline rate, or
+        ``None`` when the engine does not decode for this pipeline.
+        """
+
+    def finish():
+        """
+        The client ended the turn (reactor thread, after every ``feed``).  Produce the response
+        through the sink; return a Deferred that fires when it has been sent.
+        """
+
+    def cancel() -> None:
+        """Stop the turn now (barge-in, disconnect); the sink may no longer be written."""
+
+
+class IVoicePipeline(Interface):
+    """Answers voice turns; found by name by the daemon."""
+
+    name = Attribute("Short name, e.g. 'echo'.")
+    decodes = Attribute("True when turns want decoded PCM at ``pipeline_rate`` in ``feed``.")
+    pipeline_rate = Attribute("Sample rate (Hz) of the PCM fed to turns when ``decodes`` is true.")
+
+    def startTurn(context: TurnContext, sink: IResponseSink) -> ITurn:
+        """Open a turn for a new voice stream."""
