@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Idempotent set-up shared by serve.sh and test.sh: system packages, a virtualenv, txvoice itself.
+# Usage: source scripts/setup-env.sh [test]
+set -euo pipefail
+TXVOICE_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${TXVOICE_VENV:-$TXVOICE_ROOT/.venv}"
+PYTHON="${PYTHON:-python3}"
+
+apt_packages=(libopus0 espeak-ng sox)
+if [ "${1:-}" = "test" ]; then
+  apt_packages+=(redis-server ffmpeg)
+fi
+missing=()
+for pkg in "${apt_packages[@]}"; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "txvoice: installing system packages: ${missing[*]}" >&2
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+"$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' \
+  || { echo "txvoice needs Python >= 3.11 (found $("$PYTHON" --version 2>&1))" >&2; exit 1; }
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PYTHON" -m venv "$VENV"
+  "$VENV/bin/pip" install -q --upgrade pip 2>/dev/null
+fi
+
+# A regular (non-editable) install: twistd finds twisted/plugins/txvoice_plugin.py in
+# site-packages, which an editable flat-layout install would hide.
+extras=""
+[ "${1:-}" = "test" ] && extras="[test]"
+"$VENV/bin/pip" install -q --no-warn-script-location "$TXVOICE_ROOT$extras" 2>&1 \
+  | grep -v "^WARNING: Location 'file://" || true
+# Refresh Twisted's plugin cache so `twistd --help` lists txvoice at once.
+"$VENV/bin/python" -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))" 2>/dev/null || true
+export TXVOICE_ROOT VENV

@@ -1,0 +1,72 @@
+"""The `twistd txvoice` daemon as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.request
+
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from daemons import ROOT, TWISTD, start_daemon
+from txvoice.config import config_table
+
+
+def test_twistd_lists_the_plugin() -> None:
+    out = subprocess.run([TWISTD, "--help"], capture_output=True, text=True, timeout=60, cwd="/")
+    assert out.returncode == 0
+    assert "txvoice" in out.stdout
+
+
+def test_txvoice_help_lists_the_options() -> None:
+    out = subprocess.run([TWISTD, "txvoice", "--help"], capture_output=True, text=True, timeout=60, cwd="/")
+    for option in ["--listen", "--path", "--max-connections", "--ping-interval", "--ping-timeout", "--compression"]:
+        assert option in out.stdout
+
+
+def test_bad_option_is_a_usage_error(tmp_path) -> None:
+    out = subprocess.run([TWISTD, "-n", "--pidfile=", "txvoice", "--ping-interval", "soon"],
+                         capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert out.returncode != 0
+    assert "ping_interval" in (out.stdout + out.stderr) or "ping-interval" in (out.stdout + out.stderr)
+
+
+def test_starts_serves_and_stops_on_sigterm(tmp_path) -> None:
+    d = start_daemon(tmp_path, "--path", "/voice")
+    try:
+        with urllib.request.urlopen(d.http + "/health", timeout=5) as r:
+            assert json.load(r)["status"] == "healthy"
+        with connect(f"ws://127.0.0.1:{d.port}/voice", open_timeout=5) as ws:
+            assert json.loads(ws.recv(timeout=5))["type"] == "connect"
+            # twistd re-raises the terminating signal once it has shut down cleanly.
+            assert d.stop() in (0, -15)
+            # The session was told why, and closed with 1001.
+            assert json.loads(ws.recv(timeout=5))["data"]["reason"] == "server_shutdown"
+            with pytest.raises(ConnectionClosed) as info:
+                ws.recv(timeout=5)
+            assert info.value.rcvd.code == 1001
+    finally:
+        d.stop()
+    log = d.log()
+    assert "closing 1 sessions" in log and "txvoice stopped" in log and "Main loop terminated" in log
+    assert "Traceback" not in log
+
+
+def test_environment_configures_the_daemon(tmp_path) -> None:
+    d = start_daemon(tmp_path, env={"TXVOICE_PATH": "/env-voice", "TXVOICE_MAX_CONNECTIONS": "1"})
+    try:
+        with connect(f"ws://127.0.0.1:{d.port}/env-voice", open_timeout=5) as ws:
+            assert json.loads(ws.recv(timeout=5))["type"] == "connect"
+            with pytest.raises(Exception) as info:
+                connect(f"ws://127.0.0.1:{d.port}/env-voice", open_timeout=5)
+            assert "503" in str(info.value)
+    finally:
+        d.stop()
+
+
+def test_documented_configuration_table_is_current() -> None:
+    doc = (ROOT / "doc" / "configuration.md").read_text()
+    assert config_table() in doc, "regenerate with: twistd txvoice --config-table"

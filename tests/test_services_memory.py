@@ -1,0 +1,103 @@
+"""Heartbeat, reaper and graceful shutdown, driven by a fake clock."""
+
+from __future__ import annotations
+
+import json
+
+from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
+
+from txvoice.config import VoiceConfig
+from txvoice.service.heartbeat import HeartbeatService
+from txvoice.service.reaper import ReaperService
+from txvoice.service.voice import makeVoiceService
+from wsmemory import MemoryClient, client_frame, memory_server
+
+PING, PONG, CLOSE = 0x9, 0xA, 0x8
+
+
+def lose(client: MemoryClient) -> None:
+    """What the reactor does once the transport is closed."""
+    client.protocol.connectionLost(Failure(ConnectionDone()))
+
+
+def test_heartbeat_pings_and_drops_a_silent_peer() -> None:
+    server = memory_server(ping_interval=30, ping_timeout=10)
+    quiet, lively = MemoryClient(server, port=1), MemoryClient(server, port=2)
+    quiet.frames(), lively.frames()
+    heartbeat = HeartbeatService(server)
+    heartbeat.startService()
+    clock = server.clock
+    for _ in range(6):
+        clock.advance(5)  # 30 s: due for a ping
+    assert [op for op, _ in quiet.frames()] == [PING]
+    (op, payload), = lively.frames()
+    assert op == PING
+    lively.protocol.dataReceived(client_frame(PONG, payload))
+    clock.advance(5)
+    assert not quiet.transport.disconnecting
+    clock.advance(5)
+    clock.advance(1)  # 11 s without a pong
+    clock.advance(5)
+    assert quiet.transport.disconnecting or quiet.transport.disconnected
+    assert server.stats.heartbeat_drops == 1
+    assert not lively.transport.disconnecting
+    heartbeat.stopService()
+    assert not clock.getDelayedCalls()
+
+
+def test_reaper_closes_idle_sessions_only() -> None:
+    server = memory_server(idle_timeout=60, reaper_interval=5)
+    idle, busy = MemoryClient(server, port=1), MemoryClient(server, port=2)
+    idle.frames(), busy.frames()
+    reaper = ReaperService(server)
+    reaper.startService()
+    for _ in range(13):  # 65 s, the busy one talks every 5 s
+        server.clock.advance(5)
+        busy.send_json({"type": "ping"})
+    idle.frames(), busy.frames()
+    assert idle.closes == [(4001, "idle timeout")]
+    assert busy.closes == []
+    assert server.stats.reaped == {"idle": 1}
+    reaper.stopService()
+
+
+def test_reaper_expires_old_sessions() -> None:
+    server = memory_server(idle_timeout=0, max_session_age=20, reaper_interval=5)
+    client = MemoryClient(server)
+    reaper = ReaperService(server)
+    reaper.startService()
+    for _ in range(5):
+        server.clock.advance(5)
+        client.send_json({"type": "ping"})
+    client.frames()
+    assert client.closes == [(4002, "session expired")]
+
+
+def test_stop_sends_1001_to_every_session_and_waits() -> None:
+    clock = MemoryReactorClock()
+    service = makeVoiceService(
+        VoiceConfig(listen="tcp:0", audio_threads=0, open_handshake_timeout=0, shutdown_timeout=5), reactor=clock
+    )
+    service.startService()
+    clients = [MemoryClient(service.server, port=p) for p in (1, 2, 3)]
+    for c in clients:
+        c.frames()
+    stopped = []
+    service.stopService().addCallback(stopped.append)
+    for c in clients:
+        msgs = [json.loads(p) for op, p in c.frames() if op == 0x1]
+        assert msgs[-1]["type"] == "disconnect" and msgs[-1]["data"]["reason"] == "server_shutdown"
+        assert c.closes == [(1001, "server shutting down")]
+    # Two answer the close handshake; the third never does and is dropped after shutdown_timeout.
+    for c in clients[:2]:
+        c.protocol.dataReceived(client_frame(CLOSE, b"\x03\xe9"))
+        lose(c)
+    assert not stopped
+    clock.advance(5)
+    assert clients[2].transport.disconnecting or clients[2].transport.disconnected
+    lose(clients[2])
+    assert stopped
+    assert len(service.server.registry) == 0
+    assert service.server.shutting_down

@@ -1,0 +1,27 @@
+"""
+A plain echo endpoint on the full txvoice stack (limits, compression, sessions, heartbeat).
+
+It exists so the Autobahn testsuite, which expects every message echoed, exercises the same
+protocol code the voice dialects run on.  Off unless ``--echo-path`` is set.
+"""
+
+from __future__ import annotations
+
+from txvoice.server.base import VoiceServerProtocol
+
+
+class EchoProtocol(VoiceServerProtocol):
+    """Echoes text and binary messages as they came."""
+
+    dialect = "echo"
+
+    def textReceived(self, payload: bytes) -> None:
+        self.sendText(payload)
+
+    def binaryReceived(self, payload: bytes) -> None:
+        # Echo binary as received; compress like text would so deflate cases see compressed replies.
+        if self.state == self.STATE_OPEN:
+            self.sendMessage(payload, True, doNotCompress=len(payload) < self.server.config.compression_threshold)
+
+    def messageTooLarge(self, size: int, is_binary: bool) -> None:
+        self.sendClose(1009, f"message of {size} bytes exceeds {self.server.config.max_message_size}")

@@ -1,0 +1,388 @@
+"""
+The native dialect, ``txvoice.v1``: S1's JSON envelope and message types, plus binary audio frames.
+
+Every client message is answered or acted on; every bad input gets an ``error`` with a stable
+``code`` and the offending ``message_id``, and the connection stays up.  See ``doc/protocol.md``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from typing import Any, Callable
+
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from txvoice.audio.format import CODEC_ALIASES, AudioFormat
+from txvoice.errors import ProtocolError, StateError, VoiceError
+from txvoice.pipeline.interfaces import IResponseSink
+from txvoice.protocol.envelope import Envelope, decode_envelope, encode_envelope
+from txvoice.protocol.messages import SUBPROTOCOL
+from txvoice.server.base import CLOSE_NORMAL, VoiceServerProtocol
+from txvoice.server.channel import VoiceChannel
+from txvoice.session.session import SessionState
+
+RESPONSE_TRANSPORTS = ("binary", "base64")
+
+_CATEGORY = {
+    "invalid_json": "protocol",
+    "invalid_message": "protocol",
+    "unknown_type": "protocol",
+    "missing_field": "protocol",
+    "invalid_field": "protocol",
+    "message_too_large": "limit",
+    "auth_required": "auth",
+    "auth_failed": "auth",
+    "internal_error": "server",
+}
+
+
+def _category(code: str) -> str:
+    if code in _CATEGORY:
+        return _CATEGORY[code]
+    if "stream" in code or "audio" in code or code.startswith("unsupported") or "codec" in code:
+        return "audio"
+    if "conversation" in code or code.endswith("state"):
+        return "state"
+    return "server"
+
+
+@implementer(IResponseSink)
+class _NativeResponseSink:
+    """Writes a turn's response as ``voice_response`` + audio + a final ``voice_stream_chunk``."""
+
+    def __init__(self, protocol: "NativeVoiceProtocol") -> None:
+        self.protocol = protocol
+        self.response_id: str | None = None
+        self.sequence = 0
+        self.transport = "binary"
+        self.stream_id: str | None = None
+
+    def event(self, event_type: str, data: dict) -> None:
+        self.protocol.sendEnvelope("status", {"event_type": event_type, **data})
+
+    def startResponse(self, text_content: str | None, audio_format: AudioFormat | None, metadata: dict) -> None:
+        self.response_id = "resp_" + uuid.uuid4().hex[:16]
+        self.sequence = 0
+        self.protocol.sendEnvelope(
+            "voice_response",
+            {
+                "response_id": self.response_id,
+                "stream_id": self.stream_id,
+                "text_content": text_content,
+                "audio": audio_format.as_dict() if audio_format is not None else None,
+                "audio_transport": self.transport,
+                "metadata": metadata,
+            },
+        )
+
+    def audio(self, chunk: bytes) -> None:
+        protocol = self.protocol
+        self.sequence += 1
+        if protocol.session is not None:
+            protocol.session.counters.audio_frames_out += 1
+        if self.transport == "binary":
+            protocol.sendBinary(chunk)
+        else:
+            protocol.sendEnvelope(
+                "voice_stream_chunk",
+                {
+                    "response_id": self.response_id,
+                    "sequence": self.sequence,
+                    "audio": base64.b64encode(chunk).decode("ascii"),
+                    "final": False,
+                },
+            )
+
+    def endResponse(self, summary: dict) -> None:
+        self.protocol.sendEnvelope(
+            "voice_stream_chunk",
+            {"response_id": self.response_id, "sequence": self.sequence + 1, "final": True, "audio": None, **summary},
+        )
+
+
+class NativeVoiceProtocol(VoiceServerProtocol):
+    """txvoice.v1 over one WebSocket connection."""
+
+    subprotocols = (SUBPROTOCOL,)
+    dialect = SUBPROTOCOL
+
+    channel: VoiceChannel | None = None
+
+    # lifecycle
+
+    def sessionOpened(self) -> None:
+        session = self.session
+        assert session is not None
+        self._sink = _NativeResponseSink(self)
+        self.channel = VoiceChannel(self.server, session, self._sink)
+        # No authenticator demands a token yet, so a new session may stream at once.
+        session.transition(SessionState.AUTHENTICATED)
+        self.sendEnvelope("connect", self.greeting())
+
+    def greeting(self) -> dict[str, Any]:
+        server = self.server
+        config = server.config
+        session = self.session
+        assert session is not None
+        return {
+            "status": "connected",
+            "session_id": session.id,
+            "protocol": SUBPROTOCOL,
+            "server": {"name": config.server_name, "version": server.version},
+            "config": {
+                "sample_rate": server.pipeline.pipeline_rate,
+                "channels": 1,
+                "sample_width": 2,
+                "frame_duration_ms": 20,
+                "max_message_size": config.max_message_size,
+                "codecs": sorted(set(CODEC_ALIASES.values())),
+                "response_audio": list(RESPONSE_TRANSPORTS),
+            },
+            "auth_required": False,
+            "heartbeat": {"ping_interval": config.ping_interval, "ping_timeout": config.ping_timeout},
+            "pipeline": server.pipeline.name,
+        }
+
+    def sessionClosing(self) -> None:
+        if self.channel is not None:
+            self.channel.cancel()
+
+    def sessionGoingAway(self, reason: str) -> None:
+        self.sendEnvelope("disconnect", {"reason": "server_shutdown", "message": reason})
+
+    # sending
+
+    def sendEnvelope(self, msg_type: str, data: dict[str, Any]) -> None:
+        session = self.session
+        self.sendText(encode_envelope(msg_type, data, session.conversation_id if session else None))
+
+    def sendError(self, error: VoiceError, message_id: str | None) -> None:
+        session = self.session
+        if session is not None:
+            session.counters.errors += 1
+        self.server.stats.count(self.server.stats.errors, error.code)
+        data: dict[str, Any] = {
+            "code": error.code,
+            "message": error.message,
+            "error_message": error.message,
+            "category": _category(error.code),
+            "message_id": message_id,
+        }
+        field = error.details.get("field")
+        if field is not None:
+            data["field"] = field
+        self.sendEnvelope("error", data)
+
+    def reply(self, env: Envelope, msg_type: str, data: dict[str, Any]) -> None:
+        """Answer a client message: ``reply_to`` names the message answered."""
+        data["reply_to"] = env.message_id
+        self.sendEnvelope(msg_type, data)
+
+    # receiving
+
+    def messageTooLarge(self, size: int, is_binary: bool) -> None:
+        limit = self.server.config.max_message_size
+        self.sendError(
+            VoiceError(f"message of {size} bytes exceeds max_message_size {limit}", code="message_too_large"), None
+        )
+
+    def textReceived(self, payload: bytes) -> None:
+        try:
+            env = decode_envelope(payload)
+        except ProtocolError as e:
+            self.sendError(e, e.details.get("message_id"))
+            return
+        handler = self._handlers[env.type]
+        try:
+            handler(self, env)
+        except VoiceError as e:
+            self.sendError(e, env.message_id)
+        except Exception:
+            self.wslog.failure("handling {msg_type} failed", msg_type=env.type)
+            self.sendError(VoiceError("internal error handling the message", code="internal_error"), env.message_id)
+
+    def binaryReceived(self, payload: bytes) -> None:
+        channel = self.channel
+        try:
+            if channel is None:
+                raise StateError("session is not ready", code="invalid_state")
+            channel.audio(payload)
+        except VoiceError as e:
+            self.sendError(e, None)
+
+    # handlers
+
+    def on_connect(self, env: Envelope) -> None:
+        session = self.session
+        assert session is not None
+        if "client" in env.data:
+            session.attributes["client"] = env.data["client"]
+        self.reply(env, "connect", self.greeting())
+
+    def on_disconnect(self, env: Envelope) -> None:
+        self.reply(env, "disconnect", {"reason": env.data.get("reason", "client_request")})
+        self.sendClose(CLOSE_NORMAL, "client disconnect")
+
+    def on_ping(self, env: Envelope) -> None:
+        data = dict(env.data)
+        data["client_timestamp"] = env.timestamp
+        self.reply(env, "pong", data)
+
+    def on_pong(self, env: Envelope) -> None:
+        pass
+
+    def on_auth(self, env: Envelope) -> None:
+        session = self.session
+        assert session is not None
+        d = self.server.authenticate(env.data["token"], env.data.get("user_id"))
+
+        def ok(principal: tuple[str, str | None]) -> None:
+            session.user_id, session.tenant = principal
+            if session.state is SessionState.CONNECTED:
+                session.transition(SessionState.AUTHENTICATED)
+            self.reply(env, "auth_success", {"user_id": session.user_id, "session_id": session.id})
+
+        def failed(f: Failure) -> None:
+            err = f.value if isinstance(f.value, VoiceError) else VoiceError("authentication failed", code="auth_failed")
+            self.reply(env, "auth_failed", {"code": err.code, "message": err.message})
+
+        d.addCallbacks(ok, failed)
+
+    def on_voice_start(self, env: Envelope) -> None:
+        data = env.data
+        channel = self.channel
+        assert channel is not None
+        transport = data.get("response_audio", "binary")
+        if transport not in RESPONSE_TRANSPORTS:
+            raise ProtocolError(
+                f"response_audio must be one of {list(RESPONSE_TRANSPORTS)}", code="invalid_field", field="response_audio"
+            )
+        fmt = AudioFormat.validated(
+            codec=data.get("codec") or data.get("format") or "pcm_s16le",
+            sample_rate=data.get("sample_rate", self.server.pipeline.pipeline_rate),
+            channels=data.get("channels", 1),
+            frame_duration_ms=data.get("frame_duration_ms", 20),
+        )
+        options = dict(data.get("options") or {})
+        if "mode" in data:
+            options["mode"] = data["mode"]
+        stream = channel.start(fmt, data.get("stream_id"), options)
+        self._sink.transport = transport
+        self._sink.stream_id = stream.id
+        self.reply(env, "voice_start", {"stream_id": stream.id, "format": fmt.as_dict(), "response_audio": transport})
+
+    def on_voice_chunk(self, env: Envelope) -> None:
+        channel = self.channel
+        assert channel is not None
+        stream_id = env.data.get("stream_id")
+        if stream_id is not None and (channel.stream is None or channel.stream.id != stream_id):
+            raise StateError(f"stream {stream_id!r} is not active", code="unknown_stream")
+        try:
+            raw = base64.b64decode(env.data["audio"], validate=True)
+        except (binascii.Error, ValueError):
+            raise ProtocolError("data.audio is not valid base64", code="invalid_audio", field="audio") from None
+        channel.audio(raw)
+
+    def on_voice_end(self, env: Envelope) -> None:
+        channel = self.channel
+        assert channel is not None
+        stream_id = env.data.get("stream_id")
+        self.reply(env, "voice_end", channel.active(stream_id).as_dict())
+        stream, done = channel.end(stream_id)
+
+        def failed(f: Failure) -> None:
+            self.wslog.failure("turn of stream {stream_id} failed", f, stream_id=stream.id)
+            self.sendError(VoiceError("the pipeline failed to answer the turn", code="pipeline_failed"), env.message_id)
+
+        done.addErrback(failed)
+
+    def on_conversation_start(self, env: Envelope) -> None:
+        session = self.session
+        assert session is not None
+        cid = env.data.get("conversation_id") or env.conversation_id
+        conv = self.server.conversation(cid)
+        if "metadata" in env.data:
+            conv.metadata.update(env.data["metadata"])
+        session.conversation_id = conv.id
+        self.reply(env, "conversation_start", conv.as_dict())
+
+    def _current_conversation(self, env: Envelope) -> str:
+        session = self.session
+        assert session is not None
+        cid = env.data.get("conversation_id") or env.conversation_id
+        if session.conversation_id is None:
+            raise StateError("no conversation is active; send conversation_start", code="no_active_conversation")
+        if cid is not None and cid != session.conversation_id:
+            raise StateError(f"conversation {cid!r} is not this session's conversation", code="unknown_conversation")
+        return session.conversation_id
+
+    def on_conversation_end(self, env: Envelope) -> None:
+        session = self.session
+        assert session is not None
+        cid = self._current_conversation(env)
+        conv = self.server.conversation(cid)
+        self.reply(env, "conversation_end", {**conv.as_dict(), "state": "ended"})
+        session.conversation_id = None
+        if not self.server.registry.by_conversation(cid):
+            self.server.conversations.pop(cid, None)
+
+    def on_conversation_state(self, env: Envelope) -> None:
+        session = self.session
+        assert session is not None
+        if session.conversation_id is None:
+            self.reply(env, "conversation_state", {"conversation_id": None, "state": "none"})
+            return
+        cid = self._current_conversation(env)
+        self.reply(env, "conversation_state", {**self.server.conversation(cid).as_dict(), "state": "active"})
+
+    def on_status(self, env: Envelope) -> None:
+        session = self.session
+        channel = self.channel
+        assert session is not None and channel is not None
+        self.reply(
+            env,
+            "status",
+            {
+                "event_type": "session_status",
+                "session": session.as_dict(),
+                "stream": channel.stream.as_dict() if channel.stream is not None else None,
+            },
+        )
+
+    def on_metrics(self, env: Envelope) -> None:
+        session = self.session
+        assert session is not None
+        server = self.server
+        self.reply(
+            env,
+            "metrics",
+            {
+                "session": session.counters.as_dict(),
+                "server": {
+                    "active_sessions": len(server.registry),
+                    "connections_total": server.stats.connections_total,
+                    "audio_queue_depth": server.workers.queue_depth,
+                },
+            },
+        )
+
+    def on_error(self, env: Envelope) -> None:
+        self.wslog.warn(
+            "client {session_id} reported error {code}: {message}",
+            session_id=self.session.id if self.session else None,
+            code=env.data.get("code"),
+            message=env.data.get("message"),
+        )
+
+    def deliverEvent(self, event_type: str, data: dict, conversation_id: str | None) -> None:
+        self.sendEnvelope("status", {"event_type": event_type, **data})
+
+    _handlers: dict[str, Callable[["NativeVoiceProtocol", Envelope], None]] = {}
+
+
+NativeVoiceProtocol._handlers = {
+    name[3:]: getattr(NativeVoiceProtocol, name) for name in dir(NativeVoiceProtocol) if name.startswith("on_")
+}

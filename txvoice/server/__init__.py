@@ -1,0 +1,1 @@
+"""The WebSocket server: the shared protocol base, factories, the HTTP site and the server context."""

@@ -1,0 +1,49 @@
+"""Listening on a Twisted endpoint description (``tcp:8765:interface=127.0.0.1``, ``ssl:...``)."""
+
+from __future__ import annotations
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.server import Site
+
+
+class ListenerService(Service):
+    """Listens while running; ``whenListening`` fires with the port (tests listen on ``tcp:0``)."""
+
+    name = "listener"
+    log = Logger(namespace="txvoice.network")
+
+    def __init__(self, reactor, description: str, site: Site) -> None:
+        self.reactor = reactor
+        self.description = description
+        self.site = site
+        self.port: IListeningPort | None = None
+        self.whenListening: Deferred = Deferred()
+
+    def startService(self) -> None:
+        super().startService()
+        d = serverFromString(self.reactor, self.description).listen(self.site)
+        failure: list[Failure] = []
+
+        def listening(port: IListeningPort) -> IListeningPort:
+            self.port = port
+            host = port.getHost()
+            self.log.info("txvoice listening on {host}:{port}", host=getattr(host, "host", "?"), port=getattr(host, "port", "?"))
+            self.whenListening.callback(port)
+            return port
+
+        d.addCallbacks(listening, failure.append)
+        if failure:
+            # Fail the start (and so twistd) rather than run a server that cannot be reached.
+            failure[0].raiseException()
+
+    def stopService(self) -> Deferred:
+        super().stopService()
+        port, self.port = self.port, None
+        if port is None:
+            return succeed(None)
+        return maybeDeferred(port.stopListening)

@@ -1,0 +1,110 @@
+"""
+The top of a txvoice daemon's service hierarchy.
+
+Children: the audio worker pool, the heartbeat, the session reaper and the listener.  Stopping is
+ordered: stop accepting, tell every session (close 1001) and wait for them (bounded), stop the
+timers, then drain and stop the audio threads.
+"""
+
+from __future__ import annotations
+
+import txaio
+from autobahn.twisted.resource import WebSocketResource
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
+from twisted.logger import Logger
+
+from txvoice.audio.workers import AudioWorkers
+from txvoice.config import VoiceConfig
+from txvoice.dialects.echo import EchoProtocol
+from txvoice.dialects.native import NativeVoiceProtocol
+from txvoice.pipeline.echo import EchoPipeline
+from txvoice.pipeline.interfaces import IVoicePipeline
+from txvoice.server.context import VoiceServer
+from txvoice.server.factory import VoiceServerFactory
+from txvoice.server.web import build_site
+from txvoice.service.heartbeat import HeartbeatService
+from txvoice.service.listener import ListenerService
+from txvoice.service.reaper import ReaperService
+
+
+class VoiceService(MultiService):
+    """A txvoice server as a Twisted service."""
+
+    log = Logger(namespace="txvoice.service")
+
+    def __init__(self, server: VoiceServer, listener: ListenerService) -> None:
+        super().__init__()
+        self.server = server
+        self.workers = server.workers
+        self.heartbeat = HeartbeatService(server)
+        self.reaper = ReaperService(server)
+        self.listener = listener
+        for child in (self.workers, self.heartbeat, self.reaper, self.listener):
+            child.setServiceParent(self)
+
+    def stopService(self) -> Deferred:
+        Service.stopService(self)
+        self.server.shutting_down = True
+        d = maybeDeferred(self.listener.stopService)
+        d.addBoth(lambda _: self.closeSessions())
+        d.addErrback(lambda f: self.log.failure("closing sessions failed", f))
+        d.addBoth(lambda _: DeferredList([maybeDeferred(s.stopService) for s in (self.heartbeat, self.reaper)]))
+        d.addBoth(lambda _: self.workers.stopService())
+        d.addBoth(lambda _: self.log.info("txvoice stopped"))
+        return d
+
+    def closeSessions(self) -> Deferred:
+        """Close every session with 1001; drop those still open after ``shutdown_timeout``."""
+        server = self.server
+        protocols = [s.attributes["subscriber"] for s in server.registry if "subscriber" in s.attributes]
+        if not protocols:
+            return succeed(None)
+        self.log.info("closing {count} sessions", count=len(protocols))
+        waits = []
+        for protocol in protocols:
+            waits.append(protocol.whenClosed())
+            protocol.goingAway()
+        done = DeferredList(waits)
+
+        def drop_remaining() -> None:
+            for protocol in protocols:
+                if protocol.session is not None and protocol.session in list(server.registry):
+                    protocol.dropConnection(abort=True)
+
+        timer = server.clock.callLater(server.config.shutdown_timeout, drop_remaining)
+
+        def finished(result: object) -> object:
+            if timer.active():
+                timer.cancel()
+            return result
+
+        return done.addBoth(finished)
+
+
+def makeVoiceService(
+    config: VoiceConfig,
+    reactor=None,
+    pipeline: IVoicePipeline | None = None,
+) -> VoiceService:
+    """Assemble a server from its configuration."""
+    if reactor is None:
+        from twisted.internet import reactor as _reactor
+
+        reactor = _reactor
+    # Autobahn logs every connection at debug level through txaio; keep that off the hot path.
+    txaio.set_global_log_level("info")
+    workers = AudioWorkers(reactor, threads=config.audio_threads)
+    server = VoiceServer(config, pipeline or make_pipeline(config.pipeline), workers, reactor)
+    endpoints = {config.path: WebSocketResource(VoiceServerFactory(server, NativeVoiceProtocol))}
+    if config.echo_path:
+        endpoints[config.echo_path] = WebSocketResource(VoiceServerFactory(server, EchoProtocol))
+    listener = ListenerService(reactor, config.listen, build_site(server, endpoints))
+    return VoiceService(server, listener)
+
+
+def make_pipeline(name: str) -> IVoicePipeline:
+    """The pipeline called ``name``."""
+    if name == "echo":
+        return EchoPipeline()
+    raise ValueError(f"unknown pipeline {name!r}; available: echo")

@@ -1,0 +1,101 @@
+"""A voice session: who is connected, in what state, and what has passed through it."""
+
+from __future__ import annotations
+
+import enum
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from txvoice.errors import StateError
+
+
+class SessionState(enum.Enum):
+    """Lifecycle of a session; ``STREAMING`` while a voice stream is open."""
+
+    CONNECTED = "connected"
+    AUTHENTICATED = "authenticated"
+    STREAMING = "streaming"
+    CLOSED = "closed"
+
+
+_ALLOWED: dict[SessionState, frozenset[SessionState]] = {
+    SessionState.CONNECTED: frozenset({SessionState.AUTHENTICATED, SessionState.CLOSED}),
+    SessionState.AUTHENTICATED: frozenset({SessionState.STREAMING, SessionState.CLOSED}),
+    SessionState.STREAMING: frozenset({SessionState.AUTHENTICATED, SessionState.CLOSED}),
+    SessionState.CLOSED: frozenset(),
+}
+
+
+@dataclass(slots=True)
+class SessionCounters:
+    """Traffic through one session."""
+
+    messages_in: int = 0
+    messages_out: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    audio_frames_in: int = 0
+    audio_frames_out: int = 0
+    errors: int = 0
+    turns: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
+
+
+def new_session_id() -> str:
+    return "sess_" + uuid.uuid4().hex
+
+
+@dataclass(slots=True, eq=False)
+class Session:
+    """
+    Everything the server knows about one connection.
+
+    ``close`` is the transport-side hook (set by the protocol) the registry and services use to
+    end the session, e.g. ``close(1001, "server shutting down")``.
+    """
+
+    peer: str
+    dialect: str = "txvoice.v1"
+    id: str = field(default_factory=new_session_id)
+    user_id: str | None = None
+    tenant: str | None = None
+    state: SessionState = SessionState.CONNECTED
+    conversation_id: str | None = None
+    created_at: float = field(default_factory=time.time)
+    last_activity: float = field(default_factory=time.monotonic)
+    counters: SessionCounters = field(default_factory=SessionCounters)
+    close: Callable[[int, str], None] | None = None
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+    def transition(self, new_state: SessionState) -> None:
+        """Move to ``new_state`` or raise ``invalid_state``; a no-op when already there."""
+        if new_state is self.state:
+            return
+        if new_state not in _ALLOWED[self.state]:
+            raise StateError(f"session is {self.state.value}, cannot become {new_state.value}", code="invalid_state")
+        self.state = new_state
+
+    @property
+    def is_authenticated(self) -> bool:
+        return self.state in (SessionState.AUTHENTICATED, SessionState.STREAMING)
+
+    def touch(self, now: float) -> None:
+        self.last_activity = now
+
+    def as_dict(self) -> dict[str, Any]:
+        """Public view (``status`` replies, monitoring)."""
+        return {
+            "session_id": self.id,
+            "peer": self.peer,
+            "dialect": self.dialect,
+            "user_id": self.user_id,
+            "tenant": self.tenant,
+            "state": self.state.value,
+            "conversation_id": self.conversation_id,
+            "created_at": self.created_at,
+            "counters": self.counters.as_dict(),
+        }

@@ -1,0 +1,63 @@
+"""``twistd txvoice``: command-line options and the service they make."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from txvoice.config import VoiceConfig, config_table, parse_value
+from txvoice.service.voice import makeVoiceService
+
+_FIELDS = {f.name: f for f in fields(VoiceConfig)}
+
+
+class Options(usage.Options):
+    """Every VoiceConfig field as an option; ``TXVOICE_*`` variables fill what is not given."""
+
+    synopsis = "[options]"
+    longdesc = "Run a txvoice real-time voice WebSocket server. Settings: --option, TXVOICE_OPTION, or the default."
+
+    optParameters = [
+        [f.name.replace("_", "-"), f.metadata.get("short"), None, f"{f.metadata['help']} [default: {f.default}]"]
+        for f in fields(VoiceConfig)
+        if not isinstance(f.default, bool)
+    ]
+    optFlags = [
+        flag
+        for f in fields(VoiceConfig)
+        if isinstance(f.default, bool)
+        for flag in (
+            [f.name.replace("_", "-"), None, f.metadata["help"]],
+            ["no-" + f.name.replace("_", "-"), None, f"Turn off --{f.name.replace('_', '-')}."],
+        )
+    ]
+
+    def opt_config_table(self) -> None:
+        """Print the table of every setting (Markdown) and exit."""
+        print(config_table(), end="")
+        raise SystemExit(0)
+
+    def postOptions(self) -> None:
+        changes = {}
+        for name, f in _FIELDS.items():
+            key = name.replace("_", "-")
+            if isinstance(f.default, bool):
+                if self.get(key):
+                    changes[name] = True
+                elif self.get("no-" + key):
+                    changes[name] = False
+            elif self.get(key) is not None:
+                try:
+                    changes[name] = parse_value(f, self[key])
+                except ValueError as e:
+                    raise usage.UsageError(str(e)) from None
+        try:
+            self.config = VoiceConfig.from_env().updated(**changes)
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+
+
+def makeService(options: Options) -> IService:
+    return makeVoiceService(options.config)
