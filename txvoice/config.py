@@ -25,6 +25,7 @@ class VoiceConfig:
 
     listen: str = _opt("tcp:8765:interface=127.0.0.1", "Twisted endpoint description to listen on (ssl:... gives wss).", "l")
     path: str = _opt("/", "URL path of the native protocol (txvoice.v1) WebSocket endpoint.", "p")
+    vocal_path: str = _opt("/ws/audio", "URL path of the Vocal dialect (S2: binary chunks, one ack each); off when empty.")
     echo_path: str = _opt("", "URL path of a plain echo WebSocket endpoint on the same stack (Autobahn testsuite); off when empty.")
     pipeline: str = _opt("echo", "Voice pipeline answering turns.")
     max_connections: int = _opt(1000, "Total concurrent WebSocket connections; more are refused with HTTP 503.")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -82,15 +82,21 @@ class VoiceChannel:
         session.transition(SessionState.STREAMING)
         return self.stream
 
-    def audio(self, raw: bytes) -> None:
-        """A chunk of audio for the active stream (hot path: no hop here, just queue it)."""
+    def audio(
+        self, raw: bytes, deliver: Callable[[Any], None] | None = None, fail: Callable[[Any], None] | None = None
+    ) -> None:
+        """
+        A chunk of audio for the active stream (hot path: no hop here, just queue it).
+        ``deliver`` is called on the reactor with the chunk's processing result once it is done
+        (dialects that acknowledge every chunk use it); ``fail`` with the Failure when it raised.
+        """
         stream = self.stream
         if stream is None:
             raise StateError("audio received but no voice stream is active; send voice_start first", code="no_active_stream")
         stream.frames += 1
         stream.bytes += len(raw)
         self.session.counters.audio_frames_in += 1
-        self.server.workers.submit(stream.key, stream.process, raw)
+        self.server.workers.submit(stream.key, stream.process, raw, deliver, fail)
 
     def end(self, stream_id: str | None = None) -> tuple[VoiceStream, Deferred]:
         """

@@ -18,6 +18,7 @@ from txvoice.audio.workers import AudioWorkers
 from txvoice.config import VoiceConfig
 from txvoice.dialects.echo import EchoProtocol
 from txvoice.dialects.native import NativeVoiceProtocol
+from txvoice.dialects.vocal import VocalProtocol
 from txvoice.pipeline.echo import EchoPipeline
 from txvoice.pipeline.interfaces import IVoicePipeline
 from txvoice.server.context import VoiceServer
@@ -97,6 +98,8 @@ def makeVoiceService(
     workers = AudioWorkers(reactor, threads=config.audio_threads)
     server = VoiceServer(config, pipeline or make_pipeline(config.pipeline), workers, reactor)
     endpoints = {config.path: WebSocketResource(VoiceServerFactory(server, NativeVoiceProtocol))}
+    if config.vocal_path:
+        endpoints[config.vocal_path] = WebSocketResource(VoiceServerFactory(server, VocalProtocol))
     if config.echo_path:
         endpoints[config.echo_path] = WebSocketResource(VoiceServerFactory(server, EchoProtocol))
     listener = ListenerService(reactor, config.listen, build_site(server, endpoints))
