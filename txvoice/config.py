@@ -38,6 +38,7 @@ class VoiceConfig:
     reaper_interval: float = _opt(5.0, "Seconds between sweeps for idle or expired sessions.")
     open_handshake_timeout: float = _opt(10.0, "Seconds a client may take to complete the WebSocket opening handshake.")
     shutdown_timeout: float = _opt(5.0, "Seconds to wait for sessions to close on shutdown before dropping them.")
+    resume_ttl: float = _opt(120.0, "Seconds a dropped session can be resumed with its resume_token (0 disables).")
     compression: bool = _opt(False, "Negotiate permessage-deflate (JSON above the threshold is compressed, audio never).")
     compression_threshold: int = _opt(1024, "Smallest JSON message (bytes) that is compressed when deflate is negotiated.")
     compression_level: int = _opt(1, "zlib level for permessage-deflate (1 = fastest).")

@@ -22,6 +22,7 @@ from txvoice.protocol.envelope import Envelope, decode_envelope, encode_envelope
 from txvoice.protocol.messages import SUBPROTOCOL
 from txvoice.server.base import CLOSE_NORMAL, VoiceServerProtocol
 from txvoice.server.channel import VoiceChannel
+from txvoice.session.resume import AckedIds, ResumeState, new_resume_token
 from txvoice.session.session import SessionState
 
 RESPONSE_TRANSPORTS = ("binary", "base64")
@@ -118,6 +119,8 @@ class NativeVoiceProtocol(VoiceServerProtocol):
         assert session is not None
         self._sink = _NativeResponseSink(self)
         self.channel = VoiceChannel(self.server, session, self._sink)
+        self._acked = AckedIds()
+        session.attributes["resume_token"] = new_resume_token()
         # No authenticator demands a token yet, so a new session may stream at once.
         session.transition(SessionState.AUTHENTICATED)
         self.sendEnvelope("connect", self.greeting())
@@ -144,11 +147,20 @@ class NativeVoiceProtocol(VoiceServerProtocol):
             "auth_required": False,
             "heartbeat": {"ping_interval": config.ping_interval, "ping_timeout": config.ping_timeout},
             "pipeline": server.pipeline.name,
+            "resume_token": session.attributes.get("resume_token"),
         }
 
     def sessionClosing(self) -> None:
         if self.channel is not None:
             self.channel.cancel()
+        session = self.session
+        ttl = self.server.config.resume_ttl
+        token = session.attributes.get("resume_token") if session is not None else None
+        if token and ttl > 0:
+            self.server.resume_store.keep(
+                ResumeState(token, session.id, session.user_id, session.tenant, session.conversation_id, self._acked),
+                ttl,
+            )
 
     def sessionGoingAway(self, reason: str) -> None:
         self.sendEnvelope("disconnect", {"reason": "server_shutdown", "message": reason})
@@ -195,9 +207,16 @@ class NativeVoiceProtocol(VoiceServerProtocol):
         except ProtocolError as e:
             self.sendError(e, e.details.get("message_id"))
             return
+        if env.reliable and env.message_id in self._acked:
+            # A re-send of something already handled (its ack was lost): acknowledge, do not redo.
+            self.sendEnvelope("ack", {"message_id": env.message_id, "duplicate": True})
+            return
         handler = self._handlers[env.type]
         try:
             handler(self, env)
+            if env.reliable:
+                self._acked.add(env.message_id)
+                self.sendEnvelope("ack", {"message_id": env.message_id, "duplicate": False})
         except VoiceError as e:
             self.sendError(e, env.message_id)
         except Exception:
@@ -220,7 +239,19 @@ class NativeVoiceProtocol(VoiceServerProtocol):
         assert session is not None
         if "client" in env.data:
             session.attributes["client"] = env.data["client"]
-        self.reply(env, "connect", self.greeting())
+        greeting = self.greeting()
+        token = env.data.get("resume_token")
+        if token is not None:
+            state = self.server.resume_store.take(token)
+            if state is None:
+                greeting.update(resumed=False, resume_error="unknown_or_expired_token")
+            else:
+                session.user_id, session.tenant = state.user_id, state.tenant
+                session.conversation_id = state.conversation_id
+                self._acked = state.acked
+                self.server.stats.resumes += 1
+                greeting.update(resumed=True, previous_session_id=state.session_id)
+        self.reply(env, "connect", greeting)
 
     def on_disconnect(self, env: Envelope) -> None:
         self.reply(env, "disconnect", {"reason": env.data.get("reason", "client_request")})

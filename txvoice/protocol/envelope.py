@@ -17,7 +17,7 @@ _loads = json.loads
 class Envelope:
     """One parsed client message."""
 
-    __slots__ = ("type", "data", "message_id", "timestamp", "conversation_id")
+    __slots__ = ("type", "data", "message_id", "timestamp", "conversation_id", "reliable")
 
     def __init__(
         self,
@@ -26,8 +26,10 @@ class Envelope:
         message_id: str | None = None,
         timestamp: float | None = None,
         conversation_id: str | None = None,
+        reliable: bool = False,
     ) -> None:
         self.type = type
+        self.reliable = reliable
         self.data = data
         self.message_id = message_id
         self.timestamp = timestamp
@@ -84,8 +86,15 @@ def decode_envelope(payload: bytes | str) -> Envelope:
             field="conversation_id",
             message_id=message_id,
         )
+    reliable = obj.get("reliable", False)
+    if not isinstance(reliable, bool):
+        raise ProtocolError("reliable must be a boolean", code="invalid_field", field="reliable", message_id=message_id)
+    if reliable and message_id is None:
+        raise ProtocolError(
+            "a reliable message needs a message_id", code="missing_field", field="message_id", message_id=None
+        )
     validate_data(msg_type, data, message_id)
-    return Envelope(msg_type, data, message_id, timestamp, conversation_id)
+    return Envelope(msg_type, data, message_id, timestamp, conversation_id, reliable)
 
 
 def new_message_id() -> str:

@@ -58,6 +58,7 @@ SERVER_TYPES: frozenset[str] = frozenset(
         "disconnect",
         "ping",
         "pong",
+        "ack",
         "auth_success",
         "auth_failed",
         "voice_start",

@@ -21,6 +21,7 @@ from txvoice.config import VoiceConfig
 from txvoice.events.bus import IEventBus, LocalEventBus
 from txvoice.pipeline.interfaces import IVoicePipeline
 from txvoice.session.registry import ISessionRegistry, LocalSessionRegistry
+from txvoice.session.resume import IResumeStore, LocalResumeStore
 
 
 @dataclass
@@ -43,6 +44,7 @@ class ServerStats:
     connections_total: int = 0
     connections_refused: dict[str, int] = field(default_factory=dict)
     heartbeat_drops: int = 0
+    resumes: int = 0
     reaped: dict[str, int] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
 
@@ -61,6 +63,7 @@ class VoiceServer:
         clock: IReactorTime,
         registry: ISessionRegistry | None = None,
         bus: IEventBus | None = None,
+        resume_store: IResumeStore | None = None,
     ) -> None:
         self.config = config
         self.pipeline = pipeline
@@ -68,6 +71,7 @@ class VoiceServer:
         self.clock = clock
         self.registry = registry if registry is not None else LocalSessionRegistry()
         self.bus = bus if bus is not None else LocalEventBus(self.registry)
+        self.resume_store = resume_store if resume_store is not None else LocalResumeStore(clock.seconds)
         self.conversations: dict[str, Conversation] = {}
         self.stats = ServerStats()
         self.started_at = time.time()
