@@ -25,6 +25,9 @@ setup(
         "soxr>=0.5",
         "service-identity>=24.1",
         "treq>=24.9",
+        "PyJWT[crypto]>=2.8",
+        "cryptography>=42",
+        "prometheus_client>=0.20",
     ],
     extras_require={
         "test": [

@@ -1,0 +1,207 @@
+"""
+Prometheus metrics of one server, on its own ``CollectorRegistry``.
+
+A dedicated registry (not ``prometheus_client.REGISTRY``) lets tests and several servers in one
+process each have their own metrics.  Label children used on the per-message path are bound
+once here, so an increment is a locked float add with no label lookup.
+
+``GET /metrics`` is served by :func:`MetricsResource`, prometheus_client's own twisted resource
+(a WSGI app on the reactor's thread pool); it is imported lazily because importing
+``prometheus_client.twisted`` installs the default reactor.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+__all__ = [
+    "STAGES",
+    "REFUSAL_REASONS",
+    "LATENCY_BUCKETS",
+    "LAG_BUCKETS",
+    "VoiceMetrics",
+    "MetricsResource",
+]
+
+#: Pipeline stages with a latency histogram.
+STAGES = ("stt", "agent", "tts", "first_audio", "total")
+
+#: Refusal reasons bound up front (others are bound on first use).
+REFUSAL_REASONS = (
+    "too_many_connections_per_ip",
+    "server_full",
+    "origin_not_allowed",
+    "auth_failed",
+    "rate_limited",
+)
+
+LATENCY_BUCKETS = (
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0,
+)
+LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+#: At most this many distinct error codes get their own series; the rest count as "other".
+_MAX_ERROR_CODES = 64
+
+
+class VoiceMetrics:
+    """All txvoice metrics plus cheap recording methods for the server's hot paths."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        namespace: str = "txvoice",
+        process_metrics: bool = False,
+    ) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r, ns = self.registry, namespace
+        if process_metrics:
+            from prometheus_client import PlatformCollector, ProcessCollector
+
+            ProcessCollector(registry=r)
+            PlatformCollector(registry=r)
+
+        self.connections = Counter("connections", "WebSocket connections accepted",
+                                   namespace=ns, registry=r)
+        self.connections_active = Gauge("connections_active", "WebSocket connections open now",
+                                        namespace=ns, registry=r)
+        self.connections_refused = Counter("connections_refused", "Connections refused, by reason",
+                                           ["reason"], namespace=ns, registry=r)
+        self.messages = Counter("messages", "WebSocket messages", ["direction", "kind"],
+                                namespace=ns, registry=r)
+        self.message_bytes = Counter("message_bytes", "WebSocket payload bytes",
+                                     ["direction", "kind"], namespace=ns, registry=r)
+        self.audio_frames = Counter("audio_frames", "Audio frames", ["direction"],
+                                    namespace=ns, registry=r)
+        self.errors = Counter("errors", "Errors sent to clients, by code", ["code"],
+                              namespace=ns, registry=r)
+        self.reconnections = Counter("reconnections", "Sessions resumed after a reconnect",
+                                     namespace=ns, registry=r)
+        self.heartbeat_drops = Counter("heartbeat_drops",
+                                       "Connections dropped for missed heartbeats",
+                                       namespace=ns, registry=r)
+        self.stage_latency = Histogram("stage_latency_seconds", "Latency per pipeline stage",
+                                       ["stage"], buckets=LATENCY_BUCKETS, namespace=ns,
+                                       registry=r)
+        self.reactor_lag = Histogram("reactor_lag_seconds",
+                                     "Delay of timed calls behind schedule",
+                                     buckets=LAG_BUCKETS, namespace=ns, registry=r)
+        self.pool_queue_depth = Gauge("pool_queue_depth", "Jobs waiting in a worker pool",
+                                      ["pool"], namespace=ns, registry=r)
+
+        # Pre-bound children for the hot paths.
+        self._in_text = self.messages.labels("in", "text")
+        self._in_binary = self.messages.labels("in", "binary")
+        self._out_text = self.messages.labels("out", "text")
+        self._out_binary = self.messages.labels("out", "binary")
+        self._in_text_bytes = self.message_bytes.labels("in", "text")
+        self._in_binary_bytes = self.message_bytes.labels("in", "binary")
+        self._out_text_bytes = self.message_bytes.labels("out", "text")
+        self._out_binary_bytes = self.message_bytes.labels("out", "binary")
+        self._frames_in = self.audio_frames.labels("in")
+        self._frames_out = self.audio_frames.labels("out")
+        self._stages = {stage: self.stage_latency.labels(stage) for stage in STAGES}
+        self._refused = {reason: self.connections_refused.labels(reason) for reason in REFUSAL_REASONS}
+        self._errors: dict[str, Any] = {}
+        self._pools: dict[str, Any] = {}
+
+    # Connection lifecycle -------------------------------------------------------------------
+
+    def connection_opened(self) -> None:
+        """A WebSocket handshake completed."""
+        self.connections.inc()
+        self.connections_active.inc()
+
+    def connection_closed(self) -> None:
+        """A connection counted by :meth:`connection_opened` ended."""
+        self.connections_active.dec()
+
+    def connection_refused(self, reason: str) -> None:
+        """A connection was refused (handshake denied) for ``reason``."""
+        child = self._refused.get(reason)
+        if child is None:
+            child = self._refused[reason] = self.connections_refused.labels(reason)
+        child.inc()
+
+    def reconnection(self) -> None:
+        """A session was resumed on a new connection."""
+        self.reconnections.inc()
+
+    def heartbeat_drop(self) -> None:
+        """A connection was closed for missing heartbeats."""
+        self.heartbeat_drops.inc()
+
+    # Per message ----------------------------------------------------------------------------
+
+    def message_in(self, nbytes: int, binary: bool) -> None:
+        """One inbound WebSocket message of ``nbytes`` payload bytes."""
+        if binary:
+            self._in_binary.inc()
+            self._in_binary_bytes.inc(nbytes)
+        else:
+            self._in_text.inc()
+            self._in_text_bytes.inc(nbytes)
+
+    def message_out(self, nbytes: int, binary: bool) -> None:
+        """One outbound WebSocket message of ``nbytes`` payload bytes."""
+        if binary:
+            self._out_binary.inc()
+            self._out_binary_bytes.inc(nbytes)
+        else:
+            self._out_text.inc()
+            self._out_text_bytes.inc(nbytes)
+
+    def audio_frame_in(self, count: int = 1) -> None:
+        """Audio frames decoded from a client."""
+        self._frames_in.inc(count)
+
+    def audio_frame_out(self, count: int = 1) -> None:
+        """Audio frames encoded for a client."""
+        self._frames_out.inc(count)
+
+    def error(self, code: str) -> None:
+        """An error with protocol ``code`` was reported to a client."""
+        child = self._errors.get(code)
+        if child is None:
+            if len(self._errors) >= _MAX_ERROR_CODES:
+                code = "other"
+                child = self._errors.get(code)
+            if child is None:
+                child = self._errors[code] = self.errors.labels(code)
+        child.inc()
+
+    # Latency and load -----------------------------------------------------------------------
+
+    def observe_latency(self, stage: str, seconds: float) -> None:
+        """Record how long pipeline ``stage`` (one of :data:`STAGES`) took."""
+        child = self._stages.get(stage)
+        if child is None:
+            raise ValueError(f"unknown pipeline stage {stage!r}")
+        child.observe(seconds)
+
+    def observe_reactor_lag(self, seconds: float) -> None:
+        """Record one reactor lag sample (see :mod:`txvoice.monitoring.reactorlag`)."""
+        self.reactor_lag.observe(seconds)
+
+    def set_pool_queue_depth(self, pool: str, depth: int) -> None:
+        """Set how many jobs wait in worker pool ``pool``."""
+        child = self._pools.get(pool)
+        if child is None:
+            child = self._pools[pool] = self.pool_queue_depth.labels(pool)
+        child.set(depth)
+
+    def render(self) -> bytes:
+        """The registry in the Prometheus text format."""
+        return generate_latest(self.registry)
+
+
+def MetricsResource(registry: CollectorRegistry) -> Any:
+    """
+    A twisted.web resource serving ``registry`` for ``GET /metrics``
+    (``prometheus_client.twisted.MetricsResource``; it renders on the reactor's thread pool).
+    """
+    from prometheus_client.twisted import MetricsResource as _Resource
+
+    return _Resource(registry)
