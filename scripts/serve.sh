@@ -4,4 +4,4 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup-env.sh"
 cd "$TXVOICE_ROOT"
-exec "$VENV/bin/twistd" --nodaemon --pidfile= txvoice "$@"
+exec "$VENV/bin/twistd" --nodaemon --pidfile= --logger txvoice.logging.twistd_observer txvoice "$@"

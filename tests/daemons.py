@@ -55,16 +55,24 @@ class Daemon:
         return self.proc.returncode
 
 
-def start_daemon(tmp_path: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 20.0) -> Daemon:
+def start_daemon(
+    tmp_path: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 20.0,
+    twistd_args: tuple[str, ...] = (),
+) -> Daemon:
     """Start the daemon on a free loopback port and wait until ``/health`` answers."""
     port = free_port()
     log_path = tmp_path / f"twistd-{port}.log"
     # The daemon runs the working tree's code (the installed plugin imports txvoice from here).
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     full_env.pop("TXVOICE_LISTEN", None)
-    cmd = [TWISTD, "--nodaemon", "--pidfile=", "--logfile", str(log_path), "txvoice",
+    log_args = list(twistd_args) or ["--logfile", str(log_path)]
+    cmd = [TWISTD, "--nodaemon", "--pidfile=", *log_args, "txvoice",
            "--listen", f"tcp:{port}:interface=127.0.0.1", *args]
-    proc = subprocess.Popen(cmd, env=full_env, cwd=str(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    stdout = open(log_path, "wb") if twistd_args else subprocess.DEVNULL
+    proc = subprocess.Popen(cmd, env=full_env, cwd=str(tmp_path), stdout=stdout, stderr=subprocess.PIPE)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:

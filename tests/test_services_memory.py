@@ -23,7 +23,7 @@ def lose(client: MemoryClient) -> None:
 
 
 def test_heartbeat_pings_and_drops_a_silent_peer() -> None:
-    server = memory_server(ping_interval=30, ping_timeout=10)
+    server = memory_server(ping_interval=30, ping_timeout=10, heartbeat_max_missed=1)
     quiet, lively = MemoryClient(server, port=1), MemoryClient(server, port=2)
     quiet.frames(), lively.frames()
     heartbeat = HeartbeatService(server)
@@ -45,6 +45,42 @@ def test_heartbeat_pings_and_drops_a_silent_peer() -> None:
     assert not lively.transport.disconnecting
     heartbeat.stopService()
     assert not clock.getDelayedCalls()
+
+
+def test_a_peer_is_dropped_after_max_missed_pings() -> None:
+    server = memory_server(ping_interval=30, ping_timeout=10, heartbeat_max_missed=3)
+    client = MemoryClient(server)
+    client.frames()
+    heartbeat = HeartbeatService(server)
+    heartbeat.startService()
+    pings = 0
+    for _ in range(18):  # 90 s: first ping at 30 s, then one per missed timeout (~15 s each)
+        server.clock.advance(5)
+        pings += sum(1 for op, _ in client.frames() if op == PING)
+        if client.transport.disconnecting or client.transport.disconnected:
+            break
+    assert pings == 3
+    assert client.transport.disconnecting or client.transport.disconnected
+    assert server.stats.heartbeat_drops == 1
+    heartbeat.stopService()
+
+
+def test_an_application_heartbeat_keeps_a_peer_alive() -> None:
+    server = memory_server(ping_interval=30, ping_timeout=10, heartbeat_max_missed=1)
+    client = MemoryClient(server)
+    client.frames()
+    heartbeat = HeartbeatService(server)
+    heartbeat.startService()
+    answers = 0
+    for _ in range(24):  # two minutes, answering with S4's application heartbeat only
+        server.clock.advance(5)
+        frames = client.frames()
+        answers += sum(1 for op, p in frames if op == 0x1 and b'"type":"heartbeat"' in p)
+        if any(op == PING for op, _ in frames):
+            client.send_json({"type": "heartbeat", "message_id": "h"})
+    assert not (client.transport.disconnecting or client.transport.disconnected)
+    assert answers >= 3
+    heartbeat.stopService()
 
 
 def test_reaper_closes_idle_sessions_only() -> None:

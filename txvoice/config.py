@@ -43,6 +43,38 @@ class VoiceConfig:
     compression_threshold: int = _opt(1024, "Smallest JSON message (bytes) that is compressed when deflate is negotiated.")
     compression_level: int = _opt(1, "zlib level for permessage-deflate (1 = fastest).")
     audio_threads: int = _opt(2, "Threads in the audio worker pool.")
+    # authentication
+    auth_required: bool = _opt(False, "Require authentication: a token on the upgrade, or an in-protocol auth message first.")
+    jwt_secret: str = _opt("", "HS256 secret for JWTs (the only algorithm allowed with it). Prefer TXVOICE_JWT_SECRET.")
+    jwt_public_keys: str = _opt("", "Comma-separated PEM files of RS256/ES256 public keys for JWTs.")
+    jwt_audience: str = _opt("", "Required JWT 'aud' (not checked when empty).")
+    jwt_issuer: str = _opt("", "Required JWT 'iss' (not checked when empty).")
+    jwt_tenant_claim: str = _opt("tenant", "JWT claim that names the session's tenant.")
+    jwt_leeway: float = _opt(30.0, "Seconds of clock skew allowed on exp/nbf.")
+    session_token_ttl: float = _opt(60.0, "Lifetime (s) of the single-use tokens POST /auth/websocket hands out.")
+    # admission and limits
+    allowed_origins: str = _opt("", "Comma-separated allowed Origins (S4 ALLOWED_ORIGINS); empty allows all. Others get HTTP 403.")
+    max_connections_per_ip: int = _opt(64, "Concurrent connections from one client IP (IPv6: per /64); more get HTTP 429 (0: unlimited).")
+    trusted_proxies: str = _opt("", "Comma-separated CIDRs whose X-Forwarded-For is believed.")
+    rate_limit_window_ms: int = _opt(60000, "Window of the control-message rate limit (S4 RATE_LIMIT_WINDOW).")
+    rate_limit_max_requests: int = _opt(1000, "Control (text) messages allowed per window (S4 RATE_LIMIT_MAX_REQUESTS).")
+    rate_limit_strikes: int = _opt(50, "Rejected messages within a window after which the connection is closed with 1008.")
+    max_audio_bytes_per_second: int = _opt(262144, "Sustained audio bytes per second per connection (bursts of 2 s allowed).")
+    heartbeat_max_missed: int = _opt(2, "Unanswered pings (each ping_timeout long) after which a peer is dropped.")
+    # health, alerts, monitoring
+    health_max_latency_ms: float = _opt(1000.0, "/health is degraded when the average turn latency exceeds this.")
+    health_max_error_rate: float = _opt(0.05, "/health is degraded when the error rate (errors per message) exceeds this (S3).")
+    health_max_reactor_lag_ms: float = _opt(100.0, "/health is degraded when the reactor lag p99 exceeds this (unhealthy at 10x).")
+    health_max_queue_depth: int = _opt(1000, "/health is degraded when the audio queue is deeper than this (unhealthy at 10x).")
+    alert_max_latency_ms: float = _opt(1000.0, "performance_alert when the average latency crosses this (S1 max_latency_ms).")
+    alert_max_error_rate: float = _opt(0.05, "performance_alert when the error rate crosses this (S1 max_error_rate).")
+    alert_max_cpu_usage: float = _opt(80.0, "performance_alert when process CPU % crosses this (S1 max_cpu_usage).")
+    metrics_interval: float = _opt(5.0, "Seconds between metrics pushes to clients subscribed with {type: metrics, subscribe: true}.")
+    history_minutes: int = _opt(60, "Minutes of metrics history kept for the monitoring API.")
+    # logging
+    log_levels: str = _opt("txvoice=info", "Log levels per namespace, e.g. 'txvoice.audio=debug,txvoice=info'.")
+    log_format: str = _opt("text", "Log output: 'text' or 'json' (one JSON object per line).")
+    debug: bool = _opt(False, "Debug mode: every txvoice namespace at debug level.")
     server_name: str = _opt("txvoice", "Server header and greeting name.")
 
     @classmethod

@@ -341,3 +341,15 @@ def start_logging(
     observer = build_observer(levels, debug=debug, json_lines=json_lines, stream=stream)
     (beginner or globalLogBeginner).beginLoggingTo([observer], redirectStandardIO=redirect_stdio)
     return observer
+
+
+def twistd_observer() -> ILogObserver:
+    """
+    Observer factory for ``twistd --logger txvoice.logging.twistd_observer txvoice ...``: the
+    levels, format and debug mode of the ``txvoice`` options (or ``TXVOICE_*`` variables), to stdout.
+    """
+    from txvoice import tap
+    from txvoice.config import VoiceConfig
+
+    config = tap.current_config or VoiceConfig.from_env()
+    return build_observer(config.log_levels, debug=config.debug, json_lines=config.log_format == "json")

@@ -12,6 +12,10 @@ from txvoice.service.voice import makeVoiceService
 
 _FIELDS = {f.name: f for f in fields(VoiceConfig)}
 
+#: The configuration the last parsed Options produced (read by txvoice.logging.twistd_observer,
+#: which twistd calls after parsing the options but before making the service).
+current_config: VoiceConfig | None = None
+
 
 class Options(usage.Options):
     """Every VoiceConfig field as an option; ``TXVOICE_*`` variables fill what is not given."""
@@ -57,6 +61,10 @@ class Options(usage.Options):
             self.config = VoiceConfig.from_env().updated(**changes)
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
+        if self.config.log_format not in ("text", "json"):
+            raise usage.UsageError("--log-format must be 'text' or 'json'")
+        global current_config
+        current_config = self.config
 
 
 def makeService(options: Options) -> IService:

@@ -21,6 +21,10 @@ class EchoProtocol(VoiceServerProtocol):
     def binaryReceived(self, payload: bytes) -> None:
         # Echo binary as received; compress like text would so deflate cases see compressed replies.
         if self.state == self.STATE_OPEN:
+            session = self.session
+            if session is not None:
+                session.counters.binary_out += 1
+                session.counters.binary_bytes_out += len(payload)
             self.sendMessage(payload, True, doNotCompress=len(payload) < self.server.config.compression_threshold)
 
     def messageTooLarge(self, size: int, is_binary: bool) -> None:

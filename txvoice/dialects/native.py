@@ -27,6 +27,9 @@ from txvoice.session.session import SessionState
 
 RESPONSE_TRANSPORTS = ("binary", "base64")
 
+#: What a session may send before it has authenticated, when authentication is required (S1).
+BEFORE_AUTH = frozenset({"auth", "ping", "pong", "heartbeat", "connect", "disconnect", "error"})
+
 _CATEGORY = {
     "invalid_json": "protocol",
     "invalid_message": "protocol",
@@ -109,6 +112,7 @@ class NativeVoiceProtocol(VoiceServerProtocol):
 
     subprotocols = (SUBPROTOCOL,)
     dialect = SUBPROTOCOL
+    in_protocol_auth = True
 
     channel: VoiceChannel | None = None
 
@@ -121,8 +125,9 @@ class NativeVoiceProtocol(VoiceServerProtocol):
         self.channel = VoiceChannel(self.server, session, self._sink)
         self._acked = AckedIds()
         session.attributes["resume_token"] = new_resume_token()
-        # No authenticator demands a token yet, so a new session may stream at once.
-        session.transition(SessionState.AUTHENTICATED)
+        if not self.server.config.auth_required:
+            # Authentication is optional: a new session may stream at once.
+            session.transition(SessionState.AUTHENTICATED)
         self.sendEnvelope("connect", self.greeting())
 
     def greeting(self) -> dict[str, Any]:
@@ -144,7 +149,8 @@ class NativeVoiceProtocol(VoiceServerProtocol):
                 "codecs": sorted(set(CODEC_ALIASES.values())),
                 "response_audio": list(RESPONSE_TRANSPORTS),
             },
-            "auth_required": False,
+            "auth_required": config.auth_required,
+            "authenticated": session.is_authenticated,
             "heartbeat": {"ping_interval": config.ping_interval, "ping_timeout": config.ping_timeout},
             "pipeline": server.pipeline.name,
             "resume_token": session.attributes.get("resume_token"),
@@ -171,11 +177,14 @@ class NativeVoiceProtocol(VoiceServerProtocol):
         session = self.session
         self.sendText(encode_envelope(msg_type, data, session.conversation_id if session else None))
 
+    def reportError(self, error: VoiceError) -> None:
+        self.sendError(error, None)
+
     def sendError(self, error: VoiceError, message_id: str | None) -> None:
         session = self.session
         if session is not None:
             session.counters.errors += 1
-        self.server.stats.count(self.server.stats.errors, error.code)
+        self.server.record_error(error.code)
         data: dict[str, Any] = {
             "code": error.code,
             "message": error.message,
@@ -213,6 +222,8 @@ class NativeVoiceProtocol(VoiceServerProtocol):
             return
         handler = self._handlers[env.type]
         try:
+            if not self.session.is_authenticated and env.type not in BEFORE_AUTH:
+                raise VoiceError(f"authenticate first: {env.type} needs an authenticated session", code="auth_required")
             handler(self, env)
             if env.reliable:
                 self._acked.add(env.message_id)
@@ -228,6 +239,8 @@ class NativeVoiceProtocol(VoiceServerProtocol):
         try:
             if channel is None:
                 raise StateError("session is not ready", code="invalid_state")
+            if not self.session.is_authenticated:
+                raise VoiceError("authenticate first: audio needs an authenticated session", code="auth_required")
             channel.audio(payload)
         except VoiceError as e:
             self.sendError(e, None)
@@ -265,19 +278,39 @@ class NativeVoiceProtocol(VoiceServerProtocol):
     def on_pong(self, env: Envelope) -> None:
         pass
 
+    def on_heartbeat(self, env: Envelope) -> None:
+        """S4's application heartbeat: answered, and counted as proof of life."""
+        session = self.session
+        assert session is not None
+        session.attributes.pop("ping_sent", None)
+        session.attributes["pong_at"] = self.server.clock.seconds()
+        session.attributes["missed_pings"] = 0
+        self.reply(env, "heartbeat", {"server_time": self.server.clock.seconds()})
+
     def on_auth(self, env: Envelope) -> None:
         session = self.session
         assert session is not None
         d = self.server.authenticate(env.data["token"], env.data.get("user_id"))
 
-        def ok(principal: tuple[str, str | None]) -> None:
-            session.user_id, session.tenant = principal
+        def ok(principal) -> None:
+            if session.state is SessionState.CLOSED:
+                return
+            session.user_id, session.tenant = principal.user_id, principal.tenant
             if session.state is SessionState.CONNECTED:
                 session.transition(SessionState.AUTHENTICATED)
-            self.reply(env, "auth_success", {"user_id": session.user_id, "session_id": session.id})
+            self.watchExpiry(principal.expires_at)
+            self.reply(
+                env,
+                "auth_success",
+                {"user_id": session.user_id, "tenant": session.tenant, "session_id": session.id,
+                 "expires_at": principal.expires_at},
+            )
 
         def failed(f: Failure) -> None:
             err = f.value if isinstance(f.value, VoiceError) else VoiceError("authentication failed", code="auth_failed")
+            if not isinstance(f.value, VoiceError):
+                self.wslog.failure("in-protocol auth failed", f)
+            self.server.record_error(err.code)
             self.reply(env, "auth_failed", {"code": err.code, "message": err.message})
 
         d.addCallbacks(ok, failed)
@@ -386,19 +419,26 @@ class NativeVoiceProtocol(VoiceServerProtocol):
     def on_metrics(self, env: Envelope) -> None:
         session = self.session
         assert session is not None
+        if "subscribe" in env.data:
+            session.attributes["metrics_subscribed"] = env.data["subscribe"]
+        data = self.metricsSnapshot()
+        data["subscribed"] = bool(session.attributes.get("metrics_subscribed"))
+        self.reply(env, "metrics", data)
+
+    def metricsSnapshot(self) -> dict[str, Any]:
+        """The session's counters and the server's real-time figures (``metrics`` messages)."""
+        session = self.session
+        assert session is not None
         server = self.server
-        self.reply(
-            env,
-            "metrics",
-            {
-                "session": session.counters.as_dict(),
-                "server": {
-                    "active_sessions": len(server.registry),
-                    "connections_total": server.stats.connections_total,
-                    "audio_queue_depth": server.workers.queue_depth,
-                },
+        return {
+            "session": session.counters.as_dict(),
+            "server": {
+                "active_sessions": len(server.registry),
+                "connections_total": server.stats.connections_total,
+                "audio_queue_depth": server.workers.queue_depth,
             },
-        )
+            "realtime": server.history.get_real_time_metrics(),
+        }
 
     def on_error(self, env: Envelope) -> None:
         self.wslog.warn(

@@ -110,8 +110,11 @@ class VocalProtocol(VoiceServerProtocol):
         session = self.session
         if session is not None:
             session.counters.errors += 1
-        self.server.stats.count(self.server.stats.errors, code)
+        self.server.record_error(code)
         self.sendJSON({"status": "error", "message": message, "code": code})
+
+    def reportError(self, error: VoiceError) -> None:
+        self.sendError(error.code, error.message)
 
     def _acknowledge(self, result: object) -> None:
         self.sendText(CHUNK_RECEIVED)

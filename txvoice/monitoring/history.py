@@ -129,6 +129,7 @@ class MetricsHistory(Service):
         cpu_percent: Callable[[], float] | None = None,
         reactor_lag: Callable[[], Mapping[str, Any]] | None = None,
         connection_details: Callable[[str], Mapping[str, Any] | None] | None = None,
+        traffic: Callable[[], tuple[int, int, int, int]] | None = None,
     ) -> None:
         if clock is None:
             from twisted.internet import reactor as clock  # type: ignore[assignment]
@@ -144,6 +145,10 @@ class MetricsHistory(Service):
         self._current = _Bucket(now)
         self._minute = _Bucket(now)
         self._loop: LoopingCall | None = None
+        # Pull-based traffic: (messages_in, bytes_in, messages_out, bytes_out) totals, read once a
+        # tick, so the per-message path records nothing here.
+        self._traffic = traffic
+        self._traffic_seen = traffic() if traffic is not None else (0, 0, 0, 0)
 
     # Recording (hot path) --------------------------------------------------------------------
 
@@ -201,6 +206,15 @@ class MetricsHistory(Service):
     def tick(self, count: int = 1) -> None:
         """Close the current second, plus ``count - 1`` empty ones for ticks the reactor missed."""
         now = self._clock.seconds()
+        if self._traffic is not None:
+            totals = self._traffic()
+            seen = self._traffic_seen
+            b = self._current
+            b.messages_in += totals[0] - seen[0]
+            b.bytes_in += totals[1] - seen[1]
+            b.messages_out += totals[2] - seen[2]
+            b.bytes_out += totals[3] - seen[3]
+            self._traffic_seen = totals
         try:
             cpu: float | None = float(self._cpu())
         except Exception:

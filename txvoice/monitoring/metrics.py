@@ -14,7 +14,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from dataclasses import dataclass
+from typing import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
 
 __all__ = [
     "STAGES",
@@ -46,6 +50,40 @@ LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5
 _MAX_ERROR_CODES = 64
 
 
+@dataclass
+class Traffic:
+    """Per-message totals the server keeps itself (see ``VoiceMetrics(traffic=...)``)."""
+
+    messages: dict[tuple[str, str], int]
+    message_bytes: dict[tuple[str, str], int]
+    audio_frames: dict[str, int]
+
+
+class _TrafficCollector:
+    """Exposes :class:`Traffic` totals as the ``messages``/``message_bytes``/``audio_frames`` counters."""
+
+    def __init__(self, traffic: "Callable[[], Traffic]", namespace: str) -> None:
+        self._traffic = traffic
+        self._ns = namespace
+
+    def describe(self) -> list:
+        return []
+
+    def collect(self):
+        t = self._traffic()
+        ns = self._ns
+        messages = CounterMetricFamily(f"{ns}_messages", "WebSocket messages", labels=["direction", "kind"])
+        for (direction, kind), n in t.messages.items():
+            messages.add_metric([direction, kind], n)
+        nbytes = CounterMetricFamily(f"{ns}_message_bytes", "WebSocket payload bytes", labels=["direction", "kind"])
+        for (direction, kind), n in t.message_bytes.items():
+            nbytes.add_metric([direction, kind], n)
+        frames = CounterMetricFamily(f"{ns}_audio_frames", "Audio frames", labels=["direction"])
+        for direction, n in t.audio_frames.items():
+            frames.add_metric([direction], n)
+        return [messages, nbytes, frames]
+
+
 class VoiceMetrics:
     """All txvoice metrics plus cheap recording methods for the server's hot paths."""
 
@@ -54,9 +92,11 @@ class VoiceMetrics:
         registry: CollectorRegistry | None = None,
         namespace: str = "txvoice",
         process_metrics: bool = False,
+        traffic: "Callable[[], Traffic] | None" = None,
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r, ns = self.registry, namespace
+        self.traffic = traffic
         if process_metrics:
             from prometheus_client import PlatformCollector, ProcessCollector
 
@@ -69,12 +109,18 @@ class VoiceMetrics:
                                         namespace=ns, registry=r)
         self.connections_refused = Counter("connections_refused", "Connections refused, by reason",
                                            ["reason"], namespace=ns, registry=r)
+        if traffic is not None:
+            # The server keeps per-message counts as plain integers; read them at scrape time.
+            r.register(_TrafficCollector(traffic, ns))
+            registry_for_traffic = None
+        else:
+            registry_for_traffic = r
         self.messages = Counter("messages", "WebSocket messages", ["direction", "kind"],
-                                namespace=ns, registry=r)
+                                namespace=ns, registry=registry_for_traffic)
         self.message_bytes = Counter("message_bytes", "WebSocket payload bytes",
-                                     ["direction", "kind"], namespace=ns, registry=r)
+                                     ["direction", "kind"], namespace=ns, registry=registry_for_traffic)
         self.audio_frames = Counter("audio_frames", "Audio frames", ["direction"],
-                                    namespace=ns, registry=r)
+                                    namespace=ns, registry=registry_for_traffic)
         self.errors = Counter("errors", "Errors sent to clients, by code", ["code"],
                               namespace=ns, registry=r)
         self.reconnections = Counter("reconnections", "Sessions resumed after a reconnect",

@@ -29,6 +29,7 @@ CLIENT_TYPES: dict[str, Schema] = {
     "disconnect": {"reason": (_STR, False)},
     "ping": {},
     "pong": {},
+    "heartbeat": {},
     "auth": {"token": (_STR, True), "user_id": (_STR, False)},
     "voice_start": {
         "stream_id": (_STR, False),
@@ -60,6 +61,7 @@ SERVER_TYPES: frozenset[str] = frozenset(
         "pong",
         "ack",
         "auth_success",
+        "heartbeat",
         "auth_failed",
         "voice_start",
         "voice_end",

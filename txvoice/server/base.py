@@ -8,6 +8,7 @@ not about the wire format lives in the session, the voice channel and the pipeli
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 from autobahn.twisted.websocket import WebSocketServerProtocol
@@ -15,6 +16,9 @@ from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
+from txvoice.errors import VoiceError
+from txvoice.security.ratelimit import Decision, TokenBucket
+from txvoice.server.admission import Admission
 from txvoice.session.session import Session, SessionState
 
 if TYPE_CHECKING:
@@ -25,6 +29,9 @@ CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
 CLOSE_IDLE = 4001
 CLOSE_EXPIRED = 4002
+CLOSE_TOKEN_EXPIRED = 4003
+
+ALLOW, CLOSE = Decision.ALLOW, Decision.CLOSE
 
 
 class VoiceServerProtocol(WebSocketServerProtocol):
@@ -37,10 +44,15 @@ class VoiceServerProtocol(WebSocketServerProtocol):
     #: Subprotocols this dialect speaks, most preferred first; a client offering none is served anyway.
     subprotocols: tuple[str, ...] = ()
     dialect = "base"
+    #: True when the dialect can authenticate after the upgrade (an in-protocol ``auth`` message).
+    in_protocol_auth = False
 
     session: Session | None = None
+    admission: Admission | None = None
     _oversize = False
     _message_length = 0
+    _lost_early = False
+    _expiry_call = None
 
     @property
     def server(self) -> "VoiceServer":
@@ -48,17 +60,29 @@ class VoiceServerProtocol(WebSocketServerProtocol):
 
     # opening
 
-    def onConnect(self, request: ConnectionRequest) -> str | None:
+    def onConnect(self, request: ConnectionRequest) -> Deferred:
         server = self.server
         if server.shutting_down:
-            server.stats.count(server.stats.connections_refused, "shutting_down")
+            server.record_refused("shutting_down")
             raise ConnectionDeny(503, "server shutting down")
-        if len(server.registry) >= server.config.max_connections:
-            server.stats.count(server.stats.connections_refused, "server_full")
-            raise ConnectionDeny(503, "server full")
-        self.session = Session(peer=request.peer, dialect=self.dialect)
-        self.session.last_activity = server.clock.seconds()
         self._closed = Deferred()
+        peer = self.transport.getPeer()
+        d = server.admission.admit(request, getattr(peer, "host", ""), self.in_protocol_auth)
+        return d.addCallback(self._admitted, request)
+
+    def _admitted(self, admission: Admission, request: ConnectionRequest) -> str | None:
+        if self._lost_early:
+            # The client went away while its credentials were being checked.
+            admission.lease.release()
+            raise ConnectionDeny(400, "connection lost")
+        self.admission = admission
+        principal = admission.principal
+        session = self.session = Session(peer=request.peer, dialect=self.dialect)
+        session.attributes["ip"] = admission.ip
+        session.last_activity = self.server.clock.seconds()
+        if principal is not None:
+            session.user_id, session.tenant = principal.user_id, principal.tenant
+            session.transition(SessionState.AUTHENTICATED)
         for proto in self.subprotocols:
             if proto in request.protocols:
                 return proto
@@ -70,9 +94,14 @@ class VoiceServerProtocol(WebSocketServerProtocol):
         server = self.server
         session.close = self.closeSession
         session.attributes["subscriber"] = self
-        session.attributes["opened_at"] = server.clock.seconds()
+        now = session.attributes["opened_at"] = server.clock.seconds()
+        self._message_limiter = server.admission.rate_policy.new_limiter(now)
+        rate = server.config.max_audio_bytes_per_second
+        self._audio_bucket = TokenBucket(rate, 2 * rate, now) if rate > 0 else _UNLIMITED
         server.registry.add(session)
-        server.stats.connections_total += 1
+        server.connection_opened(session)
+        if self.admission is not None and self.admission.principal is not None:
+            self.watchExpiry(self.admission.principal.expires_at)
         self.wslog.info(
             "session {session_id} opened from {peer} ({dialect})",
             session_id=session.id,
@@ -86,13 +115,21 @@ class VoiceServerProtocol(WebSocketServerProtocol):
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         session = self.session
         if session is None:
+            self._lost_early = True
             return
+        if self._expiry_call is not None and self._expiry_call.active():
+            self._expiry_call.cancel()
+        if self.admission is not None:
+            self.admission.lease.release()
         if session.state is not SessionState.CLOSED:
+            registered = self.server.registry.get(session.id) is session
             try:
                 self.sessionClosing()
             finally:
                 session.state = SessionState.CLOSED
-                self.server.registry.remove(session)
+                if registered:
+                    self.server.registry.remove(session)
+                    self.server.connection_closed(session)
                 self.wslog.info(
                     "session {session_id} closed (clean={clean}, code={code})",
                     session_id=session.id,
@@ -128,7 +165,31 @@ class VoiceServerProtocol(WebSocketServerProtocol):
         session = self.session
         if session is not None:
             session.attributes.pop("ping_sent", None)
+            session.attributes["missed_pings"] = 0
             session.attributes["pong_at"] = self.server.clock.seconds()
+
+    def watchExpiry(self, expires_at: float | None) -> None:
+        """Tell and close the session when its credentials expire (``token_expired``, 4003)."""
+        if self._expiry_call is not None and self._expiry_call.active():
+            self._expiry_call.cancel()
+        self._expiry_call = None
+        if expires_at is None:
+            return
+        delay = max(expires_at - time.time(), 0.0)
+        self._expiry_call = self.server.clock.callLater(delay, self._credentialsExpired)
+
+    def _credentialsExpired(self) -> None:
+        self._expiry_call = None
+        self.reportError(VoiceError("the session's token has expired", code="token_expired"))
+        self.closeSession(CLOSE_TOKEN_EXPIRED, "token expired")
+
+    def reportError(self, error: VoiceError) -> None:
+        """Tell the client about an error it did not cause by one message (dialects override)."""
+
+    def rateLimited(self, is_binary: bool) -> None:
+        """A message was dropped by the rate limit."""
+        self.server.record_error("rate_limited")
+        self.reportError(VoiceError("rate limit exceeded: message dropped", code="rate_limited"))
 
     # dialect hooks
 
@@ -177,18 +238,38 @@ class VoiceServerProtocol(WebSocketServerProtocol):
         session = self.session
         if session is None:
             return
-        session.last_activity = self.server.clock.seconds()
+        server = self.server
+        now = session.last_activity = server.clock.seconds()
         counters = session.counters
-        counters.messages_in += 1
         if self._oversize:
-            counters.bytes_in += self._message_length
             self._oversize = False
+            if isBinary:
+                counters.binary_in += 1
+                counters.binary_bytes_in += self._message_length
+            else:
+                counters.text_in += 1
+                counters.text_bytes_in += self._message_length
             self.messageTooLarge(self._message_length, isBinary)
             return
-        counters.bytes_in += len(payload)
+        size = len(payload)
         if isBinary:
+            counters.binary_in += 1
+            counters.binary_bytes_in += size
+            if not self._audio_bucket.allow(now, size):
+                self.rateLimited(True)
+                return
             self.binaryReceived(payload)
         else:
+            counters.text_in += 1
+            counters.text_bytes_in += size
+            decision = self._message_limiter.check(now)
+            if decision is not ALLOW:
+                if decision is CLOSE:
+                    server.stats.count(server.stats.rate_limit_closes, self.dialect)
+                    self.closeSession(CLOSE_POLICY, "rate limit exceeded")
+                else:
+                    self.rateLimited(False)
+                return
             self.textReceived(payload)
 
     # sending
@@ -199,8 +280,8 @@ class VoiceServerProtocol(WebSocketServerProtocol):
             return
         session = self.session
         if session is not None:
-            session.counters.messages_out += 1
-            session.counters.bytes_out += len(payload)
+            session.counters.text_out += 1
+            session.counters.text_bytes_out += len(payload)
         self.sendMessage(
             payload, False, doNotCompress=len(payload) < self.server.config.compression_threshold
         )
@@ -211,9 +292,19 @@ class VoiceServerProtocol(WebSocketServerProtocol):
             return
         session = self.session
         if session is not None:
-            session.counters.messages_out += 1
-            session.counters.bytes_out += len(payload)
+            session.counters.binary_out += 1
+            session.counters.binary_bytes_out += len(payload)
         self.sendMessage(payload, True, doNotCompress=True)
+
+
+class _Unlimited:
+    """A bucket that always allows (audio rate limit turned off)."""
+
+    def allow(self, now: float, cost: float = 1.0) -> bool:
+        return True
+
+
+_UNLIMITED = _Unlimited()
 
 
 def _chain(d: Deferred) -> Deferred:

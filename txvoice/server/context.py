@@ -20,7 +20,12 @@ from txvoice.audio.workers import AudioWorkers
 from txvoice.config import VoiceConfig
 from txvoice.events.bus import IEventBus, LocalEventBus
 from txvoice.pipeline.interfaces import IVoicePipeline
+from txvoice.monitoring.history import MetricsHistory
+from txvoice.monitoring.metrics import Traffic, VoiceMetrics
+from txvoice.monitoring.reactorlag import ReactorLagProbe
+from txvoice.server.admission import AdmissionPolicy
 from txvoice.session.registry import ISessionRegistry, LocalSessionRegistry
+from txvoice.session.session import Session, SessionCounters
 from txvoice.session.resume import IResumeStore, LocalResumeStore
 
 
@@ -45,6 +50,8 @@ class ServerStats:
     connections_refused: dict[str, int] = field(default_factory=dict)
     heartbeat_drops: int = 0
     resumes: int = 0
+    rate_limit_closes: dict[str, int] = field(default_factory=dict)
+    closed_sessions: SessionCounters = field(default_factory=SessionCounters)
     reaped: dict[str, int] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
 
@@ -77,6 +84,67 @@ class VoiceServer:
         self.started_at = time.time()
         self.version = __version__
         self.shutting_down = False
+        self.admission = AdmissionPolicy(config, clock, on_refused=self.record_refused)
+        self.metrics = VoiceMetrics(traffic=self.traffic)
+        self.lag = ReactorLagProbe(clock, on_sample=self.metrics.observe_reactor_lag)
+        self.history = MetricsHistory(
+            clock,
+            minutes=config.history_minutes,
+            reactor_lag=self.lag.stats,
+            connection_details=self.connection_details,
+            traffic=self.traffic_totals,
+        )
+
+    # accounting (reactor thread)
+
+    def record_refused(self, reason: str) -> None:
+        self.stats.count(self.stats.connections_refused, reason)
+        self.metrics.connection_refused(reason)
+
+    def record_error(self, code: str) -> None:
+        self.stats.count(self.stats.errors, code)
+        self.metrics.error(code)
+        self.history.error(code)
+
+    def record_latency(self, stage: str, seconds: float) -> None:
+        self.metrics.observe_latency(stage, seconds)
+        self.history.latency(stage, seconds)
+
+    def connection_opened(self, session: Session) -> None:
+        self.stats.connections_total += 1
+        self.metrics.connection_opened()
+        self.history.connection_opened()
+
+    def connection_closed(self, session: Session) -> None:
+        self.stats.closed_sessions.add(session.counters)
+        self.metrics.connection_closed()
+        self.history.connection_closed()
+
+    def session_totals(self) -> SessionCounters:
+        """Counters of every session, live and closed, added up (read at scrape time only)."""
+        total = SessionCounters()
+        total.add(self.stats.closed_sessions)
+        for session in self.registry:
+            total.add(session.counters)
+        return total
+
+    def traffic(self) -> Traffic:
+        t = self.session_totals()
+        return Traffic(
+            messages={("in", "text"): t.text_in, ("in", "binary"): t.binary_in,
+                      ("out", "text"): t.text_out, ("out", "binary"): t.binary_out},
+            message_bytes={("in", "text"): t.text_bytes_in, ("in", "binary"): t.binary_bytes_in,
+                           ("out", "text"): t.text_bytes_out, ("out", "binary"): t.binary_bytes_out},
+            audio_frames={"in": t.audio_frames_in, "out": t.audio_frames_out},
+        )
+
+    def traffic_totals(self) -> tuple[int, int, int, int]:
+        t = self.session_totals()
+        return (t.messages_in, t.bytes_in, t.messages_out, t.bytes_out)
+
+    def connection_details(self, session_id: str) -> dict[str, Any] | None:
+        session = self.registry.get(session_id)
+        return session.as_dict() if session is not None else None
 
     def conversation(self, conversation_id: str | None) -> Conversation:
         """The conversation with this id, created when new (a fresh id when None)."""
@@ -88,16 +156,53 @@ class VoiceServer:
 
     def authenticate(self, token: str, user_id: str | None) -> Deferred:
         """
-        Check an in-protocol ``auth`` token; fire with ``(user_id, tenant)``.  Without an
-        authenticator configured every token is accepted (development default).
+        Check an in-protocol ``auth`` token; fire with a Principal.  Without an authenticator
+        configured every token is accepted (development default).
         """
-        return succeed((user_id or "anonymous", None))
+        return self.admission.authenticate(token, user_id)
 
     def health(self) -> dict[str, Any]:
+        """``/health``: healthy, degraded (a threshold crossed) or unhealthy, with the figures."""
+        config = self.config
+        realtime = self.history.get_real_time_metrics()
+        lag = self.lag.stats()
+        lag_p99_ms = lag.get("p99", 0.0) * 1000.0
+        depth = self.workers.queue_depth
+        avg_latency = realtime.get("avg_latency_ms") or 0.0
+        error_rate = realtime.get("error_rate") or 0.0
+        self.metrics.set_pool_queue_depth("audio", depth)
+        reasons: list[str] = []
+        unhealthy: list[str] = []
+        if self.shutting_down:
+            unhealthy.append("shutting_down")
+        if lag_p99_ms > 10 * config.health_max_reactor_lag_ms:
+            unhealthy.append("reactor_lag")
+        elif lag_p99_ms > config.health_max_reactor_lag_ms:
+            reasons.append("reactor_lag")
+        if depth > 10 * config.health_max_queue_depth:
+            unhealthy.append("audio_queue_depth")
+        elif depth > config.health_max_queue_depth:
+            reasons.append("audio_queue_depth")
+        if avg_latency > config.health_max_latency_ms:
+            reasons.append("latency")
+        if error_rate > config.health_max_error_rate:
+            reasons.append("error_rate")
+        status = "unhealthy" if unhealthy else "degraded" if reasons else "healthy"
         return {
-            "status": "healthy" if not self.shutting_down else "unhealthy",
+            "status": status,
+            "reasons": unhealthy + reasons,
             "version": self.version,
             "active_sessions": len(self.registry),
-            "audio_queue_depth": self.workers.queue_depth,
+            "avg_latency_ms": round(avg_latency, 3),
+            "error_rate": round(error_rate, 6),
+            "reactor_lag_ms": {"p50": round(lag.get("p50", 0.0) * 1000.0, 3), "p99": round(lag_p99_ms, 3)},
+            "audio_queue_depth": depth,
+            "thresholds": {
+                "max_latency_ms": config.health_max_latency_ms,
+                "max_error_rate": config.health_max_error_rate,
+                "max_reactor_lag_ms": config.health_max_reactor_lag_ms,
+                "max_queue_depth": config.health_max_queue_depth,
+            },
             "uptime_s": round(time.time() - self.started_at, 3),
+            "timestamp": time.time(),
         }

@@ -45,6 +45,85 @@ class HealthResource(JSONResource):
         return health, 503 if health["status"] == "unhealthy" else 200
 
 
+class MetricsPage(Resource):
+    """``GET /metrics``: Prometheus text exposition, rendered on the reactor thread (it reads session state)."""
+
+    isLeaf = True
+
+    def __init__(self, server: VoiceServer) -> None:
+        super().__init__()
+        self.voice = server
+
+    def render_GET(self, request: Request) -> bytes:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        self.voice.metrics.set_pool_queue_depth("audio", self.voice.workers.queue_depth)
+        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
+        return generate_latest(self.voice.metrics.registry)
+
+
+class MonitoringResource(JSONResource):
+    """
+    The JSON monitoring API (S1's monitor): ``/monitoring`` (real time), ``/monitoring/history?minutes=N``,
+    ``/monitoring/sessions`` and ``/monitoring/sessions/<id>``.  Needs a Bearer JWT when an
+    authenticator is configured.
+    """
+
+    isLeaf = True
+
+    def __init__(self, server: VoiceServer) -> None:
+        super().__init__()
+        self.voice = server
+
+    def render_GET(self, request: Request) -> Any:
+        admission = self.voice.admission
+        if admission.authenticator is None:
+            return super().render_GET(request)
+        from txvoice.security.jwt_auth import extract_token
+
+        token = extract_token({k.decode("latin-1"): v[0].decode("latin-1")
+                               for k, v in request.requestHeaders.getAllRawHeaders()}, None)
+
+        def ok(principal: Any) -> None:
+            request.write(JSONResource.render_GET(self, request))
+            request.finish()
+
+        def denied(failure: Any) -> None:
+            request.setResponseCode(401)
+            request.setHeader(b"content-type", b"application/json")
+            request.write(json.dumps({"error": {"code": getattr(failure.value, "code", "auth_failed")}}).encode())
+            request.finish()
+
+        if token is None:
+            request.setResponseCode(401)
+            request.setHeader(b"content-type", b"application/json")
+            return json.dumps({"error": {"code": "token_missing"}}).encode()
+        admission.authenticator.authenticate(token).addCallbacks(ok, denied)
+        from twisted.web.server import NOT_DONE_YET
+
+        return NOT_DONE_YET
+
+    def document(self, request: Request) -> tuple[dict[str, Any], int]:
+        voice = self.voice
+        path = [p for p in request.postpath if p]
+        if not path:
+            return voice.history.get_real_time_metrics(), 200
+        if path == [b"history"]:
+            try:
+                minutes = int(request.args.get(b"minutes", [b"60"])[0])
+            except ValueError:
+                return {"error": {"code": "invalid_field", "message": "minutes must be an integer"}}, 400
+            return {"minutes": voice.history.get_historical_metrics(minutes=max(1, minutes))}, 200
+        if path == [b"sessions"]:
+            return {"sessions": [s.as_dict() for s in voice.registry]}, 200
+        if len(path) == 2 and path[0] == b"sessions":
+            details = voice.connection_details(path[1].decode("utf-8", "replace"))
+            if details is None:
+                return {"error": {"code": "unknown_session"}}, 404
+            return details, 200
+        return {"error": {"code": "not_found"}}, 404
+
+
 class IndexResource(Resource):
     isLeaf = True
 
@@ -102,6 +181,15 @@ def build_site(server: VoiceServer, websockets: dict[str, WebSocketResource]) ->
     root = Resource()
     index = IndexResource(server)
     root.putChild(b"health", HealthResource(server))
+    root.putChild(b"metrics", MetricsPage(server))
+    root.putChild(b"monitoring", MonitoringResource(server))
+    admission = server.admission
+    if admission.authenticator is not None:
+        from txvoice.security.session_tokens import AuthWebSocketResource
+
+        auth = Resource()
+        auth.putChild(b"websocket", AuthWebSocketResource(admission.authenticator, admission.issuer, None, admission.origins))
+        root.putChild(b"auth", auth)
     for path, resource in websockets.items():
         if not _segments(path):
             resource = UpgradeOrResource(resource, index)

@@ -16,7 +16,11 @@ from txvoice.server.context import VoiceServer
 
 
 class HeartbeatService(Service):
-    """Sends a WebSocket ping every ``ping_interval``; drops a peer silent for ``ping_timeout`` after one."""
+    """
+    Sends a WebSocket ping every ``ping_interval``.  A ping unanswered for ``ping_timeout`` is a
+    miss, and another ping goes out; after ``heartbeat_max_missed`` misses in a row the peer is
+    dropped (S4: interval, timeout, maxMissed).  A pong or an application ``heartbeat`` resets it.
+    """
 
     name = "heartbeat"
     log = Logger(namespace="txvoice.network.heartbeat")
@@ -52,13 +56,22 @@ class HeartbeatService(Service):
             protocol = session.attributes.get("subscriber")
             if protocol is None:
                 continue
-            sent = session.attributes.get("ping_sent")
+            attributes = session.attributes
+            sent = attributes.get("ping_sent")
             if sent is not None:
                 if now - sent > config.ping_timeout:
-                    server.stats.heartbeat_drops += 1
-                    self.log.info("dropping {session_id}: no pong for {waited:.1f}s", session_id=session.id, waited=now - sent)
-                    session.attributes.pop("ping_sent", None)
-                    protocol.dropConnection(abort=True)
+                    missed = attributes["missed_pings"] = attributes.get("missed_pings", 0) + 1
+                    if missed >= config.heartbeat_max_missed:
+                        server.stats.heartbeat_drops += 1
+                        server.metrics.heartbeat_drop()
+                        self.log.info(
+                            "dropping {session_id}: {missed} pings unanswered", session_id=session.id, missed=missed
+                        )
+                        attributes.pop("ping_sent", None)
+                        protocol.dropConnection(abort=True)
+                    else:
+                        attributes["ping_sent"] = now
+                        protocol.sendPing(b"txvoice-hb")
                 continue
             if now - session.attributes.get("pong_at", session.last_activity) >= config.ping_interval:
                 session.attributes["ping_sent"] = now

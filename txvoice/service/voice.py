@@ -26,6 +26,7 @@ from txvoice.server.factory import VoiceServerFactory
 from txvoice.server.web import build_site
 from txvoice.service.heartbeat import HeartbeatService
 from txvoice.service.listener import ListenerService
+from txvoice.service.monitoring import MonitoringService
 from txvoice.service.reaper import ReaperService
 
 
@@ -40,8 +41,9 @@ class VoiceService(MultiService):
         self.workers = server.workers
         self.heartbeat = HeartbeatService(server)
         self.reaper = ReaperService(server)
+        self.monitoring = MonitoringService(server)
         self.listener = listener
-        for child in (self.workers, self.heartbeat, self.reaper, self.listener):
+        for child in (self.workers, self.monitoring, self.heartbeat, self.reaper, self.listener):
             child.setServiceParent(self)
 
     def stopService(self) -> Deferred:
@@ -50,7 +52,11 @@ class VoiceService(MultiService):
         d = maybeDeferred(self.listener.stopService)
         d.addBoth(lambda _: self.closeSessions())
         d.addErrback(lambda f: self.log.failure("closing sessions failed", f))
-        d.addBoth(lambda _: DeferredList([maybeDeferred(s.stopService) for s in (self.heartbeat, self.reaper)]))
+        d.addBoth(
+            lambda _: DeferredList(
+                [maybeDeferred(s.stopService) for s in (self.heartbeat, self.reaper, self.monitoring)]
+            )
+        )
         d.addBoth(lambda _: self.workers.stopService())
         d.addBoth(lambda _: self.log.info("txvoice stopped"))
         return d

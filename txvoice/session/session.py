@@ -30,19 +30,53 @@ _ALLOWED: dict[SessionState, frozenset[SessionState]] = {
 
 @dataclass(slots=True)
 class SessionCounters:
-    """Traffic through one session."""
+    """
+    Traffic through one session.  Plain integers, bumped on the per-message path; Prometheus
+    reads them (summed over sessions) only when it is scraped.
+    """
 
-    messages_in: int = 0
-    messages_out: int = 0
-    bytes_in: int = 0
-    bytes_out: int = 0
+    text_in: int = 0
+    binary_in: int = 0
+    text_bytes_in: int = 0
+    binary_bytes_in: int = 0
+    text_out: int = 0
+    binary_out: int = 0
+    text_bytes_out: int = 0
+    binary_bytes_out: int = 0
     audio_frames_in: int = 0
     audio_frames_out: int = 0
     errors: int = 0
     turns: int = 0
 
+    @property
+    def messages_in(self) -> int:
+        return self.text_in + self.binary_in
+
+    @property
+    def messages_out(self) -> int:
+        return self.text_out + self.binary_out
+
+    @property
+    def bytes_in(self) -> int:
+        return self.text_bytes_in + self.binary_bytes_in
+
+    @property
+    def bytes_out(self) -> int:
+        return self.text_bytes_out + self.binary_bytes_out
+
+    def add(self, other: "SessionCounters") -> None:
+        for name in self.__slots__:  # type: ignore[attr-defined]
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
     def as_dict(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
+        fields = {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
+        fields.update(
+            messages_in=self.messages_in,
+            messages_out=self.messages_out,
+            bytes_in=self.bytes_in,
+            bytes_out=self.bytes_out,
+        )
+        return fields
 
 
 def new_session_id() -> str:
