@@ -19,6 +19,11 @@ ROOT = Path(__file__).resolve().parent.parent
 TWISTD = str(BIN / "twistd")
 
 
+def source_env(**extra: str) -> dict[str, str]:
+    """The environment for a twistd subprocess that runs this working tree's txvoice."""
+    return {**os.environ, "PYTHONPATH": str(ROOT), **extra}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -66,7 +71,7 @@ def start_daemon(
     port = free_port()
     log_path = tmp_path / f"twistd-{port}.log"
     # The daemon runs the working tree's code (the installed plugin imports txvoice from here).
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    full_env = source_env(**(env or {}))
     full_env.pop("TXVOICE_LISTEN", None)
     log_args = list(twistd_args) or ["--logfile", str(log_path)]
     cmd = [TWISTD, "--nodaemon", "--pidfile=", *log_args, "txvoice",

@@ -11,25 +11,25 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from daemons import ROOT, TWISTD, start_daemon
+from daemons import ROOT, TWISTD, source_env, start_daemon
 from txvoice.config import config_table
 
 
 def test_twistd_lists_the_plugin() -> None:
-    out = subprocess.run([TWISTD, "--help"], capture_output=True, text=True, timeout=60, cwd="/")
+    out = subprocess.run([TWISTD, "--help"], capture_output=True, text=True, timeout=60, cwd="/", env=source_env())
     assert out.returncode == 0
     assert "txvoice" in out.stdout
 
 
 def test_txvoice_help_lists_the_options() -> None:
-    out = subprocess.run([TWISTD, "txvoice", "--help"], capture_output=True, text=True, timeout=60, cwd="/")
+    out = subprocess.run([TWISTD, "txvoice", "--help"], capture_output=True, text=True, timeout=60, cwd="/", env=source_env())
     for option in ["--listen", "--path", "--max-connections", "--ping-interval", "--ping-timeout", "--compression"]:
         assert option in out.stdout
 
 
 def test_bad_option_is_a_usage_error(tmp_path) -> None:
     out = subprocess.run([TWISTD, "-n", "--pidfile=", "txvoice", "--ping-interval", "soon"],
-                         capture_output=True, text=True, timeout=60, cwd=tmp_path)
+                         capture_output=True, text=True, timeout=60, cwd=tmp_path, env=source_env())
     assert out.returncode != 0
     assert "ping_interval" in (out.stdout + out.stderr) or "ping-interval" in (out.stdout + out.stderr)
 
@@ -69,4 +69,29 @@ def test_environment_configures_the_daemon(tmp_path) -> None:
 
 def test_documented_configuration_table_is_current() -> None:
     doc = (ROOT / "doc" / "configuration.md").read_text()
-    assert config_table() in doc, "regenerate with: twistd txvoice --config-table"
+    assert config_table() in doc, "regenerate with: twistd txvoice --settings-table"
+
+
+def test_config_file_then_environment_then_options(tmp_path) -> None:
+    config = tmp_path / "txvoice.toml"
+    config.write_text('[txvoice]\npath = "/from-file"\nmax-connections = 7\nping_interval = 20\n')
+    d = start_daemon(tmp_path, "--config", str(config), "--ping-interval", "15",
+                     env={"TXVOICE_MAX_CONNECTIONS": "9"})
+    try:
+        with connect(f"ws://127.0.0.1:{d.port}/from-file", open_timeout=5) as ws:
+            greeting = json.loads(ws.recv(timeout=5))["data"]
+        assert greeting["heartbeat"]["ping_interval"] == 15.0  # option beats file
+    finally:
+        d.stop()
+    from txvoice.config import VoiceConfig
+
+    cfg = VoiceConfig.from_env({"TXVOICE_MAX_CONNECTIONS": "9"}, base=VoiceConfig.from_file(str(config)))
+    assert (cfg.path, cfg.max_connections, cfg.ping_interval) == ("/from-file", 9, 20.0)
+
+
+def test_bad_config_file_is_a_usage_error(tmp_path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('max_connections = "lots"\n')
+    out = subprocess.run([TWISTD, "-n", "--pidfile=", "txvoice", "--config", str(bad)],
+                         capture_output=True, text=True, timeout=60, cwd=tmp_path, env=source_env())
+    assert out.returncode != 0 and "max_connections must be int" in (out.stdout + out.stderr)

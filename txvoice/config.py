@@ -93,6 +93,33 @@ class VoiceConfig:
                 changes[f.name] = parse_value(f, raw)
         return replace(config, **changes)
 
+    @classmethod
+    def from_file(cls, path: str, base: "VoiceConfig | None" = None) -> "VoiceConfig":
+        """
+        Apply a TOML file of settings (``listen = "tcp:9000"``, ``max_connections = 50``; keys are
+        the option names with ``_`` or ``-``, optionally under a ``[txvoice]`` table).
+        """
+        import tomllib
+
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+        if isinstance(data.get("txvoice"), dict):
+            data = data["txvoice"]
+        known = {f.name: f for f in fields(cls)}
+        changes: dict[str, Any] = {}
+        for key, value in data.items():
+            name = key.replace("-", "_")
+            if name not in known:
+                raise ValueError(f"{path}: unknown setting {key!r}")
+            f = known[name]
+            expected = type(f.default)
+            if expected is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+                raise ValueError(f"{path}: {key} must be {expected.__name__}, not {type(value).__name__}")
+            changes[name] = value
+        return replace(base or cls(), **changes)
+
     def updated(self, **changes: Any) -> "VoiceConfig":
         return replace(self, **changes)
 

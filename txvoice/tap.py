@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import fields
 
 from twisted.application.service import IService
@@ -38,7 +39,9 @@ class Options(usage.Options):
         )
     ]
 
-    def opt_config_table(self) -> None:
+    optParameters.append(["config", "c", None, "TOML file of settings (also TXVOICE_CONFIG); options and TXVOICE_* variables override it."])
+
+    def opt_settings_table(self) -> None:
         """Print the table of every setting (Markdown) and exit."""
         print(config_table(), end="")
         raise SystemExit(0)
@@ -58,8 +61,10 @@ class Options(usage.Options):
                 except ValueError as e:
                     raise usage.UsageError(str(e)) from None
         try:
-            self.config = VoiceConfig.from_env().updated(**changes)
-        except ValueError as e:
+            path = self.get("config") or os.environ.get("TXVOICE_CONFIG")
+            base = VoiceConfig.from_file(path) if path else None
+            self.config = VoiceConfig.from_env(base=base).updated(**changes)
+        except (ValueError, OSError) as e:
             raise usage.UsageError(str(e)) from None
         if self.config.log_format not in ("text", "json"):
             raise usage.UsageError("--log-format must be 'text' or 'json'")
