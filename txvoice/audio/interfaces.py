@@ -22,6 +22,11 @@ class IAudioDecoder(Interface):
         Decode one chunk as the client sent it; return a 1-D ``numpy.int16`` array of
         interleaved samples (possibly empty, e.g. while a container header is read).
 
+        The array belongs to the caller: later calls never write to it (decoders reuse their
+        scratch buffers and copy out only the valid samples).  It may be read-only (raw PCM is a
+        zero-copy view of ``data``), so copy it before modifying it in place.  Output is always
+        whole frames: ``len(result) % output_channels == 0``.
+
         ``sequence`` is the client's frame sequence number when it sends one; a codec with packet
         loss concealment uses gaps in it to conceal lost frames.  Raise
         :class:`txvoice.errors.AudioError` (with a specific ``code``) for input that cannot be
@@ -29,7 +34,11 @@ class IAudioDecoder(Interface):
         """
 
     def flush():
-        """Return whatever PCM is still buffered at the end of the stream (may be empty)."""
+        """
+        Return whatever PCM is still buffered at the end of the stream (may be empty).  Raise
+        :class:`txvoice.errors.AudioError` ``truncated_frame`` when the stream ended inside a
+        frame or a header; the decoder is reset either way.
+        """
 
 
 class IAudioEncoder(Interface):
