@@ -1,0 +1,119 @@
+"""Tests for txvoice.audio.frames: exact frames out of arbitrary chunks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import signal_speech as speech
+from txvoice.audio.frames import FrameAssembler, frame_samples
+from txvoice.audio.resample import PIPELINE_RATE, Resampler, resample_once
+
+
+def assemble(assembler: FrameAssembler, chunks) -> tuple[list[np.ndarray], np.ndarray]:
+    """Push every chunk; return copies of all frames and the flushed remainder."""
+    frames = []
+    for chunk in chunks:
+        for frame in assembler.push(chunk):
+            frames.append(frame.copy())
+    return frames, assembler.flush().copy()
+
+
+def cut(pcm: np.ndarray, sizes: list[int]):
+    """``pcm`` in consecutive chunks whose sizes cycle through ``sizes`` (0: an empty chunk)."""
+    i, k = 0, 0
+    while i < len(pcm):
+        yield pcm[i : i + sizes[k % len(sizes)]]
+        i += sizes[k % len(sizes)]
+        k += 1
+
+
+def test_frame_samples() -> None:
+    assert frame_samples(16000, 20) == 320
+    assert frame_samples(44100, 10) == 441
+    with pytest.raises(ValueError):
+        frame_samples(22050, 10)  # 220.5 samples
+
+
+def test_rejects_unsupported_durations() -> None:
+    with pytest.raises(ValueError):
+        FrameAssembler(16000, 25)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    frame_ms=st.sampled_from([10, 20, 30]),
+    rate=st.sampled_from([8000, 16000, 48000]),
+    sizes=st.lists(st.integers(min_value=0, max_value=5000), min_size=1, max_size=20).filter(any),
+    total=st.integers(min_value=0, max_value=20000),
+)
+def test_exact_frames_for_any_chunking(frame_ms: int, rate: int, sizes: list[int], total: int) -> None:
+    pcm = np.random.default_rng(total).integers(-32768, 32768, total, dtype=np.int16)
+    assembler = FrameAssembler(rate, frame_ms)
+    size = frame_samples(rate, frame_ms)
+    frames, rest = assemble(assembler, cut(pcm, sizes))  # zero sizes push empty chunks
+    assert all(f.shape == (size,) and f.dtype == np.int16 for f in frames)
+    assert len(frames) == total // size == assembler.frames_out
+    assert len(rest) == total % size
+    assert np.array_equal(np.concatenate(frames + [rest]), pcm)
+
+
+def test_frames_are_views_valid_until_the_next_push() -> None:
+    assembler = FrameAssembler(16000, 20)
+    pcm = np.arange(1000, dtype=np.int16)
+    block = assembler.push(pcm)
+    assert block.shape == (3, 320)
+    assert np.array_equal(block[1], pcm[320:640])
+    assert not np.shares_memory(block, pcm)  # the input was copied once, into the assembler
+    again = assembler.push(np.arange(1000, 1280, dtype=np.int16))  # 40 pending + 280 = one frame
+    assert np.array_equal(again[0], np.arange(960, 1280))
+    assert np.shares_memory(block, again)  # the buffer is reused: views live until the next push
+
+
+def test_flush_pads_to_a_whole_frame_on_request() -> None:
+    assembler = FrameAssembler(16000, 10)
+    assembler.push(np.ones(250, dtype=np.int16))
+    padded = assembler.flush(pad=True)
+    assert len(padded) == 160
+    assert padded[:90].tolist() == [1] * 90 and not padded[90:].any()
+    assert assembler.frames_out == 2
+    assert len(assembler.flush()) == 0
+
+
+def test_a_chunk_larger_than_the_buffer_grows_it() -> None:
+    assembler = FrameAssembler(16000, 20, capacity_ms=40)
+    pcm = np.arange(32000, dtype=np.int16) % 1000
+    assembler.push(pcm[:100])
+    block = assembler.push(pcm[100:])
+    assert block.shape == (100, 320)
+    assert np.array_equal(block.reshape(-1), pcm)
+
+
+def test_stream_time_counts_frames() -> None:
+    assembler = FrameAssembler(48000, 30)
+    assembler.push(np.zeros(48000, dtype=np.int16))
+    assert assembler.time_ms == 990  # 33 whole frames; 10 ms pending
+    assert assembler.pending == 480
+    assembler.reset()
+    assert assembler.time_ms == 0 and assembler.pending == 0
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    rate=st.sampled_from([44100, 48000, 8000]),
+    sizes=st.lists(st.integers(min_value=1, max_value=4000), min_size=1, max_size=10),
+    frame_ms=st.sampled_from([10, 20, 30]),
+)
+def test_resampled_frames_equal_one_shot_resampling(rate: int, sizes: list[int], frame_ms: int) -> None:
+    """Resampler + assembler over any chunking == one-shot resampling, sliced (0 LSB measured)."""
+    pcm = speech.speak(rate=rate)[: rate]
+    resampler, assembler = Resampler(rate), FrameAssembler(PIPELINE_RATE, frame_ms)
+    frames = []
+    for chunk in cut(pcm, sizes):
+        frames.extend(f.copy() for f in assembler.push(resampler.process(chunk)))
+    frames.extend(f.copy() for f in assembler.push(resampler.flush()))
+    rest = assembler.flush()
+    got = np.concatenate(frames + [rest])
+    assert np.array_equal(got, resample_once(pcm, rate, PIPELINE_RATE))

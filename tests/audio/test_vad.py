@@ -1,0 +1,193 @@
+"""Tests for txvoice.audio.vad: webrtcvad plus the spectral gate, and the hysteresis detector."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import webrtcvad
+from zope.interface.verify import verifyObject
+
+import signal_speech as speech
+from txvoice.audio.vad import (
+    GateParams,
+    ISpeechClassifier,
+    SpeechStarted,
+    SpeechStopped,
+    VoiceActivityDetector,
+    WebRtcClassifier,
+    gate_params,
+)
+
+UTTERANCES = [speech.SENTENCE, "Please stop.", "Seven silly snakes sat sideways."]
+SPAN_TOLERANCE_MS = 60
+
+
+def run(detector: VoiceActivityDetector, pcm: np.ndarray) -> tuple[list, np.ndarray, np.ndarray]:
+    """Feed whole frames; return (events, per-frame decisions, per-frame webrtcvad decisions)."""
+    n = detector.frame_size
+    events, decisions, webrtc = [], [], []
+    for i in range(0, len(pcm) - n + 1, n):
+        event = detector.process(pcm[i : i + n])
+        if event is not None:
+            events.append(event)
+        decisions.append(detector.is_speech)
+        webrtc.append(getattr(detector.classifier, "webrtc", False))
+    final = detector.finish()
+    if final is not None:
+        events.append(final)
+    return events, np.array(decisions), np.array(webrtc)
+
+
+def scripted(script: str, **kw) -> list[tuple[str, float, float]]:
+    """Run a scripted 20 ms detector; return (kind, t_ms, emitted_at_ms) triples."""
+    detector = VoiceActivityDetector(16000, 20, classifier=speech.ScriptedClassifier(script), **kw)
+    out = []
+    for _ in script:
+        event = detector.process(np.zeros(320, dtype=np.int16))
+        if event is not None:
+            out.append((event.kind, event.t_ms, detector.time_ms))
+    return out
+
+
+# -- threshold mapping ----------------------------------------------------------------------------
+
+
+def test_threshold_maps_monotonically_onto_aggressiveness_and_gate() -> None:
+    params = [gate_params(t / 10) for t in range(11)]
+    assert [p.aggressiveness for p in params] == [0, 0, 0, 1, 1, 2, 2, 2, 3, 3, 3]
+    assert all(a.snr_db < b.snr_db for a, b in zip(params, params[1:]))
+    assert all(a.max_flatness > b.max_flatness for a, b in zip(params, params[1:]))
+    assert gate_params(0.5) == GateParams(2, 5.0, 0.35, -60.0)
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.01, float("nan")])
+def test_threshold_out_of_range(bad: float) -> None:
+    with pytest.raises(ValueError):
+        gate_params(bad)
+
+
+def test_unsupported_rate_or_frame() -> None:
+    with pytest.raises(ValueError):
+        WebRtcClassifier(44100, 20)
+    with pytest.raises(ValueError):
+        WebRtcClassifier(16000, 40)
+
+
+def test_classifier_provides_the_interface() -> None:
+    assert verifyObject(ISpeechClassifier, WebRtcClassifier())
+
+
+def test_wrong_frame_size() -> None:
+    with pytest.raises(ValueError):
+        WebRtcClassifier(16000, 20).classify(np.zeros(160, dtype=np.int16))
+
+
+# -- real speech ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rate", [8000, 16000, 48000])
+@pytest.mark.parametrize("frame_ms", [10, 20, 30])
+@pytest.mark.parametrize("text", UTTERANCES)
+def test_finds_the_speech_span(rate: int, frame_ms: int, text: str) -> None:
+    pcm = speech.speak(text, rate, pad_ms=(500, 1000))
+    true_start, true_end = speech.speech_span(pcm, rate)  # clean signal's envelope, -50 dBFS
+    events, _, _ = run(VoiceActivityDetector(rate, frame_ms), pcm)
+    kinds = [e.kind for e in events]
+    assert kinds == ["speech_start", "speech_end"], events
+    assert abs(events[0].t_ms - true_start) <= SPAN_TOLERANCE_MS
+    assert abs(events[1].t_ms - true_end) <= SPAN_TOLERANCE_MS
+
+
+def test_webrtcvad_alone_overruns_the_end_of_speech() -> None:
+    """The premise of the gate: webrtcvad keeps saying "speech" into the digital silence."""
+    pcm = speech.speak(speech.SENTENCE, 16000, pad_ms=(500, 1000))
+    _, true_end = speech.speech_span(pcm, 16000)
+    _, decisions, webrtc = run(VoiceActivityDetector(16000, 20), pcm)
+    assert (np.flatnonzero(webrtc)[-1] + 1) * 20 - true_end >= 80
+    assert (np.flatnonzero(decisions)[-1] + 1) * 20 - true_end <= 20
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("rate,frame_ms", [(8000, 10), (16000, 20), (16000, 10), (48000, 30)])
+def test_loud_white_noise_is_not_speech(threshold: float, rate: int, frame_ms: int) -> None:
+    noise = speech.noise_at(3000, -10, rate)
+    events, decisions, webrtc = run(VoiceActivityDetector(rate, frame_ms, threshold), noise)
+    assert webrtc.mean() > 0.95  # webrtcvad alone: all speech
+    assert events == []
+    assert decisions.mean() <= 0.01
+
+
+@pytest.mark.parametrize("frame_ms", [10, 20, 30])
+def test_silence_is_not_speech(frame_ms: int) -> None:
+    events, decisions, _ = run(VoiceActivityDetector(16000, frame_ms), speech.silence(2000))
+    assert events == [] and not decisions.any()
+
+
+def test_steady_pink_noise_stops_counting_after_half_a_second() -> None:
+    """Pink noise is not flat enough for the flatness test; the adaptive floor catches it."""
+    events, decisions, _ = run(VoiceActivityDetector(16000, 20), speech.noise_at(5000, -20, color="pink"))
+    assert not decisions[30:].any()  # after 600 ms
+    assert all(e.t_ms <= 600 for e in events)
+
+
+@pytest.mark.parametrize("color", ["white", "pink"])
+def test_speech_in_noise_at_10_db_snr(color: str) -> None:
+    clean = np.concatenate([speech.silence(1000), speech.speak("Hello, how are you doing today?"), speech.silence(1500)])
+    true_start, true_end = speech.speech_span(clean, 16000)
+    noisy, _ = speech.mix(clean, 10, color)
+    events, _, _ = run(VoiceActivityDetector(16000, 20), noisy)
+    spans = [(a.t_ms, b.t_ms) for a, b in zip(events[::2], events[1::2])]
+    # Pink noise may count as speech until the floor adapts (<= 500 ms); see the pink noise test.
+    assert all(end <= 600 for start, end in spans if start < 500)
+    spans = [span for span in spans if span[0] >= 500]
+    assert len(spans) == 1, events
+    assert abs(spans[0][0] - true_start) <= 100
+    assert abs(spans[0][1] - true_end) <= 100
+
+
+# -- hysteresis (scripted decisions: exact) ---------------------------------------------------------
+
+
+def test_a_click_does_not_start_speech() -> None:
+    assert scripted("0000" + "11" + "0" * 30) == []  # 40 ms < min_speech_ms 60
+
+
+def test_start_is_back_dated_to_the_first_speech_frame() -> None:
+    # Frames 4, 5, 7 are speech: 60 ms of speech within 120 ms confirms at the end of frame 7.
+    events = scripted("0000" + "1101" + "0" * 30)
+    assert events[0] == ("speech_start", 80, 160)
+
+
+def test_end_comes_after_the_hangover_and_is_dated_to_the_last_speech_frame() -> None:
+    events = scripted("0" * 5 + "1" * 10 + "0" * 20, hangover_ms=300)
+    assert events == [("speech_start", 100, 160), ("speech_end", 300, 600)]
+
+
+def test_pauses_shorter_than_the_hangover_do_not_end_speech() -> None:
+    script = "1" * 10 + "0" * 14 + "1" * 10 + "0" * 20  # 280 ms pause < 300 ms hangover
+    assert [e[0] for e in scripted(script)] == ["speech_start", "speech_end"]
+    script = "1" * 10 + "0" * 15 + "1" * 10 + "0" * 20  # 300 ms: two segments
+    assert [e[0] for e in scripted(script)] == ["speech_start", "speech_end"] * 2
+
+
+def test_finish_reports_speech_in_progress() -> None:
+    detector = VoiceActivityDetector(16000, 20, classifier=speech.ScriptedClassifier("1" * 10))
+    for _ in range(10):
+        detector.process(np.zeros(320, dtype=np.int16))
+    assert detector.speaking
+    assert detector.finish() == SpeechStopped(200)
+    assert detector.finish() is None
+
+
+def test_events_carry_stream_time() -> None:
+    assert SpeechStarted(120).kind == "speech_start" and SpeechStopped(200).kind == "speech_end"
+    detector = VoiceActivityDetector(16000, 30)
+    for _ in range(7):
+        detector.process(np.zeros(480, dtype=np.int16))
+    assert detector.time_ms == 210
+
+
+def test_webrtcvad_wrapper_cannot_take_int16_arrays() -> None:
+    """Why vad.py calls _webrtcvad directly: Vad.is_speech takes len(buf) as a byte count."""
+    with pytest.raises(Exception):
+        webrtcvad.Vad(2).is_speech(np.zeros(480, dtype=np.int16), 16000)
