@@ -39,7 +39,9 @@ def memory_server(**config: Any) -> VoiceServer:
     """A server with inline audio work and a fake clock (no timers of Autobahn's own)."""
     clock = MemoryReactorClock()
     cfg = VoiceConfig(open_handshake_timeout=0, **config)
-    return VoiceServer(cfg, EchoPipeline(), AudioWorkers(clock, threads=0), clock)
+    server = VoiceServer(cfg, EchoPipeline(), AudioWorkers(clock, threads=0), clock)
+    server.pacer.startService()
+    return server
 
 
 def client_frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:

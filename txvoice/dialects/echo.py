@@ -28,4 +28,4 @@ class EchoProtocol(VoiceServerProtocol):
             self.sendMessage(payload, True, doNotCompress=len(payload) < self.server.config.compression_threshold)
 
     def messageTooLarge(self, size: int, is_binary: bool) -> None:
-        self.sendClose(1009, f"message of {size} bytes exceeds {self.server.config.max_message_size}")
+        self.closeSession(1009, f"message of {size} bytes exceeds {self.server.config.max_message_size}")

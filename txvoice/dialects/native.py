@@ -16,7 +16,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txvoice.audio.format import CODEC_ALIASES, AudioFormat
-from txvoice.errors import ProtocolError, StateError, VoiceError
+from txvoice.errors import AudioError, ProtocolError, StateError, VoiceError
 from txvoice.pipeline.interfaces import IResponseSink
 from txvoice.protocol.envelope import Envelope, decode_envelope, encode_envelope
 from txvoice.protocol.messages import SUBPROTOCOL
@@ -43,9 +43,12 @@ _CATEGORY = {
 }
 
 
-def _category(code: str) -> str:
+def _category(error: VoiceError) -> str:
+    code = error.code
     if code in _CATEGORY:
         return _CATEGORY[code]
+    if isinstance(error, AudioError):
+        return "audio"
     if "stream" in code or "audio" in code or code.startswith("unsupported") or "codec" in code:
         return "audio"
     if "conversation" in code or code.endswith("state"):
@@ -123,6 +126,7 @@ class NativeVoiceProtocol(VoiceServerProtocol):
         assert session is not None
         self._sink = _NativeResponseSink(self)
         self.channel = VoiceChannel(self.server, session, self._sink)
+        self.channel.on_chunk_error = self._chunkFailed
         self._acked = AckedIds()
         session.attributes["resume_token"] = new_resume_token()
         if not self.server.config.auth_required:
@@ -155,6 +159,14 @@ class NativeVoiceProtocol(VoiceServerProtocol):
             "pipeline": server.pipeline.name,
             "resume_token": session.attributes.get("resume_token"),
         }
+
+    def _chunkFailed(self, failure: Failure) -> None:
+        error = failure.value
+        if isinstance(error, VoiceError):
+            self.sendError(error, None)
+        else:
+            self.wslog.failure("processing audio failed", failure)
+            self.sendError(VoiceError("the audio could not be processed", code="internal_error"), None)
 
     def sessionClosing(self) -> None:
         if self.channel is not None:
@@ -189,7 +201,7 @@ class NativeVoiceProtocol(VoiceServerProtocol):
             "code": error.code,
             "message": error.message,
             "error_message": error.message,
-            "category": _category(error.code),
+            "category": _category(error),
             "message_id": message_id,
         }
         field = error.details.get("field")
@@ -241,7 +253,7 @@ class NativeVoiceProtocol(VoiceServerProtocol):
                 raise StateError("session is not ready", code="invalid_state")
             if not self.session.is_authenticated:
                 raise VoiceError("authenticate first: audio needs an authenticated session", code="auth_required")
-            channel.audio(payload)
+            channel.audio(payload, None)
         except VoiceError as e:
             self.sendError(e, None)
 
@@ -330,13 +342,16 @@ class NativeVoiceProtocol(VoiceServerProtocol):
             channels=data.get("channels", 1),
             frame_duration_ms=data.get("frame_duration_ms", 20),
         )
-        options = dict(data.get("options") or {})
-        if "mode" in data:
-            options["mode"] = data["mode"]
-        stream = channel.start(fmt, data.get("stream_id"), options)
+        stream = channel.start(fmt, data.get("stream_id"), dict(data.get("options") or {}), data.get("mode"))
         self._sink.transport = transport
         self._sink.stream_id = stream.id
-        self.reply(env, "voice_start", {"stream_id": stream.id, "format": fmt.as_dict(), "response_audio": transport})
+        settings = stream.settings
+        self.reply(
+            env,
+            "voice_start",
+            {"stream_id": stream.id, "format": fmt.as_dict(), "response_audio": transport, "mode": settings.mode,
+             "vad": settings.vad},
+        )
 
     def on_voice_chunk(self, env: Envelope) -> None:
         channel = self.channel
@@ -348,20 +363,20 @@ class NativeVoiceProtocol(VoiceServerProtocol):
             raw = base64.b64decode(env.data["audio"], validate=True)
         except (binascii.Error, ValueError):
             raise ProtocolError("data.audio is not valid base64", code="invalid_audio", field="audio") from None
-        channel.audio(raw)
+        channel.audio(raw, env.data.get("sequence"))
 
     def on_voice_end(self, env: Envelope) -> None:
         channel = self.channel
         assert channel is not None
         stream_id = env.data.get("stream_id")
         self.reply(env, "voice_end", channel.active(stream_id).as_dict())
-        stream, done = channel.end(stream_id)
+        channel.end(stream_id)
 
-        def failed(f: Failure) -> None:
-            self.wslog.failure("turn of stream {stream_id} failed", f, stream_id=stream.id)
-            self.sendError(VoiceError("the pipeline failed to answer the turn", code="pipeline_failed"), env.message_id)
-
-        done.addErrback(failed)
+    def on_playback(self, env: Envelope) -> None:
+        """The client's playback position in the current response (used when it barges in)."""
+        channel = self.channel
+        assert channel is not None
+        channel.playbackPosition(env.data.get("response_id"), float(env.data["position_ms"]))
 
     def on_conversation_start(self, env: Envelope) -> None:
         session = self.session

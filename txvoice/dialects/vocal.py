@@ -7,7 +7,9 @@ it, and problems with ``{"status": "error", "message": ...}`` (plus a txvoice ``
 
 S2 always sends WebM/Opus at 44.1 kHz mono from ``MediaRecorder``; other clients may declare
 another format in the query string (``?codec=opus&sample_rate=48000&channels=1``).  The voice
-stream opens with the connection and closes with it.
+stream opens with the connection (voice-activity turns) and closes with it.  S2 defines no
+response messages, so turns are reported (``{"status": "turn_end", ...}``) but answered only with
+``?respond=1`` (``{"status": "response", ...}``, binary audio, ``{"status": "response_end"}``).
 """
 
 from __future__ import annotations
@@ -70,6 +72,8 @@ class VocalProtocol(VoiceServerProtocol):
 
     def onConnect(self, request: ConnectionRequest) -> Any:
         chosen = super().onConnect(request)
+        # S2 clients know no response messages: turns are answered only when asked (?respond=1).
+        self.respond = request.params.get("respond", ["0"])[0] in ("1", "true", "yes")
         try:
             self.format = _format_from_query(request.params)
         except VoiceError as e:
@@ -81,9 +85,8 @@ class VocalProtocol(VoiceServerProtocol):
         assert session is not None
         self.channel = VoiceChannel(self.server, session, _VocalResponseSink(self))
         session.transition(session.state.AUTHENTICATED)
-        self.channel.start(self.format, options={"mode": "voice_activity"})
-        self._ack = self._acknowledge
-        self._nack = self._chunkFailed
+        self.channel.start(self.format, options={}, mode="voice_activity", respond=self.respond,
+                           on_chunk=self._acknowledge, on_chunk_error=self._chunkFailed)
         self.sendJSON(
             {
                 "status": "connected",
@@ -129,7 +132,7 @@ class VocalProtocol(VoiceServerProtocol):
 
     def binaryReceived(self, payload: bytes) -> None:
         try:
-            self.channel.audio(payload, self._ack, self._nack)
+            self.channel.audio(payload)
         except VoiceError as e:
             self.sendError(e.code, e.message)
 

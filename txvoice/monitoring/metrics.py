@@ -30,7 +30,7 @@ __all__ = [
 ]
 
 #: Pipeline stages with a latency histogram.
-STAGES = ("stt", "agent", "tts", "first_audio", "total")
+STAGES = ("stt", "agent", "tts", "first_audio", "total", "barge_in")
 
 #: Refusal reasons bound up front (others are bound on first use).
 REFUSAL_REASONS = (

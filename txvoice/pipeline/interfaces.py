@@ -37,8 +37,11 @@ class IResponseSink(Interface):
     def startResponse(text_content: str | None, audio_format: AudioFormat | None, metadata: dict) -> None:
         """Announce a response (sent as ``voice_response``); audio chunks follow."""
 
-    def audio(chunk: bytes) -> None:
-        """Send one encoded chunk of response audio (binary frame or ``voice_stream_chunk``)."""
+    def audio(chunk) -> None:
+        """
+        One chunk of response audio in the format given to ``startResponse`` (``bytes``, or a
+        ``numpy.int16`` array for PCM); the server resamples, encodes and paces it.
+        """
 
     def endResponse(summary: dict) -> None:
         """Close the response (final ``voice_stream_chunk``)."""
@@ -47,11 +50,12 @@ class IResponseSink(Interface):
 class ITurn(Interface):
     """One voice turn in a pipeline."""
 
-    def feed(raw: bytes, pcm) -> None:
+    def feed(raw: bytes | None, pcm) -> None:
         """
-        Audio arrived (called on the audio worker pool, in order).  ``raw`` is the chunk as the
-        client sent it; ``pcm`` is the decoded ``numpy.int16`` audio at the pipeline rate, or
-        ``None`` when the engine does not decode for this pipeline.
+        Audio arrived (called on the audio worker pool, in order).  Either ``raw``, a chunk
+        exactly as the client sent it (push-to-talk streams of a pipeline that does not decode),
+        or ``pcm``, one frame of decoded ``numpy.int16`` mono audio at the pipeline rate (a view
+        valid only during the call: copy what you keep).
         """
 
     def finish():
@@ -72,4 +76,7 @@ class IVoicePipeline(Interface):
     pipeline_rate = Attribute("Sample rate (Hz) of the PCM fed to turns when ``decodes`` is true.")
 
     def startTurn(context: TurnContext, sink: IResponseSink) -> ITurn:
-        """Open a turn for a new voice stream."""
+        """
+        Open a turn.  Called on the audio worker thread (turns start where speech is found), so
+        it must only build objects: no reactor calls, no blocking.
+        """

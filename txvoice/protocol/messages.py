@@ -44,6 +44,7 @@ CLIENT_TYPES: dict[str, Schema] = {
     },
     "voice_chunk": {"stream_id": (_STR, False), "audio": (_STR, True), "sequence": (_INT, False)},
     "voice_end": {"stream_id": (_STR, False)},
+    "playback": {"response_id": (_STR, False), "position_ms": (_NUM, True)},
     "conversation_start": {"conversation_id": (_STR, False), "metadata": (_DICT, False)},
     "conversation_end": {"conversation_id": (_STR, False)},
     "conversation_state": {"conversation_id": (_STR, False)},

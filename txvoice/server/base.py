@@ -56,7 +56,7 @@ class VoiceServerProtocol(WebSocketServerProtocol):
 
     @property
     def server(self) -> "VoiceServer":
-        return self.factory.server
+        return self.factory.voice
 
     # opening
 

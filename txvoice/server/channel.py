@@ -1,23 +1,28 @@
 """
 The voice channel of a session: the part of a conversation that does not depend on the dialect.
 
-A dialect turns its wire messages into ``start`` / ``audio`` / ``end`` calls; the channel opens a
-turn in the pipeline, hands audio to the worker pool (in order, batched) and lets the turn answer
-through the dialect's :class:`~txvoice.pipeline.interfaces.IResponseSink`.
+A dialect turns its wire messages into ``start`` / ``audio`` / ``end`` calls.  The channel hands
+audio to the worker pool (in order, batched), where the stream's ingest decodes it, finds speech
+and turns, and feeds the pipeline's turns; events come back here, on the reactor, where turns are
+finished, responses are paced out one at a time (:mod:`txvoice.server.response`), and a user who
+starts speaking over a response interrupts it (barge-in).
 """
 
 from __future__ import annotations
 
 import itertools
 import uuid
+from collections import deque
 from typing import TYPE_CHECKING, Any, Callable
 
-from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from txvoice.audio.format import AudioFormat
+from txvoice.audio.ingest import StreamIngest, StreamSettings
+from txvoice.audio.vad import SpeechStarted
 from txvoice.errors import StateError
-from txvoice.pipeline.interfaces import IResponseSink, ITurn, TurnContext
+from txvoice.pipeline.interfaces import IResponseSink, TurnContext
+from txvoice.server.response import ResponseStream
 from txvoice.session.session import Session, SessionState
 
 if TYPE_CHECKING:
@@ -26,30 +31,64 @@ if TYPE_CHECKING:
 _stream_keys = itertools.count()
 
 
+class TurnHandle:
+    """A pipeline turn with the response stream it writes to (``feed`` is the turn's own, bound)."""
+
+    __slots__ = ("turn", "response", "feed")
+
+    def __init__(self, turn: Any, response: ResponseStream) -> None:
+        self.turn = turn
+        self.response = response
+        self.feed = turn.feed
+
+    def cancel(self) -> None:
+        self.turn.cancel()
+
+
+class RawIngest:
+    """Push-to-talk without analysis: chunks go to the turn untouched (no decoding at all)."""
+
+    def __init__(self, start_turn: Callable[[], Any]) -> None:
+        self.turn = start_turn()
+        self.chunks = 0
+
+    def process(self, item: tuple) -> None:
+        self.chunks += 1
+        if self.turn is not None:
+            self.turn.feed(item[0], None)
+
+    def end(self, _: object = None) -> list:
+        turn, self.turn = self.turn, None
+        return [("turn_end", None, turn)]
+
+
+def _no_turn() -> None:
+    return None
+
+
 class VoiceStream:
     """One open voice stream (``voice_start`` ... ``voice_end``)."""
 
-    __slots__ = ("id", "format", "turn", "key", "frames", "bytes", "options")
+    __slots__ = ("id", "format", "key", "frames", "bytes", "options", "settings", "ingest", "turns")
 
-    def __init__(self, stream_id: str, fmt: AudioFormat, turn: ITurn, options: dict[str, Any]) -> None:
+    def __init__(self, stream_id: str, fmt: AudioFormat, settings: StreamSettings, options: dict[str, Any]) -> None:
         self.id = stream_id
         self.format = fmt
-        self.turn = turn
         self.key = next(_stream_keys)
         self.frames = 0
         self.bytes = 0
         self.options = options
-
-    def process(self, raw: bytes) -> None:
-        """Worker thread: one chunk of client audio into the turn."""
-        self.turn.feed(raw, None)
+        self.settings = settings
+        self.ingest: Any = None
+        self.turns = 0
 
     def as_dict(self) -> dict[str, Any]:
-        return {"stream_id": self.id, "format": self.format.as_dict(), "frames": self.frames, "bytes": self.bytes}
+        return {"stream_id": self.id, "format": self.format.as_dict(), "mode": self.settings.mode,
+                "frames": self.frames, "bytes": self.bytes}
 
 
 class VoiceChannel:
-    """Streams and turns of one session."""
+    """Streams, turns and responses of one session."""
 
     log = Logger(namespace="txvoice.session")
 
@@ -57,77 +96,105 @@ class VoiceChannel:
         self.server = server
         self.session = session
         self.sink = sink
+        self.pacer = server.pacer
         self.stream: VoiceStream | None = None
-        self._responding: ITurn | None = None
+        self.settings = StreamSettings()
+        self.responses: deque[ResponseStream] = deque()  # ready, in play order
+        self.playing: ResponseStream | None = None
+        self.open_turns: list[ResponseStream] = []  # turns whose pipeline has not finished
+        self.on_chunk: Callable[[Any], None] | None = None
+        self.on_chunk_error: Callable[[Any], None] | None = None
+        self.barge_ins: list[dict] = []
 
-    def start(self, fmt: AudioFormat, stream_id: str | None = None, options: dict[str, Any] | None = None) -> VoiceStream:
-        """Open a voice stream; raise ``stream_already_active`` when one is open."""
+    # streams
+
+    def start(
+        self,
+        fmt: AudioFormat,
+        stream_id: str | None = None,
+        options: dict[str, Any] | None = None,
+        mode: str | None = None,
+        on_chunk: Callable[[Any], None] | None = None,
+        on_chunk_error: Callable[[Any], None] | None = None,
+        respond: bool = True,
+    ) -> VoiceStream:
+        """
+        Open a voice stream; raise ``stream_already_active`` when one is open.  With
+        ``respond=False`` turns are detected and reported but not answered (no pipeline turns).
+        """
         if self.stream is not None:
             raise StateError(
                 f"voice stream {self.stream.id} is already active; send voice_end first",
                 code="stream_already_active",
             )
-        session = self.session
-        stream_id = stream_id or "strm_" + uuid.uuid4().hex[:16]
-        context = TurnContext(
-            session_id=session.id,
-            stream_id=stream_id,
-            input_format=fmt,
-            user_id=session.user_id,
-            conversation_id=session.conversation_id,
-            options=dict(options or {}),
-        )
-        turn = self.server.pipeline.startTurn(context, self.sink)
-        self.stream = VoiceStream(stream_id, fmt, turn, context.options)
-        session.transition(SessionState.STREAMING)
-        return self.stream
+        options = dict(options or {})
+        settings = StreamSettings.parse(mode if mode is not None else options.get("mode"), options)
+        pipeline = self.server.pipeline
+        stream = VoiceStream(stream_id or "strm_" + uuid.uuid4().hex[:16], fmt, settings, options)
+        self.settings = settings
+        start_turn = self._turnOpener(stream) if respond else _no_turn
+        if settings.decodes or pipeline.decodes:
+            stream.ingest = StreamIngest(
+                fmt, settings, start_turn, pipeline.pipeline_rate,
+                feed_raw=not pipeline.decodes and settings.mode == "push_to_talk",
+            )
+        else:
+            stream.ingest = RawIngest(start_turn)
+        if on_chunk is not None:
+            self.on_chunk = on_chunk
+        if on_chunk_error is not None:
+            self.on_chunk_error = on_chunk_error
+        self.stream = stream
+        self.session.transition(SessionState.STREAMING)
+        return stream
 
-    def audio(
-        self, raw: bytes, deliver: Callable[[Any], None] | None = None, fail: Callable[[Any], None] | None = None
-    ) -> None:
-        """
-        A chunk of audio for the active stream (hot path: no hop here, just queue it).
-        ``deliver`` is called on the reactor with the chunk's processing result once it is done
-        (dialects that acknowledge every chunk use it); ``fail`` with the Failure when it raised.
-        """
+    def _turnOpener(self, stream: VoiceStream) -> Callable[[], Any]:
+        """What the ingest calls (on the worker) to open a pipeline turn."""
+        session, pipeline = self.session, self.server.pipeline
+
+        def open_turn() -> Any:
+            stream.turns += 1
+            response = ResponseStream(self, stream.format, stream.turns)
+            context = TurnContext(
+                session_id=session.id,
+                stream_id=stream.id,
+                input_format=stream.format,
+                user_id=session.user_id,
+                conversation_id=session.conversation_id,
+                options=stream.options,
+            )
+            turn = pipeline.startTurn(context, response)
+            response.turn = turn
+            return TurnHandle(turn, response)
+
+        return open_turn
+
+    def audio(self, raw: bytes, sequence: int | None = None) -> None:
+        """A chunk of audio for the active stream (hot path: no hop here, just queue it)."""
         stream = self.stream
         if stream is None:
             raise StateError("audio received but no voice stream is active; send voice_start first", code="no_active_stream")
         stream.frames += 1
         stream.bytes += len(raw)
         self.session.counters.audio_frames_in += 1
-        self.server.workers.submit(stream.key, stream.process, raw, deliver, fail)
+        self.server.workers.submit(
+            stream.key, stream.ingest.process, (raw, sequence, self.server.clock.seconds()),
+            self._chunkDone, self._chunkFailed,
+        )
 
-    def end(self, stream_id: str | None = None) -> tuple[VoiceStream, Deferred]:
-        """
-        Close the active stream; the turn answers once all its audio has been processed.  Returns
-        the stream and a Deferred that fires when the response has been sent.
-        """
-        stream = self.active(stream_id)
-        self.stream = None
-        self.session.transition(SessionState.AUTHENTICATED)
-        self.session.counters.turns += 1
-        if self.session.conversation_id is not None:
-            self.server.conversation(self.session.conversation_id).turns += 1
-        done: Deferred = Deferred()
+    def _chunkDone(self, events: list | None) -> None:
+        if events:
+            self.handleEvents(events)
+        if self.on_chunk is not None:
+            self.on_chunk(events)
 
-        def finish(_: object) -> None:
-            d = stream.turn.finish()
-            d.chainDeferred(done)
+    def _chunkFailed(self, failure) -> None:
+        if self.on_chunk_error is not None:
+            self.on_chunk_error(failure)
+        else:
+            self.log.failure("audio chunk failed", failure)
 
-        # Queued behind the stream's audio so the turn has seen every chunk before it finishes.
-        self.server.workers.submit(stream.key, _noop, None, finish, done.errback)
-        self._responding = stream.turn
-
-        def responded(result: object) -> object:
-            if self._responding is stream.turn:
-                self._responding = None
-            return result
-
-        done.addBoth(responded)
-        return stream, done
-
-    def active(self, stream_id: str | None) -> VoiceStream:
+    def active(self, stream_id: str | None = None) -> VoiceStream:
         stream = self.stream
         if stream is None:
             raise StateError("no voice stream is active", code="no_active_stream")
@@ -135,15 +202,106 @@ class VoiceChannel:
             raise StateError(f"stream {stream_id!r} is not the active stream {stream.id!r}", code="unknown_stream")
         return stream
 
+    def end(self, stream_id: str | None = None) -> VoiceStream:
+        """Close the active stream; its last turn ends once all its audio has been processed."""
+        stream = self.active(stream_id)
+        self.stream = None
+        self.session.transition(SessionState.AUTHENTICATED)
+        self.server.workers.submit(stream.key, stream.ingest.end, None, self.handleEvents, self._chunkFailed)
+        return stream
+
+    # events from the ingest (reactor thread)
+
+    def handleEvents(self, events: list) -> None:
+        sink = self.sink
+        for kind, event, payload in events:
+            if kind == "vad":
+                sink.event("vad", {"event": event.kind, "stream_time_ms": round(event.t_ms, 1)})
+                if isinstance(event, SpeechStarted) and (self.playing is not None or self.responses):
+                    self.bargeIn(event, payload)
+            elif kind == "turn_start":
+                sink.event("turn_start", {"turn": event.turn, "stream_time_ms": round(event.t_ms, 1)})
+            elif kind == "turn_end":
+                if event is not None:
+                    sink.event(
+                        "turn_end",
+                        {"turn": event.turn, "reason": event.reason, "start_ms": round(event.start_ms, 1),
+                         "end_ms": round(event.t_ms, 1), "duration_ms": round(event.t_ms - event.start_ms, 1)},
+                    )
+                self._finishTurn(payload)
+
+    def _finishTurn(self, handle: TurnHandle | None) -> None:
+        if handle is None:
+            return
+        self.session.counters.turns += 1
+        if self.session.conversation_id is not None:
+            self.server.conversation(self.session.conversation_id).turns += 1
+        response = handle.response
+        self.open_turns.append(response)
+        d = handle.turn.finish()
+
+        def finished(result: object) -> object:
+            if response in self.open_turns:
+                self.open_turns.remove(response)
+            return result
+
+        def failed(failure) -> None:
+            self.log.failure("a turn failed", failure)
+            self.sink.event("processing_failed", {"code": "pipeline_failed", "message": str(failure.value)})
+            response.cancel("pipeline_failed")
+
+        d.addBoth(finished).addErrback(failed)
+
+    # responses (one at a time)
+
+    def responseReady(self, response: ResponseStream) -> None:
+        if response in self.open_turns:
+            self.open_turns.remove(response)
+        self.responses.append(response)
+        self._playNext()
+
+    def responseDone(self, response: ResponseStream) -> None:
+        if self.playing is response:
+            self.playing = None
+        if response in self.responses:
+            self.responses.remove(response)
+        self._playNext()
+
+    def _playNext(self) -> None:
+        if self.playing is None and self.responses:
+            self.playing = self.responses.popleft()
+            self.playing.activate()
+
+    def playbackPosition(self, response_id: str | None, position_ms: float) -> None:
+        """The client reported how much of a response it has played."""
+        playing = self.playing
+        if playing is not None and (response_id is None or response_id == playing.response_id):
+            playing.client_position_ms = position_ms
+
+    def bargeIn(self, event: SpeechStarted, voiced_arrival: float | None) -> None:
+        """The user spoke over the response: stop it, cancel its turn, tell the client what was played."""
+        now = self.server.clock.seconds()
+        playing = self.playing
+        info: dict[str, Any] = {"stream_time_ms": round(event.t_ms, 1)}
+        if playing is not None:
+            played, source = playing.played_ms(now)
+            info.update(response_id=playing.response_id, played_ms=round(played, 1), played_source=source,
+                        sent_ms=round(playing.sent_ms, 1))
+        if voiced_arrival is not None:
+            info["detection_delay_ms"] = round((now - voiced_arrival) * 1000.0, 2)
+        self.barge_ins.append(info)
+        self.server.record_barge_in(info.get("detection_delay_ms"))
+        # The client hears why first, then the response's close (final chunk, cancelled).
+        self.sink.event("barge_in", info)
+        for response in [playing, *self.responses, *self.open_turns]:
+            if response is not None:
+                response.cancel("barge_in")
+
     def cancel(self) -> None:
-        """Drop the active stream and stop any response (disconnect)."""
+        """Drop the active stream and stop every response (disconnect)."""
         stream, self.stream = self.stream, None
-        if stream is not None:
-            stream.turn.cancel()
-        responding, self._responding = self._responding, None
-        if responding is not None:
-            responding.cancel()
-
-
-def _noop(_: object) -> None:
-    return None
+        if stream is not None and stream.ingest.turn is not None:
+            stream.ingest.turn.cancel()
+        for response in [self.playing, *self.responses, *self.open_turns]:
+            if response is not None:
+                response.cancel("disconnected")

@@ -85,6 +85,10 @@ class VoiceServer:
         self.version = __version__
         self.shutting_down = False
         self.admission = AdmissionPolicy(config, clock, on_refused=self.record_refused)
+        from txvoice.server.response import Pacer
+
+        self.pacer = Pacer(clock)
+        self.barge_in_delays_ms: list[float] = []
         self.metrics = VoiceMetrics(traffic=self.traffic)
         self.lag = ReactorLagProbe(clock, on_sample=self.metrics.observe_reactor_lag)
         self.history = MetricsHistory(
@@ -109,6 +113,12 @@ class VoiceServer:
     def record_latency(self, stage: str, seconds: float) -> None:
         self.metrics.observe_latency(stage, seconds)
         self.history.latency(stage, seconds)
+
+    def record_barge_in(self, delay_ms: float | None) -> None:
+        if delay_ms is not None:
+            self.barge_in_delays_ms.append(delay_ms)
+            del self.barge_in_delays_ms[:-1000]
+            self.metrics.observe_latency("barge_in", delay_ms / 1000.0)
 
     def connection_opened(self, session: Session) -> None:
         self.stats.connections_total += 1

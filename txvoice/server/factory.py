@@ -23,7 +23,7 @@ class VoiceServerFactory(WebSocketServerFactory):
     def __init__(self, server: VoiceServer, protocol: type[VoiceServerProtocol], url: str | None = None) -> None:
         config = server.config
         super().__init__(url=url, server=f"{config.server_name}/{server.version}", reactor=server.clock)
-        self.server = server
+        self.voice = server  # not `server`: Autobahn's factory uses that for the Server header
         self.protocol = protocol
         options: dict = {
             "maxMessagePayloadSize": config.max_message_hard_limit,

@@ -43,7 +43,8 @@ class VoiceService(MultiService):
         self.reaper = ReaperService(server)
         self.monitoring = MonitoringService(server)
         self.listener = listener
-        for child in (self.workers, self.monitoring, self.heartbeat, self.reaper, self.listener):
+        self.pacer = server.pacer
+        for child in (self.workers, self.pacer, self.monitoring, self.heartbeat, self.reaper, self.listener):
             child.setServiceParent(self)
 
     def stopService(self) -> Deferred:
@@ -54,7 +55,7 @@ class VoiceService(MultiService):
         d.addErrback(lambda f: self.log.failure("closing sessions failed", f))
         d.addBoth(
             lambda _: DeferredList(
-                [maybeDeferred(s.stopService) for s in (self.heartbeat, self.reaper, self.monitoring)]
+                [maybeDeferred(s.stopService) for s in (self.heartbeat, self.reaper, self.monitoring, self.pacer)]
             )
         )
         d.addBoth(lambda _: self.workers.stopService())

@@ -1,0 +1,242 @@
+"""
+Per-stream ingest, on the audio worker pool: decode -> resample -> exact frames -> (denoise,
+AGC) -> turn detection (VAD inside) -> the pipeline's turn.
+
+One :class:`StreamIngest` serves one voice stream and only ever runs on the worker shard of that
+stream, so it keeps its state without locks.  It returns events (speech start/end, turn
+start/end) for the reactor, or None when a chunk caused none (the common case).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from txvoice.audio.codecs import decoder_for
+from txvoice.audio.enhance import AutomaticGainControl, Denoiser
+from txvoice.audio.format import AudioFormat
+from txvoice.audio.frames import FrameAssembler
+from txvoice.audio.resample import Resampler
+from txvoice.audio.turns import TurnDetector, TurnEnded, TurnMode, TurnSettings, TurnStarted
+from txvoice.audio.vad import SpeechStarted, SpeechStopped
+from txvoice.errors import ProtocolError
+
+MODE_ALIASES = {
+    "push_to_talk": "push_to_talk",
+    "ptt": "push_to_talk",
+    "continuous": "continuous",
+    "voice_activity": "voice_activity",
+    "vad": "voice_activity",
+    "adaptive": "voice_activity",
+}
+
+# Option names clients use (S1 snake_case, S4 camelCase) -> StreamSettings fields.
+_OPTION_NAMES = {
+    "enable_vad": "vad", "enableVAD": "vad", "vad": "vad",
+    "vad_threshold": "vad_threshold", "vadThreshold": "vad_threshold",
+    "prefix_padding_ms": "prefix_padding_ms",
+    "silence_ms": "silence_ms", "end_of_turn_silence_ms": "silence_ms", "silence_duration_ms": "silence_ms",
+    "max_turn_ms": "max_turn_ms", "max_audio_duration": "max_turn_ms", "maxAudioDuration": "max_turn_ms",
+    "segment_ms": "segment_ms",
+    "enable_denoising": "denoise", "enableDenoising": "denoise", "denoise": "denoise",
+    "enable_agc": "agc", "enableAGC": "agc", "agc": "agc",
+    "frame_ms": "frame_ms",
+    "output_codec": "output_codec", "output_sample_rate": "output_sample_rate",
+    "response_lead_ms": "response_lead_ms",
+}
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """What a client may set per stream in ``voice_start`` (``mode`` and ``options``)."""
+
+    mode: str = "push_to_talk"
+    vad: bool = True
+    vad_threshold: float = 0.5
+    prefix_padding_ms: int = 300
+    silence_ms: int = 500
+    max_turn_ms: int = 180_000
+    segment_ms: int = 5000
+    denoise: bool = False
+    agc: bool = False
+    frame_ms: int = 20
+    output_codec: str | None = None
+    output_sample_rate: int | None = None
+    response_lead_ms: int = 100
+
+    @classmethod
+    def parse(cls, mode: str | None, options: Mapping[str, Any]) -> "StreamSettings":
+        """Read ``voice_start``'s mode and options; unknown or ill-typed ones are ``invalid_field``."""
+        values: dict[str, Any] = {}
+        if mode is not None:
+            canonical = MODE_ALIASES.get(str(mode).lower())
+            if canonical is None:
+                raise ProtocolError(
+                    f"mode must be one of push_to_talk, continuous, voice_activity, not {mode!r}",
+                    code="invalid_field", field="mode",
+                )
+            values["mode"] = canonical
+        defaults = cls()
+        for key, value in options.items():
+            name = _OPTION_NAMES.get(key)
+            if name is None:
+                continue  # pipeline options pass through untouched
+            expected = type(getattr(defaults, name)) if getattr(defaults, name) is not None else None
+            if name in ("output_codec",):
+                ok = isinstance(value, str)
+            elif name == "output_sample_rate":
+                ok = isinstance(value, int) and not isinstance(value, bool)
+            elif expected is bool:
+                ok = isinstance(value, bool)
+            elif expected is float:
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            else:
+                ok = isinstance(value, int) and not isinstance(value, bool)
+            if not ok:
+                raise ProtocolError(f"options.{key} has the wrong type", code="invalid_field", field=key)
+            values[name] = value
+        settings = cls(**values)
+        if settings.frame_ms not in (10, 20, 30):
+            raise ProtocolError("options.frame_ms must be 10, 20 or 30", code="invalid_field", field="frame_ms")
+        if not 0 <= settings.response_lead_ms <= 2000:
+            raise ProtocolError("options.response_lead_ms must be within 0..2000", code="invalid_field",
+                                field="response_lead_ms")
+        settings.turn_settings()  # validates the ranges
+        return settings
+
+    def turn_settings(self) -> TurnSettings:
+        try:
+            return TurnSettings(
+                prefix_padding_ms=self.prefix_padding_ms,
+                silence_ms=self.silence_ms,
+                max_turn_ms=self.max_turn_ms,
+                segment_ms=self.segment_ms,
+                vad_threshold=float(self.vad_threshold),
+            )
+        except ProtocolError as e:
+            raise ProtocolError(e.message, code="invalid_field", field=e.details.get("field")) from None
+
+    @property
+    def decodes(self) -> bool:
+        """Whether the stream needs decoding at all (VAD, turns by VAD/segments, enhancement)."""
+        return self.vad or self.mode != "push_to_talk" or self.denoise or self.agc
+
+
+StartTurn = Callable[[], Any]
+
+
+class StreamIngest:
+    """Everything done to one stream's audio on its worker."""
+
+    def __init__(
+        self,
+        fmt: AudioFormat,
+        settings: StreamSettings,
+        start_turn: StartTurn,
+        pipeline_rate: int = 16000,
+        feed_raw: bool = False,
+    ) -> None:
+        self.format = fmt
+        self.settings = settings
+        self.start_turn = start_turn
+        self.feed_raw = feed_raw
+        self.decoder = decoder_for(fmt)
+        self.resampler = Resampler(self.decoder.output_rate, pipeline_rate, channels=self.decoder.output_channels)
+        self.assembler = FrameAssembler(pipeline_rate, settings.frame_ms)
+        self.denoiser = Denoiser(pipeline_rate) if settings.denoise else None
+        self.agc = AutomaticGainControl(pipeline_rate) if settings.agc else None
+        self.turns = TurnDetector(
+            TurnMode.parse(settings.mode), settings.turn_settings(), sample_rate=pipeline_rate, frame_ms=settings.frame_ms
+        )
+        self.turn: Any = None  # the pipeline turn being fed
+        self.chunks = 0
+        # (stream time at the end of a chunk, its arrival time): which chunk held the first voiced
+        # frame, so a barge-in can report its delay from that chunk's arrival.
+        self._arrivals: deque[tuple[float, float]] = deque(maxlen=64)
+        self._samples_in = 0
+        self._rate_in = self.decoder.output_rate * self.decoder.output_channels
+        if settings.mode == "push_to_talk":
+            self._open(self.turns.start_turn())
+
+    def _open(self, events) -> None:
+        for event in events:
+            if isinstance(event, TurnStarted):
+                self.turn = self.start_turn()
+                if self.turn is not None and not self.feed_raw:
+                    self.turn.feed(None, event.audio)
+
+    def process(self, item: tuple[bytes, int | None, float]) -> list | None:
+        """One chunk as the client sent it (and when it arrived) -> the events it caused (worker thread)."""
+        raw, sequence, arrival = item
+        self.chunks += 1
+        pcm = self.decoder.decode(raw, sequence)
+        if self.feed_raw and self.turn is not None:
+            self.turn.feed(raw, None)
+        if not pcm.size:
+            return None
+        self._samples_in += pcm.size
+        self._arrivals.append((self._samples_in * 1000.0 / self._rate_in, arrival))
+        return self._frames(self.assembler.push(self.resampler.process(pcm)))
+
+    def _arrival_of(self, t_ms: float) -> float | None:
+        for end_ms, arrival in self._arrivals:
+            if end_ms > t_ms:
+                return arrival
+        return None
+
+    def _frames(self, frames: np.ndarray) -> list | None:
+        events: list | None = None
+        denoiser, agc, turns = self.denoiser, self.agc, self.turns
+        for frame in frames:
+            if denoiser is not None:
+                frame = denoiser.process(frame)
+            if agc is not None:
+                frame = agc.process(frame)
+            produced = turns.push(frame)
+            turn = self.turn
+            if turn is not None and not self.feed_raw and not any(isinstance(e, TurnStarted) for e in produced):
+                turn.feed(None, frame)
+            if produced:
+                events = self._handle(produced, events)
+        return events
+
+    def _handle(self, produced, events: list | None) -> list:
+        if events is None:
+            events = []
+        for event in produced:
+            if isinstance(event, TurnStarted):
+                self.turn = self.start_turn()
+                if self.turn is not None and not self.feed_raw:
+                    self.turn.feed(None, event.audio)
+                events.append(("turn_start", event, self.turn))
+            elif isinstance(event, TurnEnded):
+                events.append(("turn_end", event, self.turn))
+                self.turn = None
+            elif isinstance(event, SpeechStarted):
+                events.append(("vad", event, self._arrival_of(event.t_ms)))
+            elif isinstance(event, SpeechStopped):
+                events.append(("vad", event, None))
+        return events
+
+    def end(self, _: object = None) -> list:
+        """The client ended the stream: flush and close what is open (worker thread)."""
+        events: list | None = None
+        try:
+            tail = self.decoder.flush()
+        except Exception:
+            tail = np.zeros(0, dtype=np.int16)
+        frames = []
+        if tail.size:
+            frames.append(self.resampler.process(tail))
+        rest = self.resampler.flush()
+        if rest.size:
+            frames.append(rest)
+        for pcm in frames:
+            events = self._frames(self.assembler.push(pcm)) or events
+        # voice_end is the button released in push-to-talk; in the other modes the stream just ends.
+        closing = list(self.turns.end_turn() if self.settings.mode == "push_to_talk" else self.turns.finish())
+        events = self._handle(closing, events) if closing else (events or [])
+        return events

@@ -1,0 +1,233 @@
+"""
+Sending a turn's response: encoded on the worker pool, paced at real time on the reactor.
+
+A :class:`ResponseStream` is the :class:`IResponseSink` a pipeline turn writes to.  Audio goes to
+the worker pool to be resampled and encoded in the client's format; the packets come back to a
+queue that the :class:`Pacer` drains at real time plus a small lead, so a slow client is never
+flooded and a barge-in can stop the response within one pacer tick.  A channel plays one
+response at a time; later ones wait their turn.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from txvoice.audio.format import AudioFormat
+from txvoice.audio.output import ResponseEncoder, output_format, packet_duration_ms
+from txvoice.pipeline.interfaces import IResponseSink
+
+if TYPE_CHECKING:
+    from txvoice.server.channel import VoiceChannel
+
+_keys = itertools.count(1 << 40)
+log = Logger(namespace="txvoice.audio.output")
+
+
+class Pacer(Service):
+    """One timer for every response being sent: each tick releases what has come due."""
+
+    name = "pacer"
+
+    def __init__(self, clock, tick: float = 0.01) -> None:
+        self.clock = clock
+        self.tick = tick
+        self.streams: set[ResponseStream] = set()
+        self._loop: LoopingCall | None = None
+
+    def add(self, stream: "ResponseStream") -> None:
+        self.streams.add(stream)
+        if self._loop is None and self.running:
+            self._loop = LoopingCall(self._tick)
+            self._loop.clock = self.clock
+            self._loop.start(self.tick, now=False)
+
+    def discard(self, stream: "ResponseStream") -> None:
+        self.streams.discard(stream)
+        if not self.streams and self._loop is not None:
+            if self._loop.running:
+                self._loop.stop()
+            self._loop = None
+
+    def _tick(self) -> None:
+        now = self.clock.seconds()
+        for stream in list(self.streams):
+            stream.pump(now)
+
+    def startService(self) -> None:
+        super().startService()
+        if self.streams:
+            self.add(next(iter(self.streams)))
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self._loop = None
+
+
+@implementer(IResponseSink)
+class ResponseStream:
+    """One turn's response: queued, encoded, paced.  Reactor thread except the constructor."""
+
+    def __init__(self, channel: "VoiceChannel", input_format: AudioFormat, turn_number: int) -> None:
+        # May be built on a worker thread (the ingest opens turns there): touch nothing shared.
+        self.channel = channel
+        self.input_format = input_format
+        self.turn_number = turn_number
+        self.turn: Any = None
+        self.key = next(_keys)
+        self.queue: deque[tuple[bytes, float]] = deque()
+        self.announce: tuple | None = None
+        self.format: AudioFormat | None = None
+        self.encoder: ResponseEncoder | None = None
+        self.passthrough = False
+        self.active = False
+        self.finished = False  # endResponse seen and the encoder flushed
+        self.done = False  # final chunk sent (or cancelled)
+        self.started_at: float | None = None
+        self.sent_ms = 0.0
+        self.packets = 0
+        self.summary: dict = {}
+        self.client_position_ms: float | None = None
+        self.response_id: str | None = None
+        self.whenDone: Deferred = Deferred()
+
+    # IResponseSink, for the pipeline
+
+    def event(self, event_type: str, data: dict) -> None:
+        if not self.done:
+            self.channel.sink.event(event_type, data)
+
+    def startResponse(self, text_content: str | None, audio_format: AudioFormat | None, metadata: dict) -> None:
+        if self.done:
+            return
+        settings = self.channel.settings
+        if audio_format is not None:
+            wanted = output_format(self.input_format, settings.output_codec, settings.output_sample_rate)
+            if audio_format == self.input_format and settings.output_codec is None:
+                self.passthrough, self.format = True, audio_format
+            else:
+                self.format = wanted
+                self.encoder = ResponseEncoder(audio_format.sample_rate, wanted)
+        self.announce = (text_content, self.format, metadata)
+        self.channel.responseReady(self)
+
+    def audio(self, chunk: bytes | np.ndarray) -> None:
+        if self.done or self.format is None:
+            return
+        if self.passthrough:
+            self._queued(self._sliced(chunk))
+            return
+        pcm = np.frombuffer(chunk, dtype=np.int16) if isinstance(chunk, (bytes, bytearray)) else chunk
+        assert self.encoder is not None
+        self.channel.server.workers.submit(self.key, self.encoder.encode, pcm, self._queued, self._failed)
+
+    def endResponse(self, summary: dict) -> None:
+        if self.done:
+            return
+        self.summary = dict(summary)
+        if self.encoder is not None:
+            self.channel.server.workers.submit(self.key, self.encoder.flush, None, self._flushed, self._failed)
+        else:
+            self._flushed([])
+
+    # internals
+
+    def _sliced(self, chunk: bytes | np.ndarray) -> list[tuple[bytes, float]]:
+        """Passthrough audio as packets of one frame each (PCM-like codecs), so pacing stays fine-grained."""
+        fmt = self.format
+        assert fmt is not None
+        data = chunk.tobytes() if isinstance(chunk, np.ndarray) else bytes(chunk)
+        width = {"pcm_s16le": 2, "mulaw": 1, "alaw": 1}.get(fmt.codec)
+        if width is None:
+            return [(data, packet_duration_ms(fmt, data))]
+        step = max(width * fmt.channels * fmt.samples_per_frame, width * fmt.channels)
+        return [(data[i:i + step], packet_duration_ms(fmt, data[i:i + step])) for i in range(0, len(data), step)]
+
+    def _failed(self, failure) -> None:
+        log.failure("encoding a response failed", failure)
+        self.cancel("encoding_failed")
+
+    def _queued(self, packets: list[tuple[bytes, float]]) -> None:
+        if self.done:
+            return
+        self.queue.extend(packets)
+        if self.active:
+            self.pump(self.channel.server.clock.seconds())
+
+    def _flushed(self, packets: list[tuple[bytes, float]]) -> None:
+        self.finished = True
+        self._queued(packets)
+        if self.active and not self.queue:
+            self.pump(self.channel.server.clock.seconds())
+
+    def activate(self) -> None:
+        """Our turn to play: announce, then let the pacer send."""
+        self.active = True
+        text, fmt, metadata = self.announce or (None, None, {})
+        self.channel.sink.startResponse(text, fmt, metadata)
+        self.response_id = getattr(self.channel.sink, "response_id", None)
+        self.channel.pacer.add(self)
+        self.pump(self.channel.server.clock.seconds())
+
+    def pump(self, now: float) -> None:
+        """Send what has come due: audio up to ``lead_ms`` ahead of real time."""
+        if self.done or not self.active:
+            return
+        if self.queue and self.started_at is None:
+            self.started_at = now
+        if self.started_at is not None:
+            allowed = (now - self.started_at) * 1000.0 + self.channel.settings.response_lead_ms
+            sink = self.channel.sink
+            queue = self.queue
+            while queue and self.sent_ms < allowed:
+                packet, ms = queue.popleft()
+                sink.audio(packet)
+                self.sent_ms += ms
+                self.packets += 1
+        if self.finished and not self.queue:
+            self._complete(cancelled=False)
+
+    def played_ms(self, now: float) -> tuple[float, str]:
+        """How much the client has played: its own report when it sent one, else the pacing's."""
+        if self.client_position_ms is not None:
+            return self.client_position_ms, "client"
+        if self.started_at is None:
+            return 0.0, "server"
+        return min(self.sent_ms, (now - self.started_at) * 1000.0), "server"
+
+    def cancel(self, reason: str) -> dict:
+        """Stop now (barge-in, disconnect): drop what is queued and close the response."""
+        if self.done:
+            return {}
+        now = self.channel.server.clock.seconds()
+        played, source = self.played_ms(now)
+        self.queue.clear()
+        if self.turn is not None:
+            self.turn.cancel()
+        info = {"played_ms": round(played, 1), "played_source": source, "sent_ms": round(self.sent_ms, 1)}
+        self._complete(cancelled=True, reason=reason, **info)
+        return info
+
+    def _complete(self, cancelled: bool, reason: str | None = None, **extra: Any) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.channel.pacer.discard(self)
+        if self.active:
+            summary = {**self.summary, "cancelled": cancelled, "duration_ms": round(self.sent_ms, 1),
+                       "packets": self.packets, **extra}
+            if reason is not None:
+                summary["reason"] = reason
+            self.channel.sink.endResponse(summary)
+        self.channel.responseDone(self)
+        self.whenDone.callback(cancelled)
