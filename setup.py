@@ -12,7 +12,10 @@ setup(
     # twisted.plugins is listed so the plugin module lands in site-packages/twisted/plugins/, where
     # twistd looks; the directory has no __init__.py on purpose (it would shadow Twisted's own).
     packages=find_packages(exclude=["tests", "tests.*"]) + ["twisted.plugins"],
-    package_data={"twisted": ["plugins/txvoice_plugin.py"], "txvoice": ["static/*"]},
+    package_data={
+        "twisted": ["plugins/txvoice_plugin.py", "plugins/txvoice_engines.py"],
+        "txvoice": ["static/*"],
+    },
     include_package_data=True,
     install_requires=[
         "twisted[tls]>=24.7",
@@ -28,13 +31,22 @@ setup(
         "PyJWT[crypto]>=2.8",
         "cryptography>=42",
         "prometheus_client>=0.20",
+        "pocketsphinx>=5.1",
     ],
     extras_require={
         "test": [
+            "aiohttp>=3.9",
+            "uvloop>=0.19",
+            "matplotlib>=3.8",
             "pytest>=8",
             "pytest-twisted>=1.14",
             "hypothesis>=6.100",
             "websockets>=13",
+        ],
+        "bench": [
+            "aiohttp>=3.9",
+            "uvloop>=0.19",
+            "matplotlib>=3.8",
         ],
     },
     entry_points={"console_scripts": []},
