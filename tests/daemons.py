@@ -73,6 +73,8 @@ def start_daemon(
     # The daemon runs the working tree's code (the installed plugin imports txvoice from here).
     full_env = source_env(**(env or {}))
     full_env.pop("TXVOICE_LISTEN", None)
+    if "--pipeline" not in args:
+        args = ("--pipeline", "echo", *args)  # tests of the server itself use the echo pipeline
     log_args = list(twistd_args) or ["--logfile", str(log_path)]
     cmd = [TWISTD, "--nodaemon", "--pidfile=", *log_args, "txvoice",
            "--listen", f"tcp:{port}:interface=127.0.0.1", *args]

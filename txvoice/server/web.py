@@ -8,11 +8,13 @@ GETs get a small index, so ``ws://host:8765`` (S1's URL) and ``http://host:8765/
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
+from twisted.web.static import File
 
 from txvoice.server.context import VoiceServer
 
@@ -124,7 +126,12 @@ class MonitoringResource(JSONResource):
         return {"error": {"code": "not_found"}}, 404
 
 
+STATIC = Path(__file__).resolve().parent.parent / "static"
+
+
 class IndexResource(Resource):
+    """``GET /``: the demo page (``txvoice/static/index.html``) when it is installed, else a line of text."""
+
     isLeaf = True
 
     def __init__(self, server: VoiceServer) -> None:
@@ -132,6 +139,11 @@ class IndexResource(Resource):
         self.voice = server
 
     def render_GET(self, request: Request) -> bytes:
+        page = STATIC / "index.html"
+        if page.is_file():
+            request.setHeader(b"content-type", b"text/html; charset=utf-8")
+            request.setHeader(b"cache-control", b"no-cache")
+            return page.read_bytes()
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         return (
             f"txvoice {self.voice.version}: WebSocket endpoint here (subprotocol txvoice.v1); "
@@ -181,6 +193,11 @@ def build_site(server: VoiceServer, websockets: dict[str, WebSocketResource]) ->
     root = Resource()
     index = IndexResource(server)
     root.putChild(b"health", HealthResource(server))
+    if STATIC.is_dir():
+        static = File(str(STATIC))
+        static.contentTypes[".js"] = "text/javascript"
+        static.contentTypes[".mjs"] = "text/javascript"
+        root.putChild(b"static", static)
     root.putChild(b"metrics", MetricsPage(server))
     root.putChild(b"monitoring", MonitoringResource(server))
     admission = server.admission
