@@ -1,0 +1,742 @@
+#!/usr/bin/env python3
+"""
+The standing benchmark: voice sessions per core, latency and memory, txvoice beside its baselines.
+
+    .venv/bin/python bench/run.py            # full run (~30-40 min); results in bench/results/
+    .venv/bin/python bench/run.py --quick    # smoke run (~5 s per server), exits non-zero on any gap
+
+It builds what it needs (the C load generator with gcc -lz, the payload files from espeak-ng
+speech), then, for each repetition, runs every server in turn (interleaved, the order rotated per
+repetition), each started fresh for each measurement, pinned with ``taskset -c 0`` while the
+generator runs on ``taskset -c 1``:
+
+* a fixed-N measurement for each workload (Opus 48 kHz, PCM): server CPU time per frame, p50 /
+  p99 / max round trip, RSS per session, loss;
+* a ladder on the first workload: N = 10, 25, 50, ... until the first failing step, where a step
+  passes when p99 < 50 ms and no frame is lost (the 20 ms column uses the same steps);
+
+and writes ``latest.json`` (every run plus the medians), ``latest.md`` (the table, ratios to
+txvoice) and ``latest.png`` (p99 against sessions, one line per server).  See bench/README.md.
+Every server listens on 127.0.0.1 only; every run is bounded in sessions and seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+BUILD = BENCH / "build"
+LOADGEN_SRC = BENCH / "loadgen.c"
+LOADGEN = BUILD / "loadgen"
+PAYLOADS = BUILD / "payloads"
+LOGS = BUILD / "logs"
+PY = sys.executable
+TWISTD = str(Path(sys.executable).parent / "twistd")
+_CPUS = sorted(os.sched_getaffinity(0))
+SERVER_CPU, GEN_CPU = str(_CPUS[0]), str(_CPUS[1 % len(_CPUS)])  # "0" and "1" on the 2-core machines
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
+
+P99_LIMIT_MS = 50.0
+P99_STRICT_MS = 20.0
+DEFAULT_LADDER = [10, 25, 50, 75, 100, 150, 200, 300, 400, 500, 600, 800, 1000, 1250, 1500, 2000, 2500, 3000, 4000]
+
+WORKLOADS = {
+    # name: (payload file, request path)
+    "opus": ("opus48k.frames", "/ws/audio?codec=opus&sample_rate=48000&channels=1"),
+    "pcm16k": ("pcm16k.frames", "/ws/audio?codec=pcm_s16le&sample_rate=16000&channels=1"),
+    "pcm48k": ("pcm48k.frames", "/ws/audio?codec=pcm_s16le&sample_rate=48000&channels=1"),
+}
+
+
+# ------------------------------------------------------------------------------------ servers
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    name: str
+    command: Callable[[int, int], list[str]]  # (port, sessions) -> argv
+    mode: str = "ack"  # ack: a text "chunk_received" per frame; echo: the frame comes back
+    greeting: bool = True
+    deflate: bool = False
+    env: Callable[[int], dict[str, str]] = lambda n: {}
+    about: str = ""
+
+
+def _txvoice_cmd(extra: list[str]) -> Callable[[int, int], list[str]]:
+    def cmd(port: int, n: int) -> list[str]:
+        return [TWISTD, "-n", "--pidfile=", "txvoice", "--listen", f"tcp:{port}:interface=127.0.0.1",
+                "--audio-threads", "1", *extra]
+
+    return cmd
+
+
+def _txvoice_env(n: int) -> dict[str, str]:
+    # Every benchmark connection comes from 127.0.0.1: lift the connection caps (through the
+    # environment, so a txvoice without these settings simply ignores them); all else is default.
+    return {"TXVOICE_MAX_CONNECTIONS": str(max(1000, n + 64)), "TXVOICE_MAX_CONNECTIONS_PER_IP": "0"}
+
+
+SERVERS: dict[str, ServerSpec] = {
+    s.name: s
+    for s in [
+        ServerSpec("txvoice", _txvoice_cmd([]), env=_txvoice_env,
+                   about="twistd txvoice, default configuration, /ws/audio, 1 audio thread"),
+        ServerSpec("txvoice-deflate", _txvoice_cmd(["--compression"]), deflate=True, env=_txvoice_env,
+                   about="the same with --compression; the generator offers permessage-deflate"),
+        ServerSpec("autobahn-echo", lambda port, n: [PY, str(BENCH / "servers" / "autobahn_echo.py"), "--port", str(port)],
+                   mode="echo", greeting=False, about="plain Autobahn echo on Twisted epoll: no audio work (the floor)"),
+        ServerSpec("aiohttp-ingest", lambda port, n: [PY, str(BENCH / "servers" / "aiohttp_ingest.py"), "--port", str(port)],
+                   about="aiohttp + uvloop, /ws/audio, the same ingest work inline"),
+    ]
+}
+REFERENCE = "txvoice"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pinned(cpu: str) -> list[str]:
+    return ["taskset", "-c", cpu] if PINNING else []
+
+
+PINNING = len(_CPUS) >= 2 and shutil.which("taskset") is not None
+
+
+def proc_cpu_s(pid: int) -> float | None:
+    """utime + stime of every thread of ``pid`` (seconds), from /proc/PID/stat."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def proc_rss_kib(pid: int) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+class Server:
+    """One fresh server process, pinned, on a free loopback port."""
+
+    def __init__(self, spec: ServerSpec, sessions: int, log_name: str) -> None:
+        self.spec = spec
+        self.port = free_port()
+        LOGS.mkdir(parents=True, exist_ok=True)
+        self.log_path = LOGS / f"{log_name}.log"
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+        env.pop("TXVOICE_LISTEN", None)
+        env.update(spec.env(sessions))
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(pinned(SERVER_CPU) + spec.command(self.port, sessions), cwd=str(ROOT), env=env,
+                                     stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT)
+        self.pid = self.proc.pid  # taskset execs the server: same PID
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.spec.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"{self.spec.name} did not listen on 127.0.0.1:{self.port} within {timeout}s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+
+
+def probe_status(port: int, path: str) -> int:
+    """HTTP status of a WebSocket upgrade request to ``path`` (101 when the endpoint exists)."""
+    req = (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+           "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(req.encode())
+        head = b""
+        while b"\r\n" not in head:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            head += chunk
+    try:
+        return int(head.split(b" ", 2)[1])
+    except (IndexError, ValueError):
+        return 0
+
+
+# ------------------------------------------------------------------------------------ building
+
+
+def ensure_python_packages() -> None:
+    missing = []
+    for module, package in (("aiohttp", "aiohttp"), ("uvloop", "uvloop"), ("matplotlib", "matplotlib"),
+                            ("opuslib", "opuslib"), ("soxr", "soxr"), ("webrtcvad", "webrtcvad-wheels")):
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(package)
+    if missing:
+        print(f"bench: installing {' '.join(missing)} into {sys.prefix}", flush=True)
+        subprocess.run([PY, "-m", "pip", "install", "-q", *missing], check=True)
+
+
+def apt_install(*packages: str) -> None:
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        raise RuntimeError(f"bench needs the Debian packages {' '.join(packages)}; install them")
+    print(f"bench: apt-get install {' '.join(packages)}", flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run(["apt-get", "install", "-y", "-qq", *packages], check=True, env=env, stdout=subprocess.DEVNULL)
+
+
+def build_loadgen() -> Path:
+    BUILD.mkdir(parents=True, exist_ok=True)
+    if LOADGEN.exists() and LOADGEN.stat().st_mtime >= LOADGEN_SRC.stat().st_mtime:
+        return LOADGEN
+    if not shutil.which("gcc") or not (Path("/usr/include/zlib.h").exists()):
+        apt_install("gcc", "libc6-dev", "zlib1g-dev")
+    cmd = ["gcc", "-O2", "-Wall", "-o", str(LOADGEN), str(LOADGEN_SRC), "-lz"]
+    print("bench: " + " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+    return LOADGEN
+
+
+def make_payloads() -> dict[str, Path]:
+    if not shutil.which("espeak-ng"):
+        apt_install("espeak-ng")
+    sys.path.insert(0, str(BENCH))
+    import frames
+
+    return frames.make(PAYLOADS)
+
+
+def raise_fd_limit(need: int) -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # inherited by servers and the generator
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft != resource.RLIM_INFINITY and soft < need:
+        print(f"bench: warning: open-file limit {soft} is below the {need} the largest step needs", flush=True)
+    return soft
+
+
+# ------------------------------------------------------------------------------------ one run
+
+
+@dataclass
+class Options:
+    duration: float
+    warmup: float
+    drain: float
+    quick: bool
+    slip_limit_us: float = 2000.0
+    cpu_limit: float = 0.9
+
+
+def run_once(spec: ServerSpec, workload: str, n: int, opts: Options, label: str) -> dict[str, Any]:
+    """Start ``spec`` fresh, drive ``n`` sessions of ``workload`` through it, stop it; the run's record."""
+    payload, path = WORKLOADS[workload]
+    record: dict[str, Any] = {"server": spec.name, "workload": workload, "sessions": n, "duration_s": opts.duration}
+    server = Server(spec, n, f"{spec.name}-{workload}-{n}-{label}")
+    try:
+        server.wait_ready()
+        time.sleep(0.1)
+        rss_idle = proc_rss_kib(server.pid)  # replaced by the warm baseline when the warm-up ran
+        cmd = pinned(GEN_CPU) + [
+            str(LOADGEN), "--port", str(server.port), "--path", path, "--frames", str(PAYLOADS / payload),
+            "--sessions", str(n), "--duration", str(opts.duration), "--mode", spec.mode,
+            "--greeting" if spec.greeting else "--no-greeting", "--warmup", str(opts.warmup), "--drain", str(opts.drain),
+            "--slip-limit-us", str(opts.slip_limit_us), "--cpu-limit", str(opts.cpu_limit), "--prewarm", "10",
+            "--connect-timeout", str(5.0 + 0.01 * n if opts.quick else 10.0 + 0.01 * n),
+        ] + (["--deflate"] if spec.deflate else [])
+        gen = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        marks: dict[str, tuple[float | None, int | None, float]] = {}
+        errors: list[str] = []
+        peak = [rss_idle or 0]
+
+        def read_stderr() -> None:
+            for line in gen.stderr:
+                if line.startswith("PHASE "):
+                    marks[line.split()[1]] = (proc_cpu_s(server.pid), proc_rss_kib(server.pid), time.monotonic())
+                else:
+                    errors.append(line.rstrip())
+
+        def sample_rss() -> None:
+            while gen.poll() is None:
+                r = proc_rss_kib(server.pid)
+                if r:
+                    peak[0] = max(peak[0], r)
+                time.sleep(0.2)
+
+        threads = [threading.Thread(target=read_stderr, daemon=True), threading.Thread(target=sample_rss, daemon=True)]
+        for t in threads:
+            t.start()
+        limit = opts.duration + opts.drain + 10.0 + 0.01 * n + 30.0
+        killer = threading.Timer(limit, gen.kill)
+        killer.start()
+        out = gen.stdout.read()
+        gen.wait()
+        killer.cancel()
+        for t in threads:
+            t.join(5)
+        if gen.returncode != 0 or not out.strip():
+            raise RuntimeError(f"loadgen failed ({gen.returncode}): {' '.join(errors[-5:])}")
+        g = json.loads(out)
+        record["generator"] = g
+        if "warm" in marks and marks["warm"][1]:
+            rss_idle = marks["warm"][1]  # after one session came and went: lazy imports are in the baseline
+        if "send" in marks and "end" in marks:
+            cpu0, _, t0 = marks["send"]
+            cpu1, rss_end, t1 = marks["end"]
+            if cpu0 is not None and cpu1 is not None:
+                record["server_cpu_s"] = round(cpu1 - cpu0, 4)
+                record["server_cpu_share"] = round((cpu1 - cpu0) / max(t1 - t0, 1e-6), 3)
+                if g["frames_acked"]:
+                    record["cpu_us_per_frame"] = round((cpu1 - cpu0) * 1e6 / g["frames_acked"], 2)
+            if rss_idle and rss_end:
+                record["rss_idle_kib"] = rss_idle
+                record["rss_end_kib"] = rss_end
+                record["rss_peak_kib"] = peak[0]
+                record["rss_per_session_kib"] = round((rss_end - rss_idle) / n, 2)
+        lat = g["latency_us"]
+        record.update(
+            p50_ms=lat["p50"] / 1000, p90_ms=lat["p90"] / 1000, p99_ms=lat["p99"] / 1000, max_ms=lat["max"] / 1000,
+            lost=g["frames_lost"] + g["frames_skipped"] + (g["frames_per_session"] * (n - g["connected"])),
+            saturated=g["saturated"],
+        )
+        record["clean"] = (
+            g["connected"] == n and g["frames_lost"] == 0 and g["frames_skipped"] == 0 and g["server_errors"] == 0
+            and g["frames_sent"] == n * g["frames_per_session"] and g["frames_acked"] == g["frames_sent"]
+            and g["unexpected_answers"] == 0 and (not spec.deflate or g["deflate_negotiated"] == n)
+        )
+        record["passed"] = record["clean"] and lat["count"] > 0 and record["p99_ms"] < P99_LIMIT_MS
+        record["passed_strict"] = record["passed"] and record["p99_ms"] < P99_STRICT_MS
+        if g["first_error"]:
+            record["first_error"] = g["first_error"]
+    except Exception as e:  # a broken run is a failed step, recorded with its reason
+        record.update(error=str(e), clean=False, passed=False, passed_strict=False, saturated=False)
+    finally:
+        server.stop()
+    record["server_log"] = str(server.log_path.relative_to(ROOT))
+    return record
+
+
+def describe(r: dict[str, Any]) -> str:
+    if "error" in r:
+        return f"ERROR {r['error'].splitlines()[0][:160]}"
+    g = r["generator"]
+    verdict = "pass" if r["passed"] else "FAIL"
+    if r["saturated"]:
+        verdict += f" (generator saturated: {g['saturated_reason']})"
+    cpu = r.get("cpu_us_per_frame")
+    rss = r.get("rss_per_session_kib")
+    extra = f" [{r['first_error'][:100]}]" if r.get("first_error") and not r["passed"] else ""
+    return (f"p50 {r['p50_ms']:.2f} p99 {r['p99_ms']:.2f} max {r['max_ms']:.2f} ms, "
+            f"acked {g['frames_acked']}/{g['frames_sent']} lost {r['lost']}, "
+            f"cpu {cpu if cpu is not None else '-'} us/frame ({r.get('server_cpu_share', 0):.0%} of a core), "
+            f"rss {rss if rss is not None else '-'} KiB/session, gen cpu {g['gen_cpu_frac']:.0%} -> {verdict}{extra}")
+
+
+# ------------------------------------------------------------------------------------ the plan
+
+
+def median(values: list[float | None]) -> float | None:
+    vs = [v for v in values if v is not None]
+    return round(statistics.median(vs), 3) if vs else None
+
+
+@dataclass
+class Plan:
+    servers: list[str]
+    workloads: list[str]
+    reps: int
+    fixed_n: int
+    ladder: list[int]
+    opts: Options
+    runs: list[dict[str, Any]] = field(default_factory=list)
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def measure(plan: Plan, spec: ServerSpec, workload: str, n: int, rep: int, kind: str) -> dict[str, Any]:
+    r = run_once(spec, workload, n, plan.opts, f"r{rep}-{kind}")
+    r.update(rep=rep, kind=kind)
+    # A run where the generator, not the server, ran out of time measures the generator: it is kept
+    # in the record but left out of every figure (quick mode keeps it: it only checks the plumbing).
+    r["discarded"] = bool(r.get("saturated")) and not plan.opts.quick
+    log(f"  [{kind} rep {rep}] {spec.name:16s} {workload:6s} N={n:<5d} {describe(r)}")
+    plan.runs.append(r)
+    return r
+
+
+def execute(plan: Plan) -> None:
+    primary = plan.workloads[0]
+    for rep in range(plan.reps):
+        order = plan.servers[rep % len(plan.servers):] + plan.servers[: rep % len(plan.servers)]
+        log(f"repetition {rep + 1}/{plan.reps}: servers in order {', '.join(order)}")
+        fixed: dict[tuple[str, str], dict[str, Any]] = {}
+        for workload in plan.workloads:
+            for name in order:
+                fixed[name, workload] = measure(plan, SERVERS[name], workload, plan.fixed_n, rep, "fixed")
+        alive = list(order)
+        for n in plan.ladder:
+            for name in list(alive):
+                reuse = fixed.get((name, primary)) if n == plan.fixed_n else None
+                if reuse is not None and not reuse["discarded"]:
+                    step = dict(reuse, kind="ladder", reused_fixed=True)
+                    plan.runs.append(step)
+                    log(f"  [ladder rep {rep}] {name:16s} {primary:6s} N={n:<5d} (the fixed-N run) -> "
+                        f"{'pass' if step['passed'] else 'FAIL'}")
+                else:
+                    step = measure(plan, SERVERS[name], primary, n, rep, "ladder")
+                    if step["discarded"]:
+                        step = measure(plan, SERVERS[name], primary, n, rep, "ladder")  # one retry
+                if step["discarded"]:
+                    log(f"  {name}: the generator saturates at N={n}; its ladder stops here (a lower bound)")
+                    alive.remove(name)
+                elif not step["passed"]:
+                    alive.remove(name)
+            if not alive:
+                break
+
+
+def summarize(plan: Plan) -> dict[str, Any]:
+    primary = plan.workloads[0]
+    summary: dict[str, Any] = {}
+    for name in plan.servers:
+        runs = [r for r in plan.runs if r["server"] == name and not r["discarded"]]
+        s: dict[str, Any] = {"about": SERVERS[name].about}
+        for wl in plan.workloads:
+            fx = [r for r in runs if r["kind"] == "fixed" and r["workload"] == wl]
+            s[f"cpu_us_per_frame_{wl}"] = median([r.get("cpu_us_per_frame") for r in fx])
+            if wl == primary:
+                for key in ("p50_ms", "p99_ms", "max_ms", "rss_per_session_kib", "server_cpu_share"):
+                    s[key] = median([r.get(key) for r in fx])
+                s["lost"] = median([r.get("lost") for r in fx])
+                s["lost_total"] = sum(r.get("lost", 0) or 0 for r in fx)
+                s["fixed_runs"] = len(fx)
+                s["fixed_clean"] = bool(fx) and all(r.get("clean") for r in fx)
+        max_n, max_n_strict, bounded = [], [], False
+        for rep in range(plan.reps):
+            steps = sorted((r for r in plan.runs if r["server"] == name and r["kind"] == "ladder" and r["rep"] == rep),
+                           key=lambda r: r["sessions"])
+            best = best_strict = 0
+            strict_ok = True
+            for r in steps:
+                if r["discarded"]:
+                    bounded = True
+                    break
+                if not r["passed"]:
+                    break
+                best = r["sessions"]
+                strict_ok = strict_ok and r["passed_strict"]
+                if strict_ok:
+                    best_strict = r["sessions"]
+            if steps:
+                max_n.append(best)
+                max_n_strict.append(best_strict)
+        s["max_sessions_p99_50ms"] = median(max_n)
+        s["max_sessions_p99_20ms"] = median(max_n_strict)
+        s["ladder_generator_bound"] = bounded
+        curve = {}
+        for n in sorted({r["sessions"] for r in runs if r["kind"] == "ladder"}):
+            at = [r for r in runs if r["kind"] == "ladder" and r["sessions"] == n and "error" not in r]
+            if at:
+                curve[n] = {"p99_ms": median([r["p99_ms"] for r in at]), "passed": sum(r["passed"] for r in at),
+                            "runs": len(at)}
+        s["ladder_p99_ms"] = curve
+        s["saturated_runs_discarded"] = sum(1 for r in plan.runs if r["server"] == name and r["discarded"])
+        summary[name] = s
+    return summary
+
+
+def environment() -> dict[str, Any]:
+    def version(mod: str) -> str | None:
+        try:
+            from importlib.metadata import version as v
+
+            return v(mod)
+        except Exception:
+            return None
+
+    try:
+        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, timeout=10).stdout.strip() or None
+    except Exception:
+        commit = None
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    return {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "commit": commit, "cpu": cpu, "cpus": os.cpu_count(),
+        "kernel": platform.release(), "python": platform.python_version(),
+        "pinning": {"server": SERVER_CPU, "generator": GEN_CPU} if PINNING else None,
+        "loadavg_start": os.getloadavg(),
+        "packages": {p: version(p) for p in ("twisted", "autobahn", "aiohttp", "uvloop", "numpy", "soxr", "opuslib")},
+    }
+
+
+# ------------------------------------------------------------------------------------ reports
+
+
+def fmt(v: Any, digits: int = 1) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def ratio(v: float | None, ref: float | None) -> str:
+    if v is None or not ref:
+        return "–"
+    return f"{v / ref:.2f}×"
+
+
+def write_markdown(path: Path, result: dict[str, Any]) -> None:
+    cfg, summary = result["config"], result["summary"]
+    ref = result["reference"]
+    primary = cfg["workloads"][0]
+    others = cfg["workloads"][1:]
+    n = cfg["fixed_n"]
+    r = summary.get(ref, {})
+    head = (f"| server | CPU µs/frame {primary} @ N={n} | ratio | "
+            + "".join(f"CPU µs/frame {wl} | " for wl in others)
+            + "max N (p99 < 50 ms) | ratio | max N (p99 < 20 ms) | "
+            + f"p50 / p99 / max ms @ N={n} | RSS KiB/session | ratio | lost @ N={n} |")
+    lines = [
+        f"# Voice sessions per core — {result['environment']['date']}",
+        "",
+        f"Workload: each session sends one 20 ms frame every 20 ms ({primary} first; the server decodes, resamples to "
+        f"16 kHz, runs VAD and acknowledges every frame). Server on CPU {cfg['server_cpu']}, generator on CPU "
+        f"{cfg['generator_cpu']}; medians of {cfg['reps']} repetition(s), {cfg['duration_s']} s per run. "
+        f"Ratios are to `{ref}` (lower CPU and RSS, higher N are better).",
+        "",
+        head,
+        "|" + " --- |" * (head.count("|") - 1),
+    ]
+    for name, s in summary.items():
+        bound = " (≥; generator-bound)" if s.get("ladder_generator_bound") else ""
+        row = [f"`{name}`", fmt(s.get(f"cpu_us_per_frame_{primary}")), ratio(s.get(f"cpu_us_per_frame_{primary}"), r.get(f"cpu_us_per_frame_{primary}"))]
+        row += [fmt(s.get(f"cpu_us_per_frame_{wl}")) for wl in others]
+        row += [(fmt(s.get("max_sessions_p99_50ms"), 0) if s.get("max_sessions_p99_50ms") or not bound else "–") + bound,
+                ratio(s.get("max_sessions_p99_50ms"), r.get("max_sessions_p99_50ms")),
+                fmt(s.get("max_sessions_p99_20ms"), 0),
+                f"{fmt(s.get('p50_ms'), 2)} / {fmt(s.get('p99_ms'), 2)} / {fmt(s.get('max_ms'), 2)}",
+                fmt(s.get("rss_per_session_kib")), ratio(s.get("rss_per_session_kib"), r.get("rss_per_session_kib")),
+                fmt(s.get("lost"), 0)]
+        lines.append("| " + " | ".join(row) + " |")
+    lines += ["", f"CPU µs/frame: server process CPU time (all threads, /proc/PID/stat) over the sending window divided by "
+              f"the frames it acknowledged, at N={n}. Max N: the largest ladder step passed — p99 round trip under "
+              f"{P99_LIMIT_MS:g} ms (or {P99_STRICT_MS:g} ms) and no frame lost, every smaller step passing too. "
+              "RSS/session: (RSS with all sessions open − RSS after one warm-up session came and went) / N."]
+    lines += ["", "Servers:", ""]
+    lines += [f"- `{name}`: {s['about']}" for name, s in summary.items()]
+    if result.get("skipped"):
+        lines += ["", "Skipped: " + "; ".join(f"`{k}` ({v})" for k, v in result["skipped"].items())]
+    discarded = sum(s.get("saturated_runs_discarded", 0) for s in summary.values())
+    if discarded:
+        lines += ["", f"{discarded} run(s) where the generator itself was saturated were discarded (see latest.json)."]
+    lines += ["", "![p99 round trip against sessions](latest.png)", ""]
+    path.write_text("\n".join(lines), encoding="utf-8")
+
+
+def write_plot(path: Path, result: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+    for name, s in result["summary"].items():
+        curve = s.get("ladder_p99_ms") or {}
+        xs = sorted(int(n) for n in curve)
+        ys = [curve[n]["p99_ms"] if n in curve else curve[str(n)]["p99_ms"] for n in xs]
+        if xs:
+            ax.plot(xs, ys, marker="o", label=name)
+    ax.axhline(P99_LIMIT_MS, color="red", linestyle="--", linewidth=1, label=f"{P99_LIMIT_MS:g} ms limit")
+    ax.axhline(P99_STRICT_MS, color="orange", linestyle=":", linewidth=1, label=f"{P99_STRICT_MS:g} ms (strict)")
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
+
+    ax.set_yscale("log")
+    ax.set_xscale("log")
+    steps = sorted({int(n) for s in result["summary"].values() for n in (s.get("ladder_p99_ms") or {})})
+    ax.xaxis.set_major_locator(FixedLocator(steps or [1]))
+    ax.yaxis.set_major_locator(FixedLocator([m * 10.0**e for e in range(-2, 6) for m in (1, 2, 5)]))
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        axis.set_minor_locator(NullLocator())
+        axis.set_minor_formatter(NullFormatter())
+    ax.tick_params(axis="x", labelrotation=45 if len(steps) > 10 else 0)
+    ax.set_xlabel("concurrent sessions (log; one 20 ms frame every 20 ms each)")
+    ax.set_ylabel("p99 round trip per frame (ms, log)")
+    env = result["environment"]
+    ax.set_title(f"p99 latency vs sessions — {result['config']['workloads'][0]}, server pinned to one core\n"
+                 f"{env['cpu']}, {env['date']}", fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------ main
+
+
+def check_quick(result: dict[str, Any], files: list[Path]) -> list[str]:
+    """Every figure for every server, zero loss, every file: the list of what is missing."""
+    problems = []
+    primary = result["config"]["workloads"][0]
+    for name, s in result["summary"].items():
+        needed = [f"cpu_us_per_frame_{wl}" for wl in result["config"]["workloads"]]
+        needed += ["p50_ms", "p99_ms", "max_ms", "rss_per_session_kib", "max_sessions_p99_50ms", "max_sessions_p99_20ms"]
+        for key in needed:
+            if s.get(key) is None:
+                problems.append(f"{name}: no {key}")
+        if not s.get("fixed_clean"):
+            problems.append(f"{name}: the fixed-N {primary} run was not clean (lost {s.get('lost_total')})")
+        if not s.get("ladder_p99_ms"):
+            problems.append(f"{name}: no ladder point")
+    for r in result["runs"]:
+        if "error" in r:
+            problems.append(f"{r['server']} {r['workload']} N={r['sessions']}: {r['error'].splitlines()[0]}")
+        elif r["lost"]:
+            problems.append(f"{r['server']} {r['workload']} N={r['sessions']}: {r['lost']} frames lost"
+                            + (f" ({r['first_error']})" if r.get("first_error") else ""))
+    for f in files:
+        if not f.exists() or f.stat().st_size == 0:
+            problems.append(f"{f} was not written")
+    return problems
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="txvoice benchmark: sessions per core, latency, memory, beside baselines",
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--quick", action="store_true", help="smoke run: tiny N, ~5 s per server; non-zero exit on any gap")
+    p.add_argument("--servers", default=",".join(SERVERS), help=f"comma-separated, from: {', '.join(SERVERS)}")
+    p.add_argument("--workloads", default=None, help="comma-separated from opus, pcm16k, pcm48k; the first one runs "
+                   "the ladder [default: opus,pcm48k]")
+    p.add_argument("--reps", type=int, default=None, help="repetitions (medians are reported) [3; quick: 1]")
+    p.add_argument("--duration", type=float, default=None, help="seconds of sending per run [15; quick: 1.5]")
+    p.add_argument("--fixed-n", type=int, default=None, help="sessions of the fixed-N measurement [100; quick: 8]")
+    p.add_argument("--ladder", default=None, help="comma-separated session counts [10,25,50,...,4000; quick: N,2N]")
+    p.add_argument("--slip-limit-ms", type=float, default=2.0,
+                   help="a run whose generator sent its frames later than this at p99 is flagged saturated [2]")
+    p.add_argument("--out-dir", default=str(BENCH / "results"), help="where latest.json/.md/.png go")
+    a = p.parse_args(argv)
+    a.servers = [s.strip() for s in a.servers.split(",") if s.strip()]
+    unknown = [s for s in a.servers if s not in SERVERS]
+    if unknown or not a.servers:
+        p.error(f"unknown server(s) {unknown}; choose from {', '.join(SERVERS)}")
+    a.workloads = [w.strip() for w in (a.workloads or ("opus,pcm16k" if a.quick else "opus,pcm48k")).split(",") if w.strip()]
+    if any(w not in WORKLOADS for w in a.workloads) or not a.workloads:
+        p.error(f"workloads are {', '.join(WORKLOADS)}")
+    a.reps = a.reps or (1 if a.quick else 3)
+    a.duration = a.duration or (1.5 if a.quick else 15.0)
+    a.fixed_n = a.fixed_n or (8 if a.quick else 100)
+    if a.ladder:
+        a.ladder = sorted({int(x) for x in a.ladder.split(",") if x.strip()})
+    else:
+        a.ladder = [a.fixed_n, 2 * a.fixed_n] if a.quick else DEFAULT_LADDER
+    if max(a.ladder + [a.fixed_n]) > 20000 or a.duration > 600 or a.reps > 20:
+        p.error("bounded runs only: sessions <= 20000, duration <= 600 s, reps <= 20")
+    return a
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    t_start = time.monotonic()
+    ensure_python_packages()
+    build_loadgen()
+    make_payloads()
+    raise_fd_limit(max(a.ladder + [a.fixed_n]) + 256)
+    if not PINNING:
+        log("bench: warning: fewer than 2 CPUs or no taskset: server and generator are not pinned")
+
+    skipped: dict[str, str] = {}
+    servers = list(a.servers)
+    opts = Options(duration=a.duration, warmup=0.3 if a.quick else min(2.0, a.duration / 5), drain=2.0 if a.quick else 3.0,
+                   quick=a.quick, slip_limit_us=a.slip_limit_ms * 1000)
+    plan = Plan(servers=servers, workloads=a.workloads, reps=a.reps, fixed_n=a.fixed_n, ladder=a.ladder, opts=opts)
+    env = environment()
+    log(f"bench: servers {', '.join(servers)}; workloads {', '.join(a.workloads)}; fixed N={a.fixed_n}; "
+        f"ladder {a.ladder}; {a.reps} rep(s) of {a.duration} s; load average {env['loadavg_start']}")
+    execute(plan)
+    env["loadavg_end"] = os.getloadavg()
+    reference = REFERENCE if REFERENCE in servers else servers[0]
+    result = {
+        "config": {"servers": servers, "workloads": a.workloads, "reps": a.reps, "duration_s": a.duration,
+                   "fixed_n": a.fixed_n, "ladder": a.ladder, "quick": a.quick, "p99_limit_ms": P99_LIMIT_MS,
+                   "p99_strict_ms": P99_STRICT_MS, "server_cpu": SERVER_CPU, "generator_cpu": GEN_CPU,
+                   "warmup_s": opts.warmup, "drain_s": opts.drain, "frame_ms": 20,
+                   "slip_limit_ms": a.slip_limit_ms, "generator_cpu_limit": opts.cpu_limit},
+        "environment": env,
+        "reference": reference,
+        "skipped": skipped,
+        "summary": summarize(plan),
+        "runs": plan.runs,
+        "elapsed_s": round(time.monotonic() - t_start, 1),
+    }
+    out = Path(a.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = [out / "latest.json", out / "latest.md", out / "latest.png"]
+    files[0].write_text(json.dumps(result, indent=1, default=str) + "\n", encoding="utf-8")
+    write_markdown(files[1], result)
+    write_plot(files[2], result)
+    log("")
+    log(files[1].read_text(encoding="utf-8"))
+    log(f"bench: wrote {', '.join(str(f) for f in files)} in {result['elapsed_s']} s")
+    if a.quick:
+        problems = check_quick(result, files)
+        if problems:
+            log("bench --quick FAILED:\n  " + "\n  ".join(problems))
+            return 1
+        log("bench --quick: every figure produced, zero loss")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""
+``bench/run.py --quick``: the benchmark works end to end -- the C generator builds, the payloads
+are made, every server is driven, every figure is produced with zero loss, and the JSON, the
+Markdown table and the PNG plot are written.  It measures nothing: the full run does that.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNNER = ROOT / "bench" / "run.py"
+SERVERS = ["txvoice", "txvoice-deflate", "autobahn-echo", "aiohttp-ingest"]
+FIGURES = [
+    "cpu_us_per_frame_opus",
+    "p50_ms",
+    "p99_ms",
+    "max_ms",
+    "rss_per_session_kib",
+    "max_sessions_p99_50ms",
+    "max_sessions_p99_20ms",
+]
+
+
+@pytest.mark.slow
+def test_bench_quick(tmp_path: Path) -> None:
+    cmd = [
+        sys.executable, str(RUNNER), "--quick", "--servers", ",".join(SERVERS), "--out-dir", str(tmp_path),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=str(ROOT))
+    print(proc.stdout[-6000:])
+    assert proc.returncode == 0, f"bench --quick failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-2000:]}"
+
+    result = json.loads((tmp_path / "latest.json").read_text())
+    assert not result["skipped"], result["skipped"]
+    assert set(result["summary"]) == set(SERVERS)
+
+    for name, s in result["summary"].items():
+        for figure in FIGURES + [f"cpu_us_per_frame_{w}" for w in result["config"]["workloads"]]:
+            assert s.get(figure) is not None, f"{name}: no {figure}"
+        assert s["cpu_us_per_frame_opus"] > 0
+        assert s["lost_total"] == 0, f"{name} lost frames"
+        assert s["max_sessions_p99_50ms"] >= 0
+        assert s["ladder_p99_ms"], f"{name}: no ladder point"
+    for run in result["runs"]:
+        assert "error" not in run, run.get("error")
+        assert run["lost"] == 0, f"{run['server']} {run['workload']} N={run['sessions']} lost {run['lost']} frames"
+        g = run["generator"]
+        assert g["connected"] == run["sessions"] and g["frames_acked"] == g["frames_sent"] > 0
+        if run["server"] == "txvoice-deflate":
+            assert g["deflate_negotiated"] == run["sessions"], "permessage-deflate was not negotiated"
+
+    table = (tmp_path / "latest.md").read_text()
+    for name in result["summary"]:
+        assert f"| `{name}` |" in table
+    assert (tmp_path / "latest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert result["elapsed_s"] < 60, f"the smoke run took {result['elapsed_s']} s (budget: 60 s)"
