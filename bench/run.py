@@ -98,6 +98,8 @@ SERVERS: dict[str, ServerSpec] = {
     for s in [
         ServerSpec("txvoice", _txvoice_cmd([]), env=_txvoice_env,
                    about="twistd txvoice, default configuration, /ws/audio, 1 audio thread"),
+        ServerSpec("txvoice-writethrough", _txvoice_cmd(["--write-through"]), env=_txvoice_env,
+                   about="txvoice with the experimental write-through path (--write-through), for comparison"),
         ServerSpec("txvoice-deflate", _txvoice_cmd(["--compression"]), deflate=True, env=_txvoice_env,
                    about="the same with --compression; the generator offers permessage-deflate"),
         ServerSpec("autobahn-echo", lambda port, n: [PY, str(BENCH / "servers" / "autobahn_echo.py"), "--port", str(port)],
