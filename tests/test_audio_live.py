@@ -207,3 +207,23 @@ def test_bad_stream_settings_are_refused(client, start, code) -> None:
     client.send_json("voice_start", start, "s")
     err = client.next_json()
     assert err["type"] == "error" and err["data"]["code"] == code
+
+
+@pytest.mark.parametrize("output, exact", [({"output_codec": "opus"}, True), ({"output_codec": "pcm_s16le"}, False)])
+def test_push_to_talk_reply_in_the_requested_format(client, output, exact) -> None:
+    speech = speak("Hello there.", 48000, pad_ms=(100, 100))
+    packets = opus_packets(speech)
+    client.send_json("voice_start", {"codec": "opus", "sample_rate": 48000, "options": output})
+    client.next_json()
+    for p in packets:
+        client.ws.send(p)
+    client.send_json("voice_end")
+    announce, got, final = response_of(client.until(is_final))
+    assert announce["audio"]["codec"] == output["output_codec"]
+    if exact:
+        assert [p for _, p in got] == packets
+    else:
+        pcm = np.frombuffer(b"".join(p for _, p in got), dtype=np.int16)
+        rate = announce["audio"]["sample_rate"]
+        assert abs(len(pcm) / rate * 1000 - len(speech) / 48) <= 60  # the whole turn, decoded
+        assert np.abs(pcm).max() > 1000  # speech, not silence or noise-free zeros

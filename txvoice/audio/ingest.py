@@ -119,6 +119,10 @@ class StreamSettings:
         except ProtocolError as e:
             raise ProtocolError(e.message, code="invalid_field", field=e.details.get("field")) from None
 
+    def wants_input_format(self, fmt: AudioFormat) -> bool:
+        """True when responses may go out in the input's own format (no output_* override to another)."""
+        return self.output_codec in (None, fmt.codec) and self.output_sample_rate in (None, fmt.sample_rate)
+
     @property
     def decodes(self) -> bool:
         """Whether the stream needs decoding at all (VAD, turns by VAD/segments, enhancement)."""

@@ -133,10 +133,11 @@ class VoiceChannel:
         stream = VoiceStream(stream_id or "strm_" + uuid.uuid4().hex[:16], fmt, settings, options)
         self.settings = settings
         start_turn = self._turnOpener(stream) if respond else _no_turn
-        if settings.decodes or pipeline.decodes:
+        if settings.decodes or pipeline.decodes or not settings.wants_input_format(fmt):
             stream.ingest = StreamIngest(
                 fmt, settings, start_turn, pipeline.pipeline_rate,
-                feed_raw=not pipeline.decodes and settings.mode == "push_to_talk",
+                # The echo of raw chunks only when the reply goes out in the input's own format.
+                feed_raw=not pipeline.decodes and settings.mode == "push_to_talk" and settings.wants_input_format(fmt),
             )
         else:
             stream.ingest = RawIngest(start_turn)

@@ -113,7 +113,7 @@ class ResponseStream:
         settings = self.channel.settings
         if audio_format is not None:
             wanted = output_format(self.input_format, settings.output_codec, settings.output_sample_rate)
-            if audio_format == self.input_format and settings.output_codec is None:
+            if audio_format == self.input_format and settings.wants_input_format(self.input_format):
                 self.passthrough, self.format = True, audio_format
             else:
                 self.format = wanted
