@@ -35,6 +35,7 @@ setup(
     ],
     extras_require={
         "test": [
+            "playwright>=1.45",
             "aiohttp>=3.9",
             "uvloop>=0.19",
             "matplotlib>=3.8",

@@ -81,8 +81,10 @@ class ServerSpec:
 
 def _txvoice_cmd(extra: list[str]) -> Callable[[int, int], list[str]]:
     def cmd(port: int, n: int) -> list[str]:
+        # The echo pipeline: /ws/audio answers no turns anyway, and this keeps the speech engines
+        # (a recognizer model per decoder) out of the memory and start-up figures.
         return [TWISTD, "-n", "--pidfile=", "txvoice", "--listen", f"tcp:{port}:interface=127.0.0.1",
-                "--audio-threads", "1", *extra]
+                "--audio-threads", "1", "--pipeline", "echo", *extra]
 
     return cmd
 

@@ -77,10 +77,11 @@ class VoiceConfig:
     agent: str = _opt("rules", "Agent answering transcripts in the speech pipeline (a plugin name, e.g. 'rules' or 'echo').")
     tts: str = _opt("espeak", "Text-to-speech engine of the speech pipeline (a plugin name).")
     stt_mode: str = _opt("grammar", "'grammar': recognize only the agent's phrases (exact, fast); 'general': open vocabulary. Streams may override it (options.stt_mode, options.phrase_list).")
-    stt_options: str = _opt("", "Options of the STT engine, 'key=value,...' (e.g. 'pool_size=20' for pocketsphinx).")
+    stt_options: str = _opt("", "Options of the STT engine, 'key=value,...'. PocketSphinx: set pool_size to the speakers expected at once (and --stt-warm-streams as many): loading a decoder holds the GIL ~0.2 s, a stall of every session.")
+    stt_warm_streams: int = _opt(1, "Recognition streams opened at start, so that many decoders are loaded before the first turns (PocketSphinx keeps up to its pool_size idle).")
     agent_options: str = _opt("", "Options of the agent, 'key=value,...' (e.g. 'timezone=Europe/Paris' for rules).")
     tts_options: str = _opt("", "Options of the TTS engine, 'key=value,...' (e.g. 'voice=en-gb,rate=160' for espeak).")
-    processing_timeout_ms: int = _opt(5000, "Longest a turn may take from its end to its last synthesized audio (S4 PROCESSING_TIMEOUT); then processing_failed 'processing_timeout'.")
+    processing_timeout_ms: int = _opt(5000, "Longest a turn may wait from its end to its first reply audio, then between two reply chunks (S4 PROCESSING_TIMEOUT); then processing_failed 'processing_timeout'.")
     max_concurrent_processing: int = _opt(10, "Turns the server processes at once (S4 MAX_CONCURRENT_PROCESSING); later ones wait.")
     max_queued_turns: int = _opt(50, "Turns that may wait for processing; beyond that a turn gets a 'busy' event (server_busy) and is dropped.")
     # logging

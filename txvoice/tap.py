@@ -73,4 +73,9 @@ class Options(usage.Options):
 
 
 def makeService(options: Options) -> IService:
-    return makeVoiceService(options.config)
+    try:
+        return makeVoiceService(options.config)
+    except (usage.UsageError, ValueError) as e:
+        # twistd builds the service after parsing: report a bad setting (an unknown engine name,
+        # auth without keys) as a usage error, not a traceback.
+        raise SystemExit(f"txvoice: {e}") from None

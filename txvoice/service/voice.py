@@ -13,6 +13,7 @@ from autobahn.twisted.resource import WebSocketResource
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.logger import Logger
+from twisted.python.usage import UsageError
 
 from txvoice.audio.workers import AudioWorkers
 from txvoice.config import VoiceConfig
@@ -20,7 +21,9 @@ from txvoice.dialects.echo import EchoProtocol
 from txvoice.dialects.native import NativeVoiceProtocol
 from txvoice.dialects.vocal import VocalProtocol
 from txvoice.pipeline.echo import EchoPipeline
+from txvoice.engines.registry import EngineNotFound
 from txvoice.pipeline.interfaces import IVoicePipeline
+from txvoice.pipeline.speech import SpeechPipeline, SpeechService
 from txvoice.server.context import VoiceServer
 from txvoice.server.factory import VoiceServerFactory
 from txvoice.server.web import build_site
@@ -103,18 +106,34 @@ def makeVoiceService(
     # Autobahn logs every connection at debug level through txaio; keep that off the hot path.
     txaio.set_global_log_level("info")
     workers = AudioWorkers(reactor, threads=config.audio_threads)
-    server = VoiceServer(config, pipeline or make_pipeline(config.pipeline), workers, reactor)
+    pipeline = pipeline or make_pipeline(config.pipeline, config)
+    server = VoiceServer(config, pipeline, workers, reactor)
     endpoints = {config.path: WebSocketResource(VoiceServerFactory(server, NativeVoiceProtocol))}
     if config.vocal_path:
         endpoints[config.vocal_path] = WebSocketResource(VoiceServerFactory(server, VocalProtocol))
     if config.echo_path:
         endpoints[config.echo_path] = WebSocketResource(VoiceServerFactory(server, EchoProtocol))
     listener = ListenerService(reactor, config.listen, build_site(server, endpoints))
-    return VoiceService(server, listener)
+    service = VoiceService(server, listener)
+    if isinstance(pipeline, SpeechPipeline):
+        # Latency metrics, error counts, the audio worker pool and the reactor are the server's.
+        pipeline.bind(server, reactor)
+        SpeechService(pipeline, reactor).setServiceParent(service)
+    return service
 
 
-def make_pipeline(name: str) -> IVoicePipeline:
-    """The pipeline called ``name``."""
+def make_pipeline(name: str, config: VoiceConfig | None = None) -> IVoicePipeline:
+    """
+    The pipeline called ``name``, with the engines ``config`` names; an unknown pipeline or engine
+    is a usage error that lists the names there are.
+    """
     if name == "echo":
         return EchoPipeline()
-    raise ValueError(f"unknown pipeline {name!r}; available: echo")
+    if name == "speech":
+        try:
+            return SpeechPipeline.fromConfig(config or VoiceConfig())
+        except EngineNotFound as e:
+            raise UsageError(e.message) from None
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+    raise UsageError(f"unknown pipeline {name!r}; available: echo, speech")
