@@ -50,6 +50,6 @@ setup(
             "matplotlib>=3.8",
         ],
     },
-    entry_points={"console_scripts": []},
+    entry_points={"console_scripts": ["txvoice-client = txvoice.client.cli:main"]},
     zip_safe=False,
 )
