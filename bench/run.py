@@ -100,6 +100,8 @@ SERVERS: dict[str, ServerSpec] = {
     for s in [
         ServerSpec("txvoice", _txvoice_cmd([]), env=_txvoice_env,
                    about="twistd txvoice, default configuration, /ws/audio, 1 audio thread"),
+        ServerSpec("txvoice-switch1ms", _txvoice_cmd(["--gil-switch-interval-ms", "1"]), env=_txvoice_env,
+                   about="txvoice with a 1 ms GIL switch interval (--gil-switch-interval-ms 1), for comparison"),
         ServerSpec("txvoice-writethrough", _txvoice_cmd(["--write-through"]), env=_txvoice_env,
                    about="txvoice with the experimental write-through path (--write-through), for comparison"),
         ServerSpec("txvoice-deflate", _txvoice_cmd(["--compression"]), deflate=True, env=_txvoice_env,

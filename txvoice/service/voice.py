@@ -8,6 +8,8 @@ timers, then drain and stop the audio threads.
 
 from __future__ import annotations
 
+import sys
+
 import txaio
 from autobahn.twisted.resource import WebSocketResource
 from twisted.application.service import MultiService, Service
@@ -49,6 +51,14 @@ class VoiceService(MultiService):
         self.pacer = server.pacer
         for child in (self.workers, self.pacer, self.monitoring, self.heartbeat, self.reaper, self.listener):
             child.setServiceParent(self)
+
+    def startService(self) -> None:
+        interval = self.server.config.gil_switch_interval_ms
+        if interval > 0:
+            # The reactor and the audio threads share one GIL: a CPU-bound audio thread keeps the
+            # reactor waiting up to the switch interval each time (5 ms by default).
+            sys.setswitchinterval(interval / 1000.0)
+        super().startService()
 
     def stopService(self) -> Deferred:
         Service.stopService(self)
