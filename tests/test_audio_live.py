@@ -113,7 +113,7 @@ def test_barge_in_stops_the_response_within_60_ms(client) -> None:
         frames_sent += 1
     delays, server_delays = [], []
     for attempt in range(3):
-        received = client.until(lambda m: isinstance(m, dict) and m["type"] == "voice_response", timeout=30)
+        client.until(lambda m: isinstance(m, dict) and m["type"] == "voice_response", timeout=30)
         # Let some of the reply play, then speak over it in real time.
         time.sleep(0.3)
         sent_at: dict[int, float] = {}

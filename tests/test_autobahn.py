@@ -11,7 +11,6 @@ Environment:
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import socket
@@ -24,26 +23,15 @@ import pytest
 
 pytestmark = [pytest.mark.autobahn, pytest.mark.slow]
 
-_HARNESS = Path(__file__).parent / "autobahn" / "wstest_harness.py"
 ECHO_PATH = "/echo"
 STARTUP_TIMEOUT = 30.0  # seconds for the daemon to accept connections
 RUN_TIMEOUTS = {"quick": 900.0, "full": 3600.0}  # seconds for wstest itself
 MAX_LISTED_FAILURES = 80
 
 
-def _load_harness():
-    # Loaded by file path: a package named "autobahn" would clash with the real autobahn.
-    name = "txvoice_wstest_harness"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, _HARNESS)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+from wstest_loader import harness
 
-
-h = _load_harness()
+h = harness()
 
 
 def daemon_command(port: int) -> list[str]:

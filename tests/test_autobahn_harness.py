@@ -5,28 +5,14 @@ Nothing here needs Python 2.7 or a server; the real run is tests/test_autobahn.p
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 
-_HARNESS = Path(__file__).parent / "autobahn" / "wstest_harness.py"
 
 
-def _load_harness():
-    # Loaded by file path: a package named "autobahn" would clash with the real autobahn.
-    name = "txvoice_wstest_harness"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, _HARNESS)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+from wstest_loader import harness
 
-
-h = _load_harness()
+h = harness()
 
 # A synthetic universe shaped like autobahntestsuite's (1.1.1-1.1.8, 6.4.1-4, 12.1.1-18, ...).
 UNIVERSE = (

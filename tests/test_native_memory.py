@@ -167,7 +167,7 @@ def test_hard_limit_fails_with_1009() -> None:
 
 def test_disconnect_closes_normally() -> None:
     client = connected()
-    out = client.frames()
+    client.frames()
     request(client, "disconnect", {"reason": "bye"})
     assert client.closes == [(1000, "client disconnect")]
 

@@ -13,32 +13,22 @@ Environment:
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
 pytestmark = [pytest.mark.autobahn, pytest.mark.slow]
 
-_FUZZINGSERVER = Path(__file__).resolve().parent.parent / "autobahn" / "fuzzingserver.py"
 RUN_TIMEOUTS = {"quick": 900.0, "full": 3600.0}
 MAX_LISTED_FAILURES = 80
 
 
-def _load(path: Path, name: str):
-    # By file path: tests/autobahn must not become a package (it would shadow the autobahn library).
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
-fz = _load(_FUZZINGSERVER, "txvoice_fuzzingserver_harness")
+from wstest_loader import load  # noqa: E402
+
+fz = load("fuzzingserver.py", "txvoice_fuzzingserver_harness")
 h = fz.h
 
 
