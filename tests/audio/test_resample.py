@@ -58,7 +58,7 @@ def test_downmix_into_a_given_buffer() -> None:
 def test_downmix_rejects_partial_frames() -> None:
     with pytest.raises(AudioError) as info:
         downmix(np.zeros(5, dtype=np.int16), 2)
-    assert info.value.code == "invalid_audio"
+    assert info.value.code == "invalid_frame_size"
 
 
 def test_downmix_of_identical_channels_is_lossless() -> None:

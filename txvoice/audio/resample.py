@@ -16,6 +16,8 @@ soxr emits its output in bursts -- e.g. 0, 490, 0, 489 samples for each 20 ms of
 from __future__ import annotations
 
 import numpy as np
+
+from txvoice.audio.codecs.pcm import downmix  # one implementation, shared with the codecs
 import soxr
 
 from txvoice.errors import AudioError
@@ -51,35 +53,6 @@ def resample_once(pcm: np.ndarray, in_rate: int, out_rate: int = 16000, quality:
     y = soxr.resample(pcm.astype(np.float32) / np.float32(32768.0), in_rate, out_rate, quality=quality)
     return float_to_int16(y.astype(np.float32, copy=False), np.empty(len(y), dtype=np.int16))
 
-
-def downmix(pcm_interleaved: np.ndarray, channels: int, out: np.ndarray | None = None) -> np.ndarray:
-    """
-    Average the channels of interleaved int16 PCM into mono int16.
-
-    Mono input is returned as it is (no copy).  ``out``, when given, must hold at least
-    ``len(pcm) // channels`` samples and receives the result (a view of it is returned), which
-    lets a stream reuse one buffer.  Raises :class:`AudioError` when the length is not a whole
-    number of frames.
-    """
-    if channels == 1:
-        return pcm_interleaved
-    if channels < 1:
-        raise ValueError(f"channels must be positive, not {channels}")
-    n, rest = divmod(len(pcm_interleaved), channels)
-    if rest:
-        raise AudioError(f"{len(pcm_interleaved)} samples is not a whole number of {channels}-channel frames")
-    frames = pcm_interleaved[: n * channels].reshape(n, channels)
-    if out is None:
-        out = np.empty(n, dtype=np.int16)
-    result = out[:n]
-    if channels == 2:
-        # (l + r) >> 1 in int32 cannot overflow; the shift floors, a bias of half an LSB.
-        acc = np.add(frames[:, 0], frames[:, 1], dtype=np.int32)
-        np.right_shift(acc, 1, out=acc)
-        np.copyto(result, acc, casting="unsafe")
-    else:
-        np.copyto(result, frames.mean(axis=1), casting="unsafe")
-    return result
 
 
 class Resampler:
