@@ -173,8 +173,11 @@ def test_per_ip_and_global_limits_with_trusted_forwarding(secured, control) -> N
 def test_a_message_flood_is_limited_then_closed_1008(secured, control) -> None:
     with ws(secured, headers=bearer(token())) as conn:
         recv(conn)
-        for i in range(800):
-            conn.send(json.dumps({"type": "ping", "message_id": f"f{i}"}))
+        try:
+            for i in range(800):
+                conn.send(json.dumps({"type": "ping", "message_id": f"f{i}"}))
+        except ConnectionClosed:
+            pass  # the server may close (1008) before the whole flood is out; what it said is read below
         codes = []
         with pytest.raises(ConnectionClosed) as info:
             while True:
