@@ -148,3 +148,12 @@ def test_no_python27_anywhere_gives_clear_error(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))  # no python2.7 / python2 / pyenv either
     with pytest.raises(h.HarnessError, match="pyenv install 2.7.18"):
         h.find_python27()
+
+
+def test_print_verdict_exit_codes_and_failures(capsys):
+    expected = ["1.1.1", "1.1.2"]
+    assert h.print_verdict({"1.1.1": ok(), "1.1.2": ok()}, expected, 1.0, "/tmp/r") == 0
+    assert "all 2 cases passed" in capsys.readouterr().out
+    assert h.print_verdict({"1.1.1": ok(behavior="FAILED")}, expected, 1.0, "/tmp/r") == 1
+    out = capsys.readouterr().out
+    assert out.count("FAIL ") >= 2 and "FAILED: 2 problem(s) among 2 expected cases" in out

@@ -169,13 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except HarnessError as exc:
         print(f"HARNESS ERROR: {exc}", file=sys.stderr)
         return 2
-    failures = h.check_report(report, expected)
-    print(f"{h.format_summary(report)} in {elapsed:.1f}s; report: {Path(args.outdir) / 'index.html'}")
-    for line in failures:
-        print(f"FAIL {line}")
-    print(f"FAILED: {len(failures)} problem(s) among {len(expected)} expected cases" if failures
-          else f"all {len(expected)} cases passed")
-    return 1 if failures else 0
+    return h.print_verdict(report, expected, elapsed, args.outdir)
 
 
 if __name__ == "__main__":

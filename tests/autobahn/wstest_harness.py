@@ -491,6 +491,17 @@ def format_summary(report: Mapping[str, Mapping[str, object]]) -> str:
 # Command line
 # --------------------------------------------------------------------------------------------
 
+def print_verdict(report: dict, expected: list[str], elapsed: float, outdir: str | Path) -> int:
+    """Print the summary and every failure of a run; the CLI exit code (0 passed, 1 failures)."""
+    failures = check_report(report, expected)
+    print(f"{format_summary(report)} in {elapsed:.1f}s; report: {Path(outdir) / 'index.html'}")
+    for line in failures:
+        print(f"FAIL {line}")
+    print(f"FAILED: {len(failures)} problem(s) among {len(expected)} expected cases" if failures
+          else f"all {len(expected)} cases passed")
+    return 1 if failures else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: exit 0 if every selected case passed, 1 if any failed or is missing, 2 on errors.
 
@@ -531,13 +542,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except HarnessError as exc:
         print(f"HARNESS ERROR: {exc}", file=sys.stderr)
         return 2
-    failures = check_report(report, expected)
-    print(f"{format_summary(report)} in {elapsed:.1f}s; report: {Path(args.outdir) / 'index.html'}")
-    for line in failures:
-        print(f"FAIL {line}")
-    print(f"FAILED: {len(failures)} problem(s) among {len(expected)} expected cases" if failures
-          else f"all {len(expected)} cases passed")
-    return 1 if failures else 0
+    return print_verdict(report, expected, elapsed, args.outdir)
 
 
 if __name__ == "__main__":
