@@ -12,7 +12,7 @@ the end, when its window holds only the loaded period.  Also reports the per-sta
 turns (from their ``processing_completed`` events) and any failure.
 
     .venv/bin/python bench/bench_speech_lag.py [--sessions 20] [--duration 60] [--json PATH]
-        [-- extra twistd txvoice options, e.g. --stt-options pool_size=24 --stt-warm-streams 24]
+        [-- extra twistd txvoice options, e.g. --stt-options pool_size=24]
 
 Exits non-zero when the lag p99 is not below ``--max-lag-ms`` (20) or a turn failed.
 """

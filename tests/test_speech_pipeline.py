@@ -119,8 +119,8 @@ class FakeSTT:
     def checkPhrases(self, phrases):
         return []
 
-    def warmUp(self) -> None:
-        pass
+    def warmUp(self, phrases=None, grammar=None, options=None) -> None:
+        self.warmed = {"phrases": phrases, "options": options}
 
 
 @implementer(IAgent)

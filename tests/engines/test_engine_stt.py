@@ -246,3 +246,77 @@ def test_new_decoders_start_from_the_adapted_cepstral_mean(speak, frames):
     assert fresh._decoder.decoder.get_cmn() == adapted
     busy.cancel()
     fresh.cancel()
+
+
+# -- decoder loading: what holds the GIL, and how often ----------------------------------------
+
+
+def counting(stt: PocketSphinxSTT) -> list[str]:
+    """Record every decoder the engine loads (by mode) from now on."""
+    made: list[str] = []
+    for mode, pool in stt._pools.items():
+        make = pool._make
+
+        def counted(make=make, mode=mode):
+            made.append(mode)
+            return make()
+
+        pool._make = counted
+    return made
+
+
+def test_warm_up_loads_the_pool_and_later_speakers_load_nothing(speak, frames):
+    stt = PocketSphinxSTT(pool_size=3)
+    made = counting(stt)
+    stt.warmUp(phrases=AGENT_PHRASES)
+    assert made == [GRAMMAR] * 3
+    streams = [stt.startStream(phrases=AGENT_PHRASES) for _ in range(3)]
+    assert made == [GRAMMAR] * 3  # three speakers at once: no load while they speak
+    assert len({id(s._decoder) for s in streams}) == 3
+    fourth = stt.startStream(phrases=AGENT_PHRASES)  # beyond the pool: one load, then kept
+    assert made == [GRAMMAR] * 4
+    for s in [*streams, fourth]:
+        s.cancel()
+    assert stt._pools[GRAMMAR].idle == 4
+    stt.warmUp(phrases=AGENT_PHRASES)  # enough idle already
+    assert made == [GRAMMAR] * 4
+    for f in frames(speak("what time is it")):
+        fourth.feed(f)  # cancelled: ignored
+    assert recognize(stt, speak("what time is it"), frames, phrases=AGENT_PHRASES)[1].text == "what time is it"
+
+
+def test_warm_up_of_the_general_model_and_of_a_bad_grammar():
+    stt = PocketSphinxSTT(pool_size=1)
+    made = counting(stt)
+    stt.warmUp(options={"mode": "general"})
+    assert made == [GENERAL]
+    with pytest.raises(VocabularyError):
+        stt.warmUp(grammar="#JSGF V1.0;\ngrammar g;\npublic <a> = hello | zzqqx;\n")
+    assert stt._pools[GRAMMAR].idle == 1  # the decoders it loaded went back to the pool
+
+
+def test_grammar_decoders_know_only_their_grammars_words(speak, frames):
+    stt = PocketSphinxSTT(pool_size=1)
+    doors = stt.startStream(phrases=["open the door", "close the door"])
+    decoder = doors._decoder
+    lookup = decoder.decoder.lookup_word
+    assert lookup("door") is not None and lookup("window") is None
+    assert lookup("the(2)") is not None  # alternate pronunciations come along
+    doors.cancel()
+    window = stt.startStream(phrases=["open the window"])
+    assert window._decoder is decoder and lookup("window") is not None
+    for f in frames(speak("open the window")):
+        window.feed(f)
+    assert window.finish().text == "open the window"
+
+
+def test_lexicon_reads_alternates_and_comments(tmp_path):
+    from txvoice.engines.stt_pocketsphinx import Lexicon
+
+    path = tmp_path / "tiny.dict"
+    path.write_text("read R IY D\nread(2) R EH D\nlive L IH V # a comment\nempty\n")
+    lexicon = Lexicon(str(path))
+    assert lexicon.pronunciations("read") == ["R IY D", "R EH D"]
+    assert lexicon.pronunciations("live") == ["L IH V"]
+    assert lexicon.pronunciations("empty") == [] and lexicon.unknown(["read", "empty", "x"]) == ["empty", "x"]
+    assert lexicon.load() is lexicon.load()  # read once

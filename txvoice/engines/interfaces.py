@@ -116,8 +116,13 @@ class ISpeechToText(Interface):
     def checkPhrases(phrases: Sequence[str]) -> list[str]:
         """Return the words in ``phrases`` the engine cannot recognize (empty when all are known)."""
 
-    def warmUp() -> None:
-        """Load what the first stream needs, so it does not wait (optional to call; blocks)."""
+    def warmUp(phrases: Sequence[str] | None = None, grammar: str | None = None,
+               options: Mapping[str, Any] | None = None) -> None:
+        """
+        Load what streams opened with these arguments (as for :meth:`startStream`) need, for as
+        many streams at once as the engine is configured for, so the first turns load nothing
+        (optional to call; blocks: call it off the reactor).
+        """
 
 
 # --- text-to-speech -------------------------------------------------------------------------------

@@ -8,12 +8,23 @@ Two modes, chosen per stream:
   ``phrase_list``); exact on in-grammar speech and far faster.  Grammar decoders run without the
   lattice best-path pass: with it, PocketSphinx 5.1 collapses an FSG result to its first word.
 
-Decoders are not thread-safe and take 0.1 s (grammar) to 0.5 s (general) to load, so each stream
-borrows one from a pool and gives it back when it finishes or is cancelled.  A decoder keeps adapting
-its cepstral mean from one utterance to the next (PocketSphinx's own behaviour) and new decoders
-start from the mean the last finished stream reached: a decoder still on the model's prior
-recognized short or close phrases worse ("turn off" heard as "turn on").  Everything here runs on
-the audio worker pool.
+Decoders are not thread-safe, so each stream borrows one from a pool and gives it back when it
+finishes or is cancelled.  Loading one holds the GIL -- every session's reactor waits -- so the
+cost of a load matters as much as its frequency:
+
+* grammar decoders load no dictionary at all (~15 ms, ~5 MB each, against ~110 ms and ~27 MB with
+  the 126k-word dictionary): the dictionary is read once into a shared :class:`Lexicon`, and a
+  decoder is given the pronunciations of just the words its grammars use;
+* ``pool_size`` decoders of the deployment's default mode are loaded at start (``warmUp``), and
+  every grammar decoder made later is kept (up to ``max_idle``), so a burst of speakers loads a
+  decoder once per extra speaker, not once per turn;
+* general-model decoders still load the n-gram model (~0.4 s each): size ``pool_size`` to the
+  speakers expected at once when streams use it.
+
+A decoder keeps adapting its cepstral mean from one utterance to the next (PocketSphinx's own
+behaviour) and new decoders start from the mean the last finished stream reached: a decoder still on
+the model's prior recognized short or close phrases worse ("turn off" heard as "turn on").
+Everything here runs on the audio worker pool.
 """
 
 from __future__ import annotations
@@ -84,6 +95,50 @@ def _default_model() -> dict[str, str]:
     }
 
 
+class Lexicon:
+    """
+    The pronunciation dictionary, read once and shared by every grammar decoder: a decoder gets the
+    pronunciations of just the words its grammars use, so loading one skips the dictionary.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._entries: dict[str, str] | None = None
+        self._lock = threading.Lock()
+
+    def load(self) -> dict[str, str]:
+        """Word -> its pronunciations, one a line (read on first use; ~0.15 s, call it off the reactor)."""
+        entries = self._entries
+        if entries is None:
+            with self._lock:
+                if self._entries is None:
+                    self._entries = self._read()
+                entries = self._entries
+        return entries
+
+    def _read(self) -> dict[str, str]:
+        entries: dict[str, str] = {}
+        with open(self.path, encoding="utf-8") as f:
+            for line in f:
+                word, _, phones = line.partition(" ")
+                phones = phones.split("#", 1)[0].strip()  # some dictionaries comment their entries
+                if not phones:
+                    continue
+                word = _ALTERNATE.sub("", word)
+                entries[word] = entries[word] + "\n" + phones if word in entries else phones
+        return entries
+
+    def pronunciations(self, word: str) -> list[str]:
+        """The pronunciations of ``word`` (empty if the dictionary lacks it)."""
+        phones = self.load().get(word)
+        return phones.split("\n") if phones else []
+
+    def unknown(self, words: Sequence[str]) -> list[str]:
+        """The ``words`` the dictionary lacks, in order."""
+        entries = self.load()
+        return [w for w in words if w not in entries]
+
+
 class _Decoder:
     """A PocketSphinx decoder and, in grammar mode, the grammars already loaded into it (LRU)."""
 
@@ -91,13 +146,25 @@ class _Decoder:
         self.decoder = decoder
         self.mode = mode
         self.searches: OrderedDict[str, None] = OrderedDict()
+        self.words: set[str] = set()  # grammar mode: the words given to this decoder so far
 
-    def useGrammar(self, jsgf: str, limit: int) -> None:
+    def addWords(self, words: Sequence[str], lexicon: Lexicon) -> None:
+        """Give the decoder the pronunciations of ``words`` it does not have yet (alternates as ``word(2)``...)."""
+        for word in words:
+            if word in self.words:
+                continue
+            for i, phones in enumerate(lexicon.pronunciations(word)):
+                self.decoder.add_word(word if i == 0 else f"{word}({i + 1})", phones, False)
+            self.words.add(word)
+
+    def useGrammar(self, jsgf: str, limit: int, lexicon: Lexicon | None = None) -> None:
         """Activate ``jsgf`` (compiling it the first time), forgetting the least recently used beyond ``limit``."""
         key = "g" + hashlib.sha1(jsgf.encode()).hexdigest()[:16]
         if key in self.searches:
             self.searches.move_to_end(key)
         else:
+            if lexicon is not None:
+                self.addWords(jsgf_words(jsgf), lexicon)
             try:
                 self.decoder.add_jsgf_string(key, jsgf)
             except ValueError as e:
@@ -111,6 +178,10 @@ class _Decoder:
 
 class _DecoderPool:
     """Idle decoders of one mode, so streams skip the model load; at most ``keep`` are kept idle."""
+
+    @property
+    def idle(self) -> int:
+        return len(self._idle)
 
     def __init__(self, make: Callable[[], Any], mode: str, keep: int) -> None:
         self._make = make
@@ -151,7 +222,8 @@ class PocketSphinxSTT:
         phrases: Sequence[str] | None = None,
         grammar: str | None = None,
         partial_interval_ms: int = 250,
-        pool_size: int = 2,
+        pool_size: int = 8,
+        max_idle: int = 64,
         max_grammars: int = 16,
         loglevel: str = "FATAL",
         decoder_config: Mapping[str, Any] | None = None,
@@ -164,9 +236,12 @@ class PocketSphinxSTT:
         self.max_grammars = max_grammars
         self.loglevel = loglevel
         self.decoder_config = {**(decoder_config or {})}
+        self.pool_size = max(0, pool_size)
+        self.lexicon = Lexicon(self.dict)
+        # General decoders are ~27 MB and more each: keep pool_size of them; grammar ones are ~5 MB.
         self._pools = {
-            GENERAL: _DecoderPool(self._makeGeneral, GENERAL, pool_size),
-            GRAMMAR: _DecoderPool(self._makeGrammar, GRAMMAR, pool_size),
+            GENERAL: _DecoderPool(self._makeGeneral, GENERAL, self.pool_size),
+            GRAMMAR: _DecoderPool(self._makeGrammar, GRAMMAR, max(self.pool_size, max_idle)),
         }
         self._cmn: str | None = None
         self.default_grammar: str | None = None
@@ -180,7 +255,7 @@ class PocketSphinxSTT:
         """
         Make one from deployment options (strings are fine): ``phrases`` (list, or ``|``-separated),
         ``phrases_file`` (one a line), ``grammar`` (JSGF), ``grammar_file``, ``partial_interval_ms``,
-        ``pool_size``, ``max_grammars``, ``hmm``, ``dict``, ``lm``, ``loglevel``; ``ps_<key>`` sets
+        ``pool_size`` (decoders loaded at start), ``max_idle`` (grammar decoders kept), ``max_grammars``, ``hmm``, ``dict``, ``lm``, ``loglevel``; ``ps_<key>`` sets
         the PocketSphinx config key ``<key>`` (e.g. ``ps_beam=1e-60``).
         """
         opts = {k: v for k, v in options.items() if v is not None}
@@ -195,8 +270,8 @@ class PocketSphinxSTT:
         decoder_config = {k[3:]: v for k, v in opts.items() if k.startswith("ps_")}
         return cls(
             hmm=opts.get("hmm"), dict=opts.get("dict"), lm=opts.get("lm"), phrases=phrases, grammar=grammar,
-            partial_interval_ms=int(opts.get("partial_interval_ms", 250)), pool_size=int(opts.get("pool_size", 2)),
-            max_grammars=int(opts.get("max_grammars", 16)), loglevel=str(opts.get("loglevel", "FATAL")),
+            partial_interval_ms=int(opts.get("partial_interval_ms", 250)), pool_size=int(opts.get("pool_size", 8)),
+            max_idle=int(opts.get("max_idle", 64)), max_grammars=int(opts.get("max_grammars", 16)), loglevel=str(opts.get("loglevel", "FATAL")),
             decoder_config=decoder_config,
         )
 
@@ -226,8 +301,8 @@ class PocketSphinxSTT:
         from pocketsphinx import Decoder
 
         started = time.perf_counter()
-        # No n-gram model (a decoder needs some search at birth: a keyphrase one is cheapest).
-        decoder = Decoder(self._config(GRAMMAR_BEAMS, {"lm": None, "keyphrase": "hello", "bestpath": False}))
+        # No n-gram model and no dictionary: useGrammar gives it the words of its grammars.
+        decoder = Decoder(self._config(GRAMMAR_BEAMS, {"lm": None, "dict": None, "bestpath": False}))
         self._inheritCMN(decoder)
         self.log.info("loaded grammar decoder in {elapsed_ms:.0f} ms", elapsed_ms=(time.perf_counter() - started) * 1000)
         return decoder
@@ -245,34 +320,36 @@ class PocketSphinxSTT:
             self.log.failure("could not read the cepstral mean")
         self._pools[decoder.mode].release(decoder)
 
-    def warmUp(self) -> None:
-        """Load one decoder of the mode the deployment's streams use by default."""
-        mode = GRAMMAR if self.default_grammar else GENERAL
-        pool = self._pools[mode]
-        decoder = pool.acquire()
-        if mode == GRAMMAR:
-            decoder.useGrammar(self.default_grammar, self.max_grammars)
-        pool.release(decoder)
+    def warmUp(self, phrases: Sequence[str] | None = None, grammar: str | None = None,
+               options: Mapping[str, Any] | None = None) -> None:
+        """
+        Load the dictionary and ``pool_size`` decoders of the kind streams opened with these
+        arguments use (their grammar compiled), so that many speakers at once load nothing.
+        """
+        jsgf, origin = self._constraint(phrases, grammar, options or {})
+        self.lexicon.load()
+        pool = self._pools[GENERAL if jsgf is None else GRAMMAR]
+        decoders = [pool.acquire() for _ in range(max(1, self.pool_size) - pool.idle)]
+        try:
+            if jsgf is not None:
+                self._checkGrammar(jsgf, origin)
+                for decoder in decoders:
+                    decoder.useGrammar(jsgf, self.max_grammars, self.lexicon)
+        finally:
+            for decoder in decoders:
+                pool.release(decoder)
+        self.log.info("{count} {mode} decoders ready", count=pool.idle, mode=GENERAL if jsgf is None else GRAMMAR)
 
     # -- vocabulary ------------------------------------------------------------------------------
 
-    def _unknown(self, decoder: _Decoder, words: Sequence[str]) -> list[str]:
-        return [w for w in words if decoder.decoder.lookup_word(w) is None]
-
     def checkPhrases(self, phrases: Sequence[str]) -> list[str]:
-        words = list(dict.fromkeys(w for p in phrases for w in normalize_phrase(p).split()))
-        pool = self._pools[GRAMMAR]
-        decoder = pool.acquire()
-        try:
-            return self._unknown(decoder, words)
-        finally:
-            pool.release(decoder)
+        return self.lexicon.unknown(list(dict.fromkeys(w for p in phrases for w in normalize_phrase(p).split())))
 
-    def _checkGrammar(self, decoder: _Decoder, jsgf: str, origin: str) -> None:
+    def _checkGrammar(self, jsgf: str, origin: str) -> None:
         if not _JSGF_SHAPE.search(jsgf):
             raise VocabularyError(f"the {origin} is not a JSGF grammar (#JSGF header and a public rule)",
                                   code="invalid_grammar")
-        unknown = self._unknown(decoder, jsgf_words(jsgf))
+        unknown = self.lexicon.unknown(jsgf_words(jsgf))
         if unknown:
             raise VocabularyError(
                 f"the {origin} uses words the recognizer does not know: {', '.join(unknown)}"
@@ -282,24 +359,29 @@ class PocketSphinxSTT:
 
     # -- streams ---------------------------------------------------------------------------------
 
+    def _constraint(self, phrases: Sequence[str] | None, grammar: str | None,
+                    options: Mapping[str, Any]) -> tuple[str | None, str]:
+        """The JSGF a stream opened with these arguments uses (None: the general model), and its origin."""
+        if phrases is not None:
+            return phrases_to_jsgf(phrases), "phrase list"
+        if grammar is not None:
+            return grammar, "grammar"
+        if options.get("mode") == GENERAL:
+            return None, "general model"
+        return self.default_grammar, "deployment grammar"
+
     def startStream(self, phrases: Sequence[str] | None = None, grammar: str | None = None,
                     options: Mapping[str, Any] | None = None) -> "PocketSphinxStream":
         options = dict(options or {})
-        if phrases is not None:
-            jsgf, origin = phrases_to_jsgf(phrases), "phrase list"
-        elif grammar is not None:
-            jsgf, origin = grammar, "grammar"
-        elif options.get("mode") == GENERAL:
-            jsgf, origin = None, "general model"
-        else:
-            jsgf, origin = self.default_grammar, "deployment grammar"
+        jsgf, origin = self._constraint(phrases, grammar, options)
         mode = GENERAL if jsgf is None else GRAMMAR
+        if jsgf is not None:
+            self._checkGrammar(jsgf, origin)  # before borrowing: a bad grammar costs no decoder
         pool = self._pools[mode]
         decoder = pool.acquire()
         try:
             if jsgf is not None:
-                self._checkGrammar(decoder, jsgf, origin)
-                decoder.useGrammar(jsgf, self.max_grammars)
+                decoder.useGrammar(jsgf, self.max_grammars, self.lexicon)
             decoder.decoder.start_utt()
         except BaseException:
             pool.release(decoder)

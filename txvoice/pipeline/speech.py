@@ -160,7 +160,6 @@ class SpeechPipeline:
         processing_timeout_ms: int = 5000,
         max_concurrent_processing: int = 10,
         max_queued_turns: int = 50,
-        warm_streams: int = 1,
         reactor: Any = None,
         threadpool: Callable[[], "ThreadPool | None"] | None = None,
         synthesis_pool: Callable[[], "ThreadPool | None"] | None = None,
@@ -176,7 +175,6 @@ class SpeechPipeline:
         self.stt_mode = stt_mode
         self.timeout = processing_timeout_ms / 1000.0
         self.limiter = TurnLimiter(max_concurrent_processing, max_queued_turns)
-        self.warm_streams = max(0, warm_streams)
         self.reactor = reactor
         self._threadpool = threadpool
         self._synthesis_pool = synthesis_pool
@@ -200,7 +198,7 @@ class SpeechPipeline:
             engines["stt"], engines["agent"], engines["tts"], stt_mode=config.stt_mode,
             processing_timeout_ms=config.processing_timeout_ms,
             max_concurrent_processing=config.max_concurrent_processing,
-            max_queued_turns=config.max_queued_turns, warm_streams=config.stt_warm_streams,
+            max_queued_turns=config.max_queued_turns,
         )
 
     def bind(self, server: "VoiceServer", reactor: Any) -> None:
@@ -245,27 +243,27 @@ class SpeechPipeline:
 
     # -- engines -----------------------------------------------------------------------------------
 
-    def openStream(self, options: TurnOptions, stream_options: Mapping[str, Any]) -> Any:
-        """A recognition stream constrained as ``options`` say (worker thread; may load a decoder)."""
+    def streamArguments(self, options: TurnOptions, stream_options: Mapping[str, Any]) -> dict[str, Any]:
+        """What :meth:`ISpeechToText.startStream` gets for a turn with these options."""
         phrases = options.phrases
         if phrases is None and options.stt_mode == GRAMMAR:
             phrases = self.phrases  # None for an open-vocabulary agent: the general model
         mode = GRAMMAR if phrases is not None else GENERAL
         engine_options = stream_options.get("stt_options")
         engine_options = dict(engine_options) if isinstance(engine_options, Mapping) else {}
-        return self.stt.startStream(phrases=list(phrases) if phrases is not None else None,
-                                    options={**engine_options, "mode": mode})
+        return {"phrases": list(phrases) if phrases is not None else None, "options": {**engine_options, "mode": mode}}
+
+    def openStream(self, options: TurnOptions, stream_options: Mapping[str, Any]) -> Any:
+        """A recognition stream constrained as ``options`` say (worker thread; may load a decoder)."""
+        return self.stt.startStream(**self.streamArguments(options, stream_options))
 
     def warmUp(self) -> None:
-        """Load what the first turn needs (blocking: call it off the reactor)."""
+        """
+        Load what turns of the default kind need (blocking: call it off the reactor): PocketSphinx
+        holds the GIL while it loads a decoder, so loads belong here, not in the first turns.
+        """
         started = self.timer()
-        if self.stt_mode == GENERAL or self.phrases is None:
-            self.stt.warmUp()  # the deployment's default model
-        # Streams of the default kind, opened together then given back: their decoders (and the agent's
-        # grammar) are loaded now, not by the first turns (PocketSphinx holds the GIL while it loads one).
-        streams = [self.openStream(TurnOptions(self.stt_mode), {}) for _ in range(self.warm_streams)]
-        for stream in streams:
-            stream.cancel()
+        self.stt.warmUp(**self.streamArguments(TurnOptions(self.stt_mode), {}))
         log.info("speech engines ready in {elapsed_ms:.0f} ms: stt {stt} ({mode}), agent {agent}, tts {tts}",
                  elapsed_ms=(self.timer() - started) * 1000, stt=self.stt.name, mode=self.stt_mode,
                  agent=self.agent.name, tts=self.tts.name)
