@@ -6,7 +6,7 @@ TXVOICE_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${TXVOICE_VENV:-$TXVOICE_ROOT/.venv}"
 PYTHON="${PYTHON:-python3}"
 
-apt_packages=(libopus0 espeak-ng sox)
+apt_packages=(libopus0 libsoxr0 espeak-ng sox)
 if [ "${1:-}" = "test" ]; then
   apt_packages+=(ffmpeg gcc zlib1g-dev chromium)
 fi

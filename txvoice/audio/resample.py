@@ -1,13 +1,12 @@
 """
 Streaming conversion of one decoded stream to mono PCM at the pipeline rate.
 
-Each stream owns one :class:`Resampler`: it downmixes interleaved stereo and runs a
-``soxr.ResampleStream`` so that the filter state carries over from chunk to chunk.  PCM is int16
-in and out, but soxr runs in float32 and we round ourselves: soxr's own int16 output depends on
-where the chunks fall (measured: two chunkings of one signal differ by up to 2 LSB on nearly half
-of the samples, dither or rounding inside libsoxr), while the float path gives bit-identical output
-for any chunking, equal to :func:`resample_once`.  It costs about 8 µs more per 20 ms of 48 kHz
-input (15 µs instead of 7 µs).
+Each stream owns one :class:`Resampler`: it downmixes interleaved stereo and runs a libsoxr
+stream (:mod:`txvoice.audio._libsoxr`) so that the filter state carries over from chunk to chunk.
+PCM is int16 in and out with soxr's dither off: the output is bit-identical for any chunking and
+equal to :func:`resample_once` (python-soxr's float path, rounded and clipped by us).  The binding
+keeps the GIL and writes into a reused buffer: ~10 µs per 20 ms of 48 kHz input, and the audio
+thread never waits for the reactor to hand the GIL back (python-soxr drops it for every chunk).
 
 soxr emits its output in bursts -- e.g. 0, 490, 0, 489 samples for each 20 ms of 48 kHz input at
 ``HQ`` -- so callers re-slice it with :class:`txvoice.audio.frames.FrameAssembler`.
@@ -20,6 +19,7 @@ import numpy as np
 from txvoice.audio.codecs.pcm import downmix  # one implementation, shared with the codecs
 import soxr
 
+from txvoice.audio._libsoxr import SoxrStream
 from txvoice.errors import AudioError
 
 __all__ = ["PIPELINE_RATE", "downmix", "resample_once", "Resampler"]
@@ -29,7 +29,6 @@ PIPELINE_RATE = 16000
 
 _EMPTY = np.zeros(0, dtype=np.int16)
 _EMPTY.flags.writeable = False
-_EMPTY_F32 = np.zeros(0, dtype=np.float32)
 
 
 def _grown(buf: np.ndarray, n: int) -> np.ndarray:
@@ -63,9 +62,8 @@ class Resampler:
     stereo frame (the odd sample is carried over), and returns what soxr has ready, which may be
     empty.  When the rates are equal and the input is mono, it passes the input through untouched.
     The returned array is a view of a per-stream buffer, valid until the next call: consume or
-    copy it first (the frame assembler copies it).  Downmix, float conversion and output reuse
-    buffers that grow to the largest chunk; only soxr's own float output is new per call
-    (python-soxr has no output-buffer argument).
+    copy it first (the frame assembler copies it).  Downmix and output reuse buffers that grow to
+    the largest chunk: nothing is allocated per chunk.
     """
 
     def __init__(
@@ -80,12 +78,10 @@ class Resampler:
         self.channels = channels
         self.quality = quality
         self.passthrough = in_rate == out_rate
-        self._stream = None
+        self._stream: SoxrStream | None = None
         if not self.passthrough:
-            self._stream = soxr.ResampleStream(in_rate, out_rate, 1, dtype="float32", quality=quality)
+            self._stream = SoxrStream(in_rate, out_rate, quality=quality)
         self._mono = np.empty(0, dtype=np.int16)
-        self._in = np.empty(0, dtype=np.float32)
-        self._out = np.empty(0, dtype=np.int16)
         self._carry = np.empty(channels, dtype=np.int16)
         self._carried = 0
         self.samples_in = 0
@@ -106,14 +102,6 @@ class Resampler:
         self._mono = _grown(self._mono, whole // self.channels)
         return downmix(pcm, self.channels, self._mono)
 
-    def _convert(self, y: np.ndarray) -> np.ndarray:
-        n = len(y)
-        self.samples_out += n
-        if not n:
-            return _EMPTY
-        self._out = _grown(self._out, n)
-        return float_to_int16(y, self._out[:n])
-
     def process(self, pcm: np.ndarray) -> np.ndarray:
         """
         Feed interleaved int16 PCM; return the mono int16 output ready so far (possibly empty).
@@ -129,18 +117,17 @@ class Resampler:
             return mono
         if not n:
             return _EMPTY
-        self._in = _grown(self._in, n)
-        x = self._in[:n]
-        np.copyto(x, mono)  # copy-cast, then scale: a mixed-type ufunc allocates a cast buffer
-        x *= np.float32(1.0 / 32768.0)
-        return self._convert(self._stream.resample_chunk(x))
+        out = self._stream.process(np.ascontiguousarray(mono))
+        self.samples_out += len(out)
+        return out
 
     def flush(self) -> np.ndarray:
         """End of stream: return soxr's remaining output; the resampler is reset afterwards."""
         self._carried = 0
         if self._stream is None:
             return _EMPTY
-        out = self._convert(self._stream.resample_chunk(_EMPTY_F32, last=True))
+        out = self._stream.process(None)
+        self.samples_out += len(out)
         self._stream.clear()
         return out
 

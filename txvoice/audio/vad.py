@@ -146,7 +146,7 @@ class SpectralGate:
         if self._count % len(ring) == 0:
             # Recompute the running sums once per revolution so rounding cannot accumulate.
             self._sum = float(ring.sum())
-            self._sumsq = float(np.dot(ring, ring))
+            self._sumsq = float(np.vdot(ring, ring))
         else:
             self._sum += level - old
             self._sumsq += level * level - old * old
@@ -169,7 +169,7 @@ class SpectralGate:
         x = self._x
         np.copyto(x, frame)  # copy-cast, then scale: a mixed-type ufunc allocates a cast buffer
         x *= np.float32(1.0 / 32768.0)
-        mean_square = float(np.dot(x, x)) / len(x)
+        mean_square = float(np.vdot(x, x)) / len(x)
         level = 10.0 * math.log10(mean_square) if mean_square > 1e-10 else _SILENCE_DB
         self.level_db = level
         self._track_floor(level)
@@ -189,10 +189,11 @@ class SpectralGate:
         np.add(power, tmp, out=power)
         power += 1e-12
         # Sums as dot products with ones: .mean() costs ~5 µs of Python, ufunc.reduce a temporary.
+        # np.vdot, not np.dot: np.dot lets go of the GIL around BLAS (see tests/audio/test_gil_discipline.py).
         ones = self._ones
-        arithmetic = float(np.dot(power, ones))
+        arithmetic = float(np.vdot(power, ones))
         np.log(power, out=tmp)
-        self.flatness = math.exp(float(np.dot(tmp, ones)) / len(tmp)) * len(power) / arithmetic
+        self.flatness = math.exp(float(np.vdot(tmp, ones)) / len(tmp)) * len(power) / arithmetic
         return self.flatness <= p.max_flatness
 
 
