@@ -11,12 +11,15 @@ repetition), each started fresh for each measurement, pinned with ``taskset -c 0
 generator runs on ``taskset -c 1``:
 
 * a fixed-N measurement for each workload (Opus 48 kHz, PCM): server CPU time per frame, p50 /
-  p99 / max round trip, RSS per session, loss;
+  p99 / max round trip, RSS per session, loss, and the server's reactor lag over the sending
+  window (txvoice's own probe on its /metrics; the same probe on the baselines' GET /lag);
 * a ladder on the first workload: N = 10, 25, 50, ... until the first failing step, where a step
   passes when p99 < 50 ms and no frame is lost (the 20 ms column uses the same steps);
 
-and writes ``latest.json`` (every run plus the medians), ``latest.md`` (the table, ratios to
-txvoice) and ``latest.png`` (p99 against sessions, one line per server).  See bench/README.md.
+then, for txvoice, ``bench/turns.py``: turn end -> first reply frame and barge-in delay with the
+echo pipeline, with and without background sessions.  It writes ``latest.json`` (every run plus
+the medians, and the turns), ``latest.md`` (the table, ratios to txvoice, and the turns table) and
+``latest.png`` (p99 against sessions, one line per server).  See bench/README.md.
 Every server listens on 127.0.0.1 only; every run is bounded in sessions and seconds.
 """
 
@@ -24,8 +27,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
+import re
 import resource
 import shutil
 import signal
@@ -35,6 +40,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -53,6 +59,7 @@ SERVER_CPU, GEN_CPU = str(_CPUS[0]), str(_CPUS[1 % len(_CPUS)])  # "0" and "1" o
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
 
+TXVOICE_LAG_INTERVAL_S = 0.25  # txvoice's ReactorLagProbe interval (txvoice/monitoring/reactorlag.py)
 P99_LIMIT_MS = 50.0
 P99_STRICT_MS = 20.0
 DEFAULT_LADDER = [10, 25, 50, 75, 100, 150, 200, 300, 400, 500, 600, 800, 1000, 1250, 1500, 2000, 2500, 3000, 4000]
@@ -77,6 +84,9 @@ class ServerSpec:
     deflate: bool = False
     env: Callable[[int], dict[str, str]] = lambda n: {}
     about: str = ""
+    # Where its reactor-lag probe is read, on its own port: txvoice's /metrics histogram
+    # (reactor_lag_seconds), or the baselines' GET /lag (bench/servers/lagprobe.py: the same method).
+    lag: str = "metrics"
 
 
 def _txvoice_cmd(extra: list[str]) -> Callable[[int, int], list[str]]:
@@ -107,9 +117,10 @@ SERVERS: dict[str, ServerSpec] = {
         ServerSpec("txvoice-deflate", _txvoice_cmd(["--compression"]), deflate=True, env=_txvoice_env,
                    about="the same with --compression; the generator offers permessage-deflate"),
         ServerSpec("autobahn-echo", lambda port, n: [PY, str(BENCH / "servers" / "autobahn_echo.py"), "--port", str(port)],
-                   mode="echo", greeting=False, about="plain Autobahn echo on Twisted epoll: no audio work (the floor)"),
+                   mode="echo", greeting=False, lag="lag",
+                   about="plain Autobahn echo on Twisted epoll: no audio work (the floor)"),
         ServerSpec("aiohttp-ingest", lambda port, n: [PY, str(BENCH / "servers" / "aiohttp_ingest.py"), "--port", str(port)],
-                   about="aiohttp + uvloop, /ws/audio, the same ingest work inline"),
+                   lag="lag", about="aiohttp + uvloop, /ws/audio, the same ingest work inline"),
     ]
 }
 REFERENCE = "txvoice"
@@ -212,6 +223,83 @@ def probe_status(port: int, path: str) -> int:
         return 0
 
 
+# ------------------------------------------------------------------------------------ reactor lag
+
+LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # 127.0.0.1 directly, whatever *_proxy says
+_LAG_BUCKET = re.compile(r'^\w*reactor_lag_seconds_bucket\{le="([^"]+)"\}\s+(\S+)')
+_LAG_TOTAL = re.compile(r"^\w*reactor_lag_seconds_(count|sum)\s+(\S+)")
+
+
+def read_lag(spec: ServerSpec, port: int, since: int | None = None) -> dict[str, Any]:
+    """
+    The server's reactor-lag probe, cumulative since it started: ``{"count", "sum", "buckets":
+    [(le, cumulative count), ...]}`` and, from the baselines' ``/lag``, the exact ``samples`` from
+    number ``since`` on.  txvoice: its ``/metrics`` histogram ``reactor_lag_seconds``.
+    """
+    path = "/metrics" if spec.lag == "metrics" else "/lag" + (f"?since={since}" if since is not None else "")
+    with LOCAL.open(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
+        body = r.read().decode("utf-8")
+    if spec.lag != "metrics":
+        doc = json.loads(body)
+        doc["buckets"] = [(math.inf if le == "+Inf" else float(le), int(n)) for le, n in doc["buckets"]]
+        return doc
+    buckets, out = [], {}
+    for line in body.splitlines():
+        m = _LAG_BUCKET.match(line)
+        if m:
+            buckets.append((math.inf if m.group(1) == "+Inf" else float(m.group(1)), int(float(m.group(2)))))
+            continue
+        m = _LAG_TOTAL.match(line)
+        if m:
+            out[m.group(1)] = float(m.group(2))
+    if not buckets or "count" not in out:
+        raise RuntimeError("no reactor_lag_seconds histogram on /metrics")
+    return {"count": int(out["count"]), "sum": out.get("sum", 0.0), "buckets": sorted(buckets)}
+
+
+def hist_quantile(q: float, buckets: list[tuple[float, int]]) -> float | None:
+    """Prometheus' histogram_quantile: linear within the bucket holding rank q; None when empty."""
+    total = buckets[-1][1] if buckets else 0
+    if total <= 0:
+        return None
+    rank = q * total
+    prev_le, prev_n = 0.0, 0
+    for le, n in buckets:
+        if n >= rank and n > prev_n:
+            if math.isinf(le):
+                return prev_le  # above the largest finite bucket: its bound (a lower bound)
+            return prev_le + (le - prev_le) * (rank - prev_n) / (n - prev_n)
+        prev_le, prev_n = le, n
+    return prev_le
+
+
+def nearest_rank(values: list[float], q: float) -> float | None:
+    """txvoice's own percentile (nearest rank), for exact samples."""
+    if not values:
+        return None
+    v = sorted(values)
+    return v[min(len(v), max(1, math.ceil(q * len(v)))) - 1]
+
+
+def lag_window(before: dict[str, Any], after: dict[str, Any], interval: float | None) -> dict[str, Any]:
+    """The reactor lag between two readings of the probe: the histogram difference, in ms."""
+    b = dict(before["buckets"])
+    diff = [(le, n - b.get(le, 0)) for le, n in after["buckets"]]
+    count = after["count"] - before["count"]
+    out: dict[str, Any] = {"samples": count, "interval_s": interval}
+    for q, key in ((0.5, "p50_ms"), (0.99, "p99_ms")):
+        v = hist_quantile(q, diff)
+        out[key] = round(v * 1000.0, 3) if v is not None else None
+    out["mean_ms"] = round((after["sum"] - before["sum"]) * 1000.0 / count, 3) if count > 0 else None
+    out["buckets_ms"] = {("+Inf" if math.isinf(le) else f"{le * 1000:g}"): n for le, n in diff}
+    exact = after.get("samples")
+    if exact is not None:
+        out["exact"] = {"p50_ms": round(nearest_rank(exact, 0.5) * 1000.0, 3) if exact else None,
+                        "p99_ms": round(nearest_rank(exact, 0.99) * 1000.0, 3) if exact else None,
+                        "max_ms": round(max(exact) * 1000.0, 3) if exact else None}
+    return out
+
+
 # ------------------------------------------------------------------------------------ building
 
 
@@ -301,11 +389,31 @@ def run_once(spec: ServerSpec, workload: str, n: int, opts: Options, label: str)
         marks: dict[str, tuple[float | None, int | None, float]] = {}
         errors: list[str] = []
         peak = [rss_idle or 0]
+        lag: dict[str, Any] = {}
+        lag_threads: list[threading.Thread] = []
+
+        def read_lag_window(t0: float) -> None:
+            # The probe is cumulative since the server started: read it where the latency figures
+            # start counting (after the warm-up of the sending window) and at the end of sending.
+            start = t0 + (opts.warmup if opts.warmup < opts.duration else 0.0)
+            try:
+                time.sleep(max(0.0, start - time.monotonic()))
+                lag["before"] = read_lag(spec, server.port)
+                time.sleep(max(0.0, t0 + opts.duration - time.monotonic()))
+                lag["after"] = read_lag(spec, server.port, since=lag["before"]["count"])
+                lag["window_s"] = round(time.monotonic() - start, 3)
+            except Exception as e:
+                lag["error"] = f"{type(e).__name__}: {e}"
 
         def read_stderr() -> None:
             for line in gen.stderr:
                 if line.startswith("PHASE "):
                     marks[line.split()[1]] = (proc_cpu_s(server.pid), proc_rss_kib(server.pid), time.monotonic())
+                    if line.split()[1] == "send":
+                        # The generator's clock is CLOCK_MONOTONIC, as time.monotonic() is here.
+                        t = threading.Thread(target=read_lag_window, args=(int(line.split()[2]) / 1e9,), daemon=True)
+                        t.start()
+                        lag_threads.append(t)
                 else:
                     errors.append(line.rstrip())
 
@@ -325,8 +433,18 @@ def run_once(spec: ServerSpec, workload: str, n: int, opts: Options, label: str)
         out = gen.stdout.read()
         gen.wait()
         killer.cancel()
-        for t in threads:
+        for t in threads + lag_threads:
             t.join(5)
+        if "after" in lag:
+            interval = lag["after"].get("interval", TXVOICE_LAG_INTERVAL_S)
+            record["reactor_lag"] = dict(lag_window(lag["before"], lag["after"], interval),
+                                         source="/metrics reactor_lag_seconds" if spec.lag == "metrics" else "/lag",
+                                         window_s=lag["window_s"])
+            record["reactor_lag_p50_ms"] = record["reactor_lag"]["p50_ms"]
+            record["reactor_lag_p99_ms"] = record["reactor_lag"]["p99_ms"]
+            record["reactor_lag_mean_ms"] = record["reactor_lag"]["mean_ms"]
+        elif "error" in lag:
+            record["reactor_lag"] = {"error": lag["error"]}
         if gen.returncode != 0 or not out.strip():
             raise RuntimeError(f"loadgen failed ({gen.returncode}): {' '.join(errors[-5:])}")
         g = json.loads(out)
@@ -379,7 +497,11 @@ def describe(r: dict[str, Any]) -> str:
     cpu = r.get("cpu_us_per_frame")
     rss = r.get("rss_per_session_kib")
     extra = f" [{r['first_error'][:100]}]" if r.get("first_error") and not r["passed"] else ""
-    return (f"p50 {r['p50_ms']:.2f} p99 {r['p99_ms']:.2f} max {r['max_ms']:.2f} ms, "
+    lag = r.get("reactor_lag") or {}
+    lag_s = (f"lag p50/p99 {fmt_lag(lag.get('p50_ms'))}/{fmt_lag(lag.get('p99_ms'))} mean {fmt(lag.get('mean_ms'), 2)} ms "
+             f"({lag.get('samples')} ticks), "
+             if "samples" in lag else f"lag: {lag['error'][:80]}, " if "error" in lag else "")
+    return (f"p50 {r['p50_ms']:.2f} p99 {r['p99_ms']:.2f} max {r['max_ms']:.2f} ms, {lag_s}"
             f"acked {g['frames_acked']}/{g['frames_sent']} lost {r['lost']}, "
             f"cpu {cpu if cpu is not None else '-'} us/frame ({r.get('server_cpu_share', 0):.0%} of a core), "
             f"rss {rss if rss is not None else '-'} KiB/session, gen cpu {g['gen_cpu_frac']:.0%} -> {verdict}{extra}")
@@ -459,8 +581,12 @@ def summarize(plan: Plan) -> dict[str, Any]:
         for wl in plan.workloads:
             fx = [r for r in runs if r["kind"] == "fixed" and r["workload"] == wl]
             s[f"cpu_us_per_frame_{wl}"] = median([r.get("cpu_us_per_frame") for r in fx])
+            s[f"reactor_lag_ms_{wl}"] = {"p50": median([r.get("reactor_lag_p50_ms") for r in fx]),
+                                         "p99": median([r.get("reactor_lag_p99_ms") for r in fx]),
+                                         "samples": sum((r.get("reactor_lag") or {}).get("samples") or 0 for r in fx)}
             if wl == primary:
-                for key in ("p50_ms", "p99_ms", "max_ms", "rss_per_session_kib", "server_cpu_share"):
+                for key in ("p50_ms", "p99_ms", "max_ms", "rss_per_session_kib", "server_cpu_share",
+                            "reactor_lag_p50_ms", "reactor_lag_p99_ms", "reactor_lag_mean_ms"):
                     s[key] = median([r.get(key) for r in fx])
                 s["lost"] = median([r.get("lost") for r in fx])
                 s["lost_total"] = sum(r.get("lost", 0) or 0 for r in fx)
@@ -536,6 +662,13 @@ def fmt(v: Any, digits: int = 1) -> str:
     return str(v)
 
 
+def fmt_lag(v: float | None) -> str:
+    """A lag quantile interpolated in txvoice's buckets: within the first (0-1 ms) it only says "≤1"."""
+    if v is None:
+        return "–"
+    return "≤1" if v <= 1.0 else f"{v:.1f}"
+
+
 def ratio(v: float | None, ref: float | None) -> str:
     if v is None or not ref:
         return "–"
@@ -552,7 +685,7 @@ def write_markdown(path: Path, result: dict[str, Any]) -> None:
     head = (f"| server | CPU µs/frame {primary} @ N={n} | ratio | "
             + "".join(f"CPU µs/frame {wl} | " for wl in others)
             + "max N (p99 < 50 ms) | ratio | max N (p99 < 20 ms) | "
-            + f"p50 / p99 / max ms @ N={n} | RSS KiB/session | ratio | lost @ N={n} |")
+            + f"p50 / p99 / max ms @ N={n} | reactor lag p50 / p99 (mean) ms @ N={n} | RSS KiB/session | ratio | lost @ N={n} |")
     lines = [
         f"# Voice sessions per core — {result['environment']['date']}",
         "",
@@ -572,13 +705,20 @@ def write_markdown(path: Path, result: dict[str, Any]) -> None:
                 ratio(s.get("max_sessions_p99_50ms"), r.get("max_sessions_p99_50ms")),
                 fmt(s.get("max_sessions_p99_20ms"), 0),
                 f"{fmt(s.get('p50_ms'), 2)} / {fmt(s.get('p99_ms'), 2)} / {fmt(s.get('max_ms'), 2)}",
+                f"{fmt_lag(s.get('reactor_lag_p50_ms'))} / {fmt_lag(s.get('reactor_lag_p99_ms'))} "
+                f"({fmt(s.get('reactor_lag_mean_ms'), 2)})",
                 fmt(s.get("rss_per_session_kib")), ratio(s.get("rss_per_session_kib"), r.get("rss_per_session_kib")),
                 fmt(s.get("lost"), 0)]
         lines.append("| " + " | ".join(row) + " |")
     lines += ["", f"CPU µs/frame: server process CPU time (all threads, /proc/PID/stat) over the sending window divided by "
               f"the frames it acknowledged, at N={n}. Max N: the largest ladder step passed — p99 round trip under "
               f"{P99_LIMIT_MS:g} ms (or {P99_STRICT_MS:g} ms) and no frame lost, every smaller step passing too. "
-              "RSS/session: (RSS with all sessions open − RSS after one warm-up session came and went) / N."]
+              "RSS/session: (RSS with all sessions open − RSS after one warm-up session came and went) / N. "
+              f"Reactor lag: how late a timer due every {TXVOICE_LAG_INTERVAL_S * 1000:g} ms fires on the server's event "
+              "loop (txvoice's own probe, read from its /metrics histogram; the same probe in the baselines), over "
+              f"the sending window after its first {cfg['warmup_s']:g} s; p50 / p99 interpolated within txvoice's "
+              "histogram buckets (1, 2.5, 5, 10, 25, 50 ms, ...) for every server, so ≤1 is all that can be said "
+              "below 1 ms; the mean is exact."]
     lines += ["", "Servers:", ""]
     lines += [f"- `{name}`: {s['about']}" for name, s in summary.items()]
     if result.get("skipped"):
@@ -587,7 +727,43 @@ def write_markdown(path: Path, result: dict[str, Any]) -> None:
     if discarded:
         lines += ["", f"{discarded} run(s) where the generator itself was saturated were discarded (see latest.json)."]
     lines += ["", "![p99 round trip against sessions](latest.png)", ""]
+    if result.get("turns"):
+        lines += turns_markdown(result["turns"])
     path.write_text("\n".join(lines), encoding="utf-8")
+
+
+def turns_markdown(turns: dict[str, Any]) -> list[str]:
+    """The second table: turn end -> first reply frame and barge-in delay (bench/turns.py)."""
+    cfg = turns.get("config") or {}
+
+    def cell(r: dict[str, Any], key: str) -> str:
+        v = r.get(key) or {}
+        return f"{fmt(v.get('p50'))} / {fmt(v.get('p95'))} / {fmt(v.get('max'))}" if v.get("n") else "–"
+
+    lines = ["## Turns: framework overhead and barge-in (echo pipeline)", "",
+             f"txvoice with `--pipeline echo`, one native-protocol client streaming \"{cfg.get('utterance')}\" "
+             f"({cfg.get('utterance_ms')} ms of espeak-ng speech) in real-time 20 ms frames, {cfg.get('turns_per_mode')} "
+             f"turns per mode (barge-in from the second on); background sessions: the C generator streaming Opus "
+             "to /ws/audio at the same time. Client-side times, ms, p50 / p95 / max.", "",
+             "| client audio | background sessions | explicit end → first reply frame | end of speech (VAD) → first "
+             f"reply frame, net of silence_ms ({cfg.get('silence_ms')}) | barge-in: first voiced frame → `barge_in` | "
+             "server's detection_delay_ms | problems |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in turns.get("runs") or []:
+        if "error" in r:
+            lines.append(f"| {r.get('codec')} | {r.get('background_sessions')} | – | – | – | – | {r['error'][:80]} |")
+            continue
+        lines.append(f"| {r['codec']} | {r['background_sessions']} | {cell(r, 'explicit_end_to_first_frame_ms')} | "
+                     f"{cell(r, 'vad_end_to_first_frame_ms')} | {cell(r, 'barge_in_ms')} | "
+                     f"{cell(r, 'barge_in_server_detection_ms')} | {len(r.get('errors', []))} |")
+    lines += ["", "Explicit end: push-to-talk, `voice_end` sent → the reply's first binary frame (the echo of the "
+              "turn's packets as sent). End of speech (VAD): `voice_activity` mode, from sending the packet that "
+              "completes silence_ms after the last voiced frame (= last voiced frame + silence_ms, the packets going "
+              "out in real time) → the reply's first binary frame (the turn's decoded audio, re-encoded in the "
+              "client's format). Barge-in: 200 ms into a reply the next utterance starts; from sending the packet "
+              "holding the first voiced frame (the event's stream_time_ms) → the `barge_in` event received; the "
+              "reply then closes cancelled. See bench/README.md.", ""]
+    return lines
 
 
 def write_plot(path: Path, result: dict[str, Any]) -> None:
@@ -638,7 +814,8 @@ def check_quick(result: dict[str, Any], files: list[Path]) -> list[str]:
     primary = result["config"]["workloads"][0]
     for name, s in result["summary"].items():
         needed = [f"cpu_us_per_frame_{wl}" for wl in result["config"]["workloads"]]
-        needed += ["p50_ms", "p99_ms", "max_ms", "rss_per_session_kib", "max_sessions_p99_50ms", "max_sessions_p99_20ms"]
+        needed += ["p50_ms", "p99_ms", "max_ms", "rss_per_session_kib", "max_sessions_p99_50ms", "max_sessions_p99_20ms",
+                   "reactor_lag_p50_ms", "reactor_lag_p99_ms"]
         for key in needed:
             if s.get(key) is None:
                 problems.append(f"{name}: no {key}")
@@ -647,6 +824,10 @@ def check_quick(result: dict[str, Any], files: list[Path]) -> list[str]:
         if not s.get("ladder_p99_ms"):
             problems.append(f"{name}: no ladder point")
     for r in result["runs"]:
+        lag = r.get("reactor_lag") or {}
+        if r["kind"] == "fixed" and "error" not in r and not lag.get("samples"):
+            problems.append(f"{r['server']} {r['workload']} N={r['sessions']}: no reactor lag sample "
+                            f"({lag.get('error', 'no reading')})")
         if "error" in r:
             problems.append(f"{r['server']} {r['workload']} N={r['sessions']}: {r['error'].splitlines()[0]}")
         elif r["lost"]:
@@ -671,6 +852,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ladder", default=None, help="comma-separated session counts [10,25,50,...,4000; quick: N,2N]")
     p.add_argument("--slip-limit-ms", type=float, default=2.0,
                    help="a run whose generator sent its frames later than this at p99 is flagged saturated [2]")
+    p.add_argument("--turns-k", type=int, default=None,
+                   help="turn latency and barge-in (bench/turns.py, txvoice only): turns per mode, 0 skips [20; quick: 3]")
+    p.add_argument("--turns-background", default=None,
+                   help="comma-separated background sessions for the turn measurement [0,50; quick: 0]")
+    p.add_argument("--turns-codecs", default=None, help="the turn client's audio: opus, pcm16k [opus,pcm16k; quick: opus]")
     p.add_argument("--out-dir", default=str(BENCH / "results"), help="where latest.json/.md/.png go")
     a = p.parse_args(argv)
     a.servers = [s.strip() for s in a.servers.split(",") if s.strip()]
@@ -687,9 +873,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         a.ladder = sorted({int(x) for x in a.ladder.split(",") if x.strip()})
     else:
         a.ladder = [a.fixed_n, 2 * a.fixed_n] if a.quick else DEFAULT_LADDER
+    a.turns_k = a.turns_k if a.turns_k is not None else (3 if a.quick else 20)
+    a.turns_background = a.turns_background or ("0" if a.quick else "0,50")
+    a.turns_codecs = a.turns_codecs or ("opus" if a.quick else "opus,pcm16k")
     if max(a.ladder + [a.fixed_n]) > 20000 or a.duration > 600 or a.reps > 20:
         p.error("bounded runs only: sessions <= 20000, duration <= 600 s, reps <= 20")
     return a
+
+
+def run_turns(a: argparse.Namespace) -> dict[str, Any]:
+    """bench/turns.py in its own process (it pins itself to the generator's core); its result."""
+    out = BUILD / "turns-last.json"
+    out.unlink(missing_ok=True)
+    cmd = [PY, str(BENCH / "turns.py"), "--k", str(a.turns_k), "--background", a.turns_background,
+           "--codecs", a.turns_codecs, "--json", str(out)]
+    measurements = len(a.turns_background.split(",")) * len(a.turns_codecs.split(","))
+    log(f"turns: {' '.join(cmd[1:])}")
+    try:
+        proc = subprocess.run(cmd, cwd=str(ROOT), timeout=60 + measurements * (30 + 6 * (a.turns_k + 1)))
+    except subprocess.TimeoutExpired:
+        return {"problems": ["turns: bench/turns.py timed out"]}
+    if not out.exists():
+        return {"problems": [f"turns: bench/turns.py exited with {proc.returncode} and wrote nothing"]}
+    return json.loads(out.read_text(encoding="utf-8"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -711,6 +917,9 @@ def main(argv: list[str] | None = None) -> int:
     log(f"bench: servers {', '.join(servers)}; workloads {', '.join(a.workloads)}; fixed N={a.fixed_n}; "
         f"ladder {a.ladder}; {a.reps} rep(s) of {a.duration} s; load average {env['loadavg_start']}")
     execute(plan)
+    turns = None
+    if a.turns_k > 0 and REFERENCE in servers:
+        turns = run_turns(a)
     env["loadavg_end"] = os.getloadavg()
     reference = REFERENCE if REFERENCE in servers else servers[0]
     result = {
@@ -723,6 +932,7 @@ def main(argv: list[str] | None = None) -> int:
         "reference": reference,
         "skipped": skipped,
         "summary": summarize(plan),
+        "turns": turns,
         "runs": plan.runs,
         "elapsed_s": round(time.monotonic() - t_start, 1),
     }
@@ -737,6 +947,8 @@ def main(argv: list[str] | None = None) -> int:
     log(f"bench: wrote {', '.join(str(f) for f in files)} in {result['elapsed_s']} s")
     if a.quick:
         problems = check_quick(result, files)
+        if turns is not None:
+            problems += turns.get("problems", ["turns: no result"])
         if problems:
             log("bench --quick FAILED:\n  " + "\n  ".join(problems))
             return 1

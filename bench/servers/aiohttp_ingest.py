@@ -11,12 +11,16 @@ Wire contract (the benchmark's S2 "/ws/audio" style):
 
 The work runs inline on the event loop (no thread hop): the cheapest way aiohttp can do it.
 permessage-deflate is left at aiohttp's default (accepted when a client offers it).
-Listens on 127.0.0.1 only.  Usage: python bench/servers/aiohttp_ingest.py --port PORT
+
+For the benchmark's reactor-lag figure it runs txvoice's probe method on the event loop
+(``lagprobe.py``: a timer every 0.25 s, how late it fires); ``GET /lag`` answers its JSON.
+Listens on 127.0.0.1 only.  Usage: python bench/servers/aiohttp_ingest.py --port PORT [--lag-interval 0.25]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import sys
@@ -27,6 +31,7 @@ from aiohttp import WSMsgType, web
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ingest_work import IMPLEMENTATION, IngestStream  # noqa: E402
+from lagprobe import INTERVAL, LagRecorder, start_asyncio  # noqa: E402
 
 
 async def audio(request: web.Request) -> web.WebSocketResponse:
@@ -60,12 +65,29 @@ async def audio(request: web.Request) -> web.WebSocketResponse:
     return ws
 
 
+def lag_handler(recorder: LagRecorder):
+    async def lag(request: web.Request) -> web.Response:
+        return web.Response(body=recorder.http_body(dict(request.query)), content_type="application/json",
+                            headers={"Cache-Control": "no-store"})
+
+    return lag
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="aiohttp + uvloop /ws/audio ingest server")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--lag-interval", type=float, default=INTERVAL,
+                        help=f"event-loop lag probe interval in seconds [{INTERVAL}: txvoice's]")
     args = parser.parse_args()
+    recorder = LagRecorder(args.lag_interval)
     app = web.Application()
     app.router.add_get("/ws/audio", audio)
+    app.router.add_get("/lag", lag_handler(recorder))
+
+    async def start_probe(app: web.Application) -> None:
+        start_asyncio(asyncio.get_running_loop(), recorder)
+
+    app.on_startup.append(start_probe)
     print(f"aiohttp ingest ({IMPLEMENTATION}) listening on 127.0.0.1:{args.port}", flush=True)
     loop = uvloop.new_event_loop()
     web.run_app(app, host="127.0.0.1", port=args.port, print=None, access_log=None, backlog=1024, loop=loop)
