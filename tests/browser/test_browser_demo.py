@@ -300,7 +300,10 @@ def _desktop_shot(tmp_path: Path):
 
 
 def _screenshots(page, tmp_path: Path, doc: bool) -> None:
-    """Phone width (the layout must not scroll sideways); the desktop shot goes to doc/demo.png."""
+    """
+    Phone width (the layout must not scroll sideways); the desktop shot goes to doc/demo.png when
+    ``TXVOICE_UPDATE_DEMO_SHOT=1`` (a test run does not rewrite tracked files otherwise).
+    """
     desktop = tmp_path / "demo-desktop.png"
     page.set_viewport_size({"width": 390, "height": 844})
     page.wait_for_timeout(300)
@@ -308,7 +311,7 @@ def _screenshots(page, tmp_path: Path, doc: bool) -> None:
     assert overflow <= 0, f"the phone layout scrolls sideways by {overflow}px"
     page.screenshot(path=str(tmp_path / "demo-phone.png"), full_page=True)
     page.set_viewport_size({"width": 1280, "height": 800})
-    if doc:
+    if doc and os.environ.get("TXVOICE_UPDATE_DEMO_SHOT") == "1":
         DOC_SHOT.parent.mkdir(exist_ok=True)
         shutil.copyfile(desktop, DOC_SHOT)
 
@@ -444,7 +447,7 @@ def test_browser_speech_assistant(tmp_path, browser, speech_wav):
     """
     With the offline speech pipeline (PocketSphinx constrained to the rules agent's phrases, the
     rules agent, espeak-ng): the transcript and the answer show, and the answer plays.  Saves
-    doc/demo.png.
+    doc/demo.png with ``TXVOICE_UPDATE_DEMO_SHOT=1``.
     """
     daemon = start_daemon(tmp_path, "--pipeline", "speech", timeout=60)
     errors: list[str] = []
