@@ -43,6 +43,7 @@ class VoiceConfig:
     compression_threshold: int = _opt(1024, "Smallest JSON message (bytes) that is compressed when deflate is negotiated.")
     compression_level: int = _opt(1, "zlib level for permessage-deflate (1 = fastest).")
     audio_threads: int = _opt(2, "Threads in the audio worker pool.")
+    processes: int = _opt(1, "Server processes sharing the listening port, one per core (0: one per CPU this process may run on). Above 1 the listen description must be tcp: or tcp6:; each process keeps its own sessions, limits and metrics (see doc/operations.md).")
     gil_switch_interval_ms: float = _opt(0.0, "Python's thread switch interval (ms) while serving; 0 keeps Python's 5 ms. Shorter lets the reactor take the GIL back from audio threads sooner.")
     write_through: bool = _opt(False, "Experimental: send at once when a connection has nothing queued, instead of Twisted's buffered write (see bench).")
     # authentication

@@ -9,6 +9,7 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 from txvoice.config import VoiceConfig, config_table, parse_value
+from txvoice.service.processes import worker_index
 from txvoice.service.voice import makeVoiceService
 
 _FIELDS = {f.name: f for f in fields(VoiceConfig)}
@@ -74,7 +75,7 @@ class Options(usage.Options):
 
 def makeService(options: Options) -> IService:
     try:
-        return makeVoiceService(options.config)
+        return makeVoiceService(options.config, worker=worker_index())
     except (usage.UsageError, ValueError) as e:
         # twistd builds the service after parsing: report a bad setting (an unknown engine name,
         # auth without keys) as a usage error, not a traceback.

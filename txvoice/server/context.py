@@ -7,6 +7,7 @@ reference to it and manage lifecycles; the protocols read it through their facto
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -84,6 +85,9 @@ class VoiceServer:
         self.started_at = time.time()
         self.version = __version__
         self.shutting_down = False
+        #: Which of the server processes sharing the port this is (0: the parent; see --processes).
+        self.process_index = 0
+        self.process_count = 1
         self.admission = AdmissionPolicy(config, clock, on_refused=self.record_refused)
         from txvoice.server.response import Pacer
 
@@ -203,6 +207,8 @@ class VoiceServer:
             "reasons": unhealthy + reasons,
             "version": self.version,
             "active_sessions": len(self.registry),
+            # Every figure here is this process's: with --processes N, whichever accepted the request.
+            "process": {"pid": os.getpid(), "index": self.process_index, "count": self.process_count},
             "avg_latency_ms": round(avg_latency, 3),
             "error_rate": round(error_rate, 6),
             "reactor_lag_ms": {"p50": round(lag.get("p50", 0.0) * 1000.0, 3), "p99": round(lag_p99_ms, 3)},

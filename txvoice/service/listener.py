@@ -24,9 +24,13 @@ class ListenerService(Service):
         self.port: IListeningPort | None = None
         self.whenListening: Deferred = Deferred()
 
+    def listen(self) -> Deferred:
+        """Start listening; fire with the IListeningPort (subclasses adopt a socket instead)."""
+        return serverFromString(self.reactor, self.description).listen(self.site)
+
     def startService(self) -> None:
         super().startService()
-        d = serverFromString(self.reactor, self.description).listen(self.site)
+        d = maybeDeferred(self.listen)
         failure: list[Failure] = []
 
         def listening(port: IListeningPort) -> IListeningPort:

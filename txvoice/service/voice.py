@@ -1,9 +1,11 @@
 """
 The top of a txvoice daemon's service hierarchy.
 
-Children: the audio worker pool, the heartbeat, the session reaper and the listener.  Stopping is
-ordered: stop accepting, tell every session (close 1001) and wait for them (bounded), stop the
-timers, then drain and stop the audio threads.
+Children: the audio worker pool, the heartbeat, the session reaper and the listener (with
+``--processes N``, also the worker processes, or in a worker the parent watch: see
+``txvoice.service.processes``).  Stopping is ordered: stop accepting (and SIGTERM the workers),
+tell every session (close 1001) and wait for them (bounded), stop the timers, drain and stop the
+audio threads, then wait for the workers (bounded).
 """
 
 from __future__ import annotations
@@ -32,6 +34,15 @@ from txvoice.server.web import build_site
 from txvoice.service.heartbeat import HeartbeatService
 from txvoice.service.listener import ListenerService
 from txvoice.service.monitoring import MonitoringService
+from txvoice.service.processes import (
+    ParentWatchService,
+    ReusePortListeners,
+    SharedListenerService,
+    WorkerListenerService,
+    WorkerProcesses,
+    parse_tcp_listen,
+    process_count,
+)
 from txvoice.service.reaper import ReaperService
 
 
@@ -40,7 +51,13 @@ class VoiceService(MultiService):
 
     log = Logger(namespace="txvoice.service")
 
-    def __init__(self, server: VoiceServer, listener: ListenerService) -> None:
+    def __init__(
+        self,
+        server: VoiceServer,
+        listener: ListenerService,
+        processes: WorkerProcesses | None = None,
+        parent_watch: ParentWatchService | None = None,
+    ) -> None:
         super().__init__()
         self.server = server
         self.workers = server.workers
@@ -49,7 +66,11 @@ class VoiceService(MultiService):
         self.monitoring = MonitoringService(server)
         self.listener = listener
         self.pacer = server.pacer
-        for child in (self.workers, self.pacer, self.monitoring, self.heartbeat, self.reaper, self.listener):
+        #: With --processes N: in the parent, the N-1 worker processes; in a worker, the parent watch.
+        self.processes = processes
+        self.parent_watch = parent_watch
+        extra = [s for s in (processes, parent_watch) if s is not None]
+        for child in (self.workers, self.pacer, self.monitoring, self.heartbeat, self.reaper, *extra, self.listener):
             child.setServiceParent(self)
 
     def startService(self) -> None:
@@ -63,6 +84,10 @@ class VoiceService(MultiService):
     def stopService(self) -> Deferred:
         Service.stopService(self)
         self.server.shutting_down = True
+        # Worker processes stop (SIGTERM, then their own graceful stop) while this one does.
+        workers_stopped = maybeDeferred(self.processes.stopService) if self.processes is not None else succeed(None)
+        if self.parent_watch is not None:
+            self.parent_watch.stopService()
         d = maybeDeferred(self.listener.stopService)
         d.addBoth(lambda _: self.closeSessions())
         d.addErrback(lambda f: self.log.failure("closing sessions failed", f))
@@ -72,6 +97,8 @@ class VoiceService(MultiService):
             )
         )
         d.addBoth(lambda _: self.workers.stopService())
+        d.addBoth(lambda _: workers_stopped)
+        d.addErrback(lambda f: self.log.failure("stopping the worker processes failed", f))
         d.addBoth(lambda _: self.log.info("txvoice stopped"))
         return d
 
@@ -107,12 +134,19 @@ def makeVoiceService(
     config: VoiceConfig,
     reactor=None,
     pipeline: IVoicePipeline | None = None,
+    worker: int | None = None,
 ) -> VoiceService:
-    """Assemble a server from its configuration."""
+    """
+    Assemble a server from its configuration.  ``worker``: this process is worker *i* of a
+    ``--processes`` parent (it adopts the socket the parent passed instead of listening).
+    """
     if reactor is None:
         from twisted.internet import reactor as _reactor
 
         reactor = _reactor
+    # Checked before anything is loaded: a bad --processes or listen description is a usage error.
+    count = process_count(config.processes)
+    shared = parse_tcp_listen(config.listen) if count > 1 and worker is None else None
     # Autobahn logs every connection at debug level through txaio; keep that off the hot path.
     txaio.set_global_log_level("info")
     workers = AudioWorkers(reactor, threads=config.audio_threads)
@@ -123,8 +157,22 @@ def makeVoiceService(
         endpoints[config.vocal_path] = WebSocketResource(VoiceServerFactory(server, VocalProtocol))
     if config.echo_path:
         endpoints[config.echo_path] = WebSocketResource(VoiceServerFactory(server, EchoProtocol))
-    listener = ListenerService(reactor, config.listen, build_site(server, endpoints))
-    service = VoiceService(server, listener)
+    site = build_site(server, endpoints)
+    processes: WorkerProcesses | None = None
+    parent_watch: ParentWatchService | None = None
+    server.process_count = count
+    if worker is not None:
+        server.process_index = worker
+        listener: ListenerService = WorkerListenerService(reactor, site)
+        parent_watch = ParentWatchService(reactor)
+    elif shared is not None:
+        listeners = ReusePortListeners(shared, count)
+        listener = SharedListenerService(reactor, listeners, site)
+        processes = WorkerProcesses(reactor, config.updated(processes=count), listeners, site,
+                                    session_tokens=server.admission.authenticator is not None)
+    else:
+        listener = ListenerService(reactor, config.listen, site)
+    service = VoiceService(server, listener, processes, parent_watch)
     if isinstance(pipeline, SpeechPipeline):
         # Latency metrics, error counts, the audio worker pool and the reactor are the server's.
         pipeline.bind(server, reactor)

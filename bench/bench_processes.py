@@ -1,0 +1,378 @@
+#!/usr/bin/env python3
+"""
+Two cores against one: ``txvoice --processes 2`` beside ``--processes 1``, on the same machine.
+
+    .venv/bin/python bench/bench_processes.py              # ~5 min: 3 repetitions, ladder up to 300
+    .venv/bin/python bench/bench_processes.py --quick      # ~1 min smoke run
+
+The same workload as bench/run.py (its C load generator and payloads, which it builds: each
+session sends a 20 ms Opus frame every 20 ms to ``/ws/audio``, txvoice decodes, resamples, runs
+VAD and acknowledges every frame), against ``twistd txvoice --pipeline echo --audio-threads 1``
+with ``--processes 1`` and with ``--processes 2``.  Nothing is pinned: the server may use both
+cores, and so the generator necessarily shares a core with it (about 20-25 µs of CPU per frame
+of its own, see bench/README.md); both configurations pay that alike.  The two configurations
+run interleaved, step by step, the order swapped each repetition.
+
+Figures, medians over the repetitions:
+
+* max N (p99 < 50 ms): the ladder of session counts, each a fresh server; a step passes when the
+  p99 round trip is under 50 ms and no frame is lost; the frames/s served at that step (acked
+  frames over the sending window);
+* CPU µs/frame @ N: CPU time of every server process (parent and workers, all threads, from
+  /proc) over the sending window, per acknowledged frame, at the fixed N;
+* sessions per process @ N: how the kernel spread the connections (from /proc: which process
+  holds each accepted socket).
+
+Results go to ``bench/results/processes.json`` and ``processes.md``.  The machine may be shared:
+compare the two lines with each other (the ratios), not with other runs.  Every server listens on
+127.0.0.1 only; every run is bounded in sessions and seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+from run import (  # noqa: E402  (bench/run.py's building blocks: the generator, payloads, /proc readers)
+    LOADGEN,
+    LOGS,
+    PAYLOADS,
+    ROOT,
+    TWISTD,
+    WORKLOADS,
+    build_loadgen,
+    free_port,
+    make_payloads,
+    proc_cpu_s,
+    raise_fd_limit,
+)
+
+P99_LIMIT_MS = 50.0
+FRAME_S = 0.020
+CONFIGS = {"p1": 1, "p2": 2}
+
+
+def children(pid: int) -> list[int]:
+    """PIDs whose parent is ``pid`` (the workers of a txvoice parent)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat[stat.rindex(")") + 2:].split()[1]) == pid:
+                out.append(int(entry))
+    return out
+
+
+def cpu_of(pids: list[int]) -> float | None:
+    values = [proc_cpu_s(p) for p in pids]
+    return None if any(v is None for v in values) else sum(values)
+
+
+def sessions_per_process(port: int, pids: list[int]) -> dict[int, int]:
+    """Established connections to ``port`` held by each of ``pids`` (from /proc/net/tcp and fds)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            if f[1].endswith(f":{port:04X}") and f[3] == "01":  # local port, ESTABLISHED
+                inodes.add(f"socket:[{f[9]}]")
+    counts = {}
+    for pid in pids:
+        n = 0
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                try:
+                    n += os.readlink(f"/proc/{pid}/fd/{fd}") in inodes
+                except OSError:
+                    pass
+        except OSError:
+            pass
+        counts[pid] = n
+    return counts
+
+
+class TxvoiceServer:
+    """``twistd txvoice --processes P`` on a free loopback port, unpinned."""
+
+    def __init__(self, processes: int, sessions: int, label: str) -> None:
+        self.processes = processes
+        self.port = free_port()
+        LOGS.mkdir(parents=True, exist_ok=True)
+        self.log_path = LOGS / f"processes-{label}.log"
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+               "TXVOICE_MAX_CONNECTIONS": str(max(1000, sessions + 64)), "TXVOICE_MAX_CONNECTIONS_PER_IP": "0"}
+        env.pop("TXVOICE_LISTEN", None)
+        self._log = open(self.log_path, "wb")
+        cmd = [TWISTD, "-n", "--pidfile=", "txvoice", "--listen", f"tcp:{self.port}:interface=127.0.0.1",
+               "--audio-threads", "1", "--pipeline", "echo", "--processes", str(processes)]
+        self.proc = subprocess.Popen(cmd, cwd=str(ROOT), env=env, stdin=subprocess.DEVNULL, stdout=self._log,
+                                     stderr=subprocess.STDOUT)
+
+    def pids(self) -> list[int]:
+        return [self.proc.pid] + sorted(children(self.proc.pid))
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Until /health has been answered by every process (a worker listening on its socket)."""
+        seen: set[int] = set()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"txvoice exited with {self.proc.returncode}: see {self.log_path}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as r:
+                    seen.add(json.load(r)["process"]["index"])
+                if len(seen) == self.processes:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"not every process answered within {timeout}s (saw {sorted(seen)}): see {self.log_path}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                for pid in self.pids():  # ours: the server and the workers it spawned
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except OSError:
+                        pass
+                self.proc.wait(5)
+        self._log.close()
+
+
+def loadgen(port: int, n: int, duration: float, warmup: float, drain: float, workload: str,
+            on_phase=None) -> tuple[dict[str, Any], list[str]]:
+    payload, path = WORKLOADS[workload]
+    cmd = [str(LOADGEN), "--port", str(port), "--path", path, "--frames", str(PAYLOADS / payload),
+           "--sessions", str(n), "--duration", str(duration), "--warmup", str(warmup), "--drain", str(drain),
+           "--prewarm", "10", "--connect-timeout", str(10.0 + 0.01 * n)]
+    gen = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    errors: list[str] = []
+
+    def read_stderr() -> None:
+        for line in gen.stderr:
+            if line.startswith("PHASE "):
+                if on_phase:
+                    on_phase(line.split()[1])
+            else:
+                errors.append(line.rstrip())
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
+    killer = threading.Timer(duration + drain + 40.0 + 0.01 * n, gen.kill)
+    killer.start()
+    out = gen.stdout.read()
+    gen.wait()
+    killer.cancel()
+    reader.join(5)
+    if gen.returncode != 0 or not out.strip():
+        raise RuntimeError(f"loadgen failed ({gen.returncode}): {' '.join(errors[-5:])}")
+    return json.loads(out), errors
+
+
+def run_once(config: str, n: int, args: argparse.Namespace, label: str) -> dict[str, Any]:
+    """A fresh server, warmed (a few sessions on every process), then N sessions measured."""
+    processes = CONFIGS[config]
+    record: dict[str, Any] = {"config": config, "processes": processes, "sessions": n}
+    server = TxvoiceServer(processes, n, f"{config}-{n}-{label}")
+    try:
+        server.wait_ready()
+        # Warm every process (lazy imports, codec set-up) so the measured run does not pay for it.
+        loadgen(server.port, 4 * processes, 0.5, 0.0, 0.5, args.workload)
+        pids = server.pids()
+        marks: dict[str, Any] = {}
+
+        def on_phase(phase: str) -> None:
+            if phase in ("send", "end"):
+                marks[phase] = (cpu_of(pids), time.monotonic())
+            if phase == "end":
+                marks["split"] = sessions_per_process(server.port, pids)
+
+        g, _ = loadgen(server.port, n, args.duration, args.warmup, args.drain, args.workload, on_phase)
+        lat = g["latency_us"]
+        clean = (g["connected"] == n and g["frames_lost"] == 0 and g["frames_skipped"] == 0 and g["server_errors"] == 0
+                 and g["frames_acked"] == g["frames_sent"] and g["frames_sent"] > 0)
+        record.update(p50_ms=lat["p50"] / 1000, p99_ms=lat["p99"] / 1000, max_ms=lat["max"] / 1000, clean=clean,
+                      lost=g["frames_lost"] + g["frames_skipped"], saturated=g["saturated"],
+                      gen_cpu_frac=g["gen_cpu_frac"], frames_acked=g["frames_acked"])
+        record["passed"] = clean and lat["count"] > 0 and record["p99_ms"] < P99_LIMIT_MS
+        if "send" in marks and "end" in marks and marks["send"][0] is not None and marks["end"][0] is not None:
+            (c0, t0), (c1, t1) = marks["send"], marks["end"]
+            record["cpu_s"] = round(c1 - c0, 3)
+            record["cpu_cores"] = round((c1 - c0) / max(t1 - t0, 1e-6), 2)
+            if g["frames_acked"]:
+                record["cpu_us_per_frame"] = round((c1 - c0) * 1e6 / g["frames_acked"], 1)
+            record["frames_per_s"] = round(g["frames_acked"] / max(t1 - t0, 1e-6), 0)
+        split = marks.get("split") or {}
+        record["sessions_per_process"] = sorted(split.values(), reverse=True)
+    except Exception as e:  # a broken run is a failed step, with its reason
+        record.update(error=str(e), clean=False, passed=False)
+    finally:
+        server.stop()
+    return record
+
+
+def describe(r: dict[str, Any]) -> str:
+    if "error" in r:
+        return f"ERROR {r['error'][:160]}"
+    return (f"p50 {r['p50_ms']:.2f} p99 {r['p99_ms']:.2f} ms, lost {r['lost']}, {r.get('frames_per_s', '-')} frames/s, "
+            f"cpu {r.get('cpu_us_per_frame', '-')} us/frame ({r.get('cpu_cores', '-')} cores), "
+            f"split {r.get('sessions_per_process')}, gen cpu {r['gen_cpu_frac']:.0%}"
+            f"{' (generator saturated)' if r['saturated'] else ''} -> {'pass' if r['passed'] else 'FAIL'}")
+
+
+def median(values: list[Any]) -> float | None:
+    vs = [v for v in values if v is not None]
+    return round(statistics.median(vs), 1) if vs else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__)
+    p.add_argument("--quick", action="store_true", help="smoke run: 1 repetition, 2 s runs, ladder 10,20")
+    p.add_argument("--reps", type=int, default=None, help="repetitions [3; quick: 1]")
+    p.add_argument("--duration", type=float, default=None, help="seconds of sending per run [6; quick: 2]")
+    p.add_argument("--fixed-n", type=int, default=None, help="sessions of the CPU measurement [40; quick: 10]")
+    p.add_argument("--ladder", default=None, help="comma-separated session counts [20,30,40,50,60,80,100,125,150,200,250,300]")
+    p.add_argument("--workload", default="opus", choices=sorted(WORKLOADS))
+    p.add_argument("--out-dir", default=str(BENCH / "results"))
+    a = p.parse_args(argv)
+    a.reps = a.reps or (1 if a.quick else 3)
+    a.duration = a.duration or (2.0 if a.quick else 6.0)
+    a.fixed_n = a.fixed_n or (10 if a.quick else 40)
+    a.warmup = min(1.5, a.duration / 4)
+    a.drain = 1.0 if a.quick else 2.0
+    ladder = sorted({int(x) for x in (a.ladder or ("10,20" if a.quick else "20,30,40,50,60,80,100,125,150,200,250,300")).split(",")})
+    if max(ladder + [a.fixed_n]) > 2000 or a.duration > 60 or a.reps > 5:
+        p.error("bounded runs only: sessions <= 2000, duration <= 60 s, reps <= 5")
+    if a.fixed_n not in ladder:
+        ladder = sorted(ladder + [a.fixed_n])
+
+    t_start = time.monotonic()
+    build_loadgen()
+    make_payloads()
+    raise_fd_limit(max(ladder) + 256)
+    cpus = sorted(os.sched_getaffinity(0))
+    print(f"bench_processes: configs {', '.join(f'{k} (--processes {v})' for k, v in CONFIGS.items())}; CPUs {cpus}; "
+          f"ladder {ladder}; fixed N={a.fixed_n}; {a.reps} rep(s) of {a.duration} s; load average {os.getloadavg()}",
+          flush=True)
+    runs: list[dict[str, Any]] = []
+    for rep in range(a.reps):
+        order = list(CONFIGS) if rep % 2 == 0 else list(reversed(CONFIGS))
+        alive = list(order)
+        for n in ladder:
+            for config in order:
+                if config not in alive and n != a.fixed_n:
+                    continue
+                r = run_once(config, n, a, f"r{rep}")
+                r["rep"] = rep
+                runs.append(r)
+                print(f"  [rep {rep}] {config} N={n:<4d} {describe(r)}", flush=True)
+                if not r["passed"] and config in alive:
+                    alive.remove(config)
+            if not alive and n >= a.fixed_n:
+                break
+
+    summary: dict[str, Any] = {}
+    for config in CONFIGS:
+        mine = [r for r in runs if r["config"] == config]
+        fixed = [r for r in mine if r["sessions"] == a.fixed_n and "error" not in r]
+        best_n, best_fps = [], []
+        for rep in range(a.reps):
+            steps = sorted((r for r in mine if r["rep"] == rep), key=lambda r: r["sessions"])
+            best, fps = 0, None
+            for r in steps:
+                if not r["passed"]:
+                    break
+                best, fps = r["sessions"], r.get("frames_per_s")
+            best_n.append(best)
+            best_fps.append(fps)
+        summary[config] = {
+            "processes": CONFIGS[config],
+            "max_sessions_p99_50ms": median(best_n),
+            "frames_per_s_at_max": median(best_fps),
+            "cpu_us_per_frame": median([r.get("cpu_us_per_frame") for r in fixed]),
+            "cpu_cores": median([r.get("cpu_cores") for r in fixed]),
+            "p50_ms": median([r.get("p50_ms") for r in fixed]),
+            "p99_ms": median([r.get("p99_ms") for r in fixed]),
+            "sessions_per_process": [r.get("sessions_per_process") for r in fixed],
+        }
+    base = summary["p1"]
+
+    def ratio(key: str, config: str) -> str:
+        v, ref = summary[config].get(key), base.get(key)
+        return f"{v / ref:.2f}×" if v and ref else "–"
+
+    lines = [
+        f"| server | max N (p99 < 50 ms) | frames/s served there | ratio | CPU µs/frame @ N={a.fixed_n} | ratio | "
+        f"CPU cores busy @ N={a.fixed_n} | p50 / p99 ms @ N={a.fixed_n} | sessions per process @ N={a.fixed_n} |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for config, s in summary.items():
+        splits = "; ".join("/".join(str(x) for x in sp) for sp in s["sessions_per_process"] if sp)
+        lines.append(
+            f"| `--processes {s['processes']}` | {s['max_sessions_p99_50ms']:g} | "
+            f"{format(s['frames_per_s_at_max'], '.0f') if s['frames_per_s_at_max'] else '–'} | "
+            f"{ratio('frames_per_s_at_max', config)} | {s['cpu_us_per_frame']} | {ratio('cpu_us_per_frame', config)} | "
+            f"{s['cpu_cores']} | {s['p50_ms']} / {s['p99_ms']} | {splits or '–'} |"
+        )
+    # Every step side by side: the same N, the same minutes of the machine.
+    lines += ["", "| N | " + " | ".join(f"`--processes {CONFIGS[c]}` p99 ms | CPU µs/frame | cores busy" for c in CONFIGS) + " |",
+              "| --- |" + " --- | --- | --- |" * len(CONFIGS)]
+    for n in ladder:
+        if not any(r["sessions"] == n for r in runs):
+            continue
+        row = [str(n)]
+        for config in CONFIGS:
+            at = [r for r in runs if r["config"] == config and r["sessions"] == n and "error" not in r]
+            if not at:
+                row += ["–", "–", "–"]
+                continue
+            passed = sum(r["passed"] for r in at)
+            row += [f"{median([r.get('p99_ms') for r in at])} ({passed}/{len(at)} pass)",
+                    str(median([r.get("cpu_us_per_frame") for r in at])), str(median([r.get("cpu_cores") for r in at]))]
+        lines.append("| " + " | ".join(row) + " |")
+    table = "\n".join(lines) + "\n"
+    result = {
+        "config": {"configs": CONFIGS, "ladder": ladder, "fixed_n": a.fixed_n, "reps": a.reps, "duration_s": a.duration,
+                   "warmup_s": a.warmup, "drain_s": a.drain, "workload": a.workload, "cpus": cpus, "pinned": False},
+        "environment": {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "loadavg_end": os.getloadavg(),
+                        "cpu": next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                                     if line.startswith("model name")), None)},
+        "summary": summary,
+        "runs": runs,
+        "elapsed_s": round(time.monotonic() - t_start, 1),
+    }
+    out = Path(a.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "processes.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    (out / "processes.md").write_text(table, encoding="utf-8")
+    print("\n" + table + f"\nbench_processes: wrote {out / 'processes.json'} and processes.md in {result['elapsed_s']} s",
+          flush=True)
+    return 0 if all("error" not in r for r in runs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
