@@ -133,8 +133,8 @@ class SoxrStream:
 
     def process(self, pcm: np.ndarray | None) -> np.ndarray:
         """
-        Feed C-contiguous int16 ``pcm`` (``None``: end of input, flush); return the output ready so
-        far as a view of a reused buffer, valid until the next call.
+        Feed C-contiguous int16 ``pcm`` (``None``: end of input -- flush, then start afresh); return
+        the output ready so far as a view of a reused buffer, valid until the next call.
         """
         if self._soxr is None:
             raise SoxrError("the stream is closed")
@@ -154,6 +154,10 @@ class SoxrStream:
                 src += 2 * self._idone.value
                 n_in -= self._idone.value
             if total < len(out) and not n_in:
+                if pcm is None:
+                    # libsoxr crashes when fed after the end of input: a flush also clears, so the
+                    # stream is ready for a new one (the output is in our buffer, untouched by it).
+                    self.clear()
                 return out[:total]
             if total == len(out):  # not with ample room; be safe: grow and go on
                 grown = np.empty(2 * len(out), dtype=np.int16)

@@ -126,9 +126,8 @@ class Resampler:
         self._carried = 0
         if self._stream is None:
             return _EMPTY
-        out = self._stream.process(None)
+        out = self._stream.process(None)  # also clears the stream
         self.samples_out += len(out)
-        self._stream.clear()
         return out
 
     def reset(self) -> None:
