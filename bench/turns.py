@@ -230,6 +230,19 @@ async def cancelled_ok(client: Client, since: int, response_id: str | None) -> b
     return bool(final["data"].get("cancelled")) and final["data"].get("reason") == "barge_in"
 
 
+async def record_barge_in(out: dict[str, list], client: Client, since: int, sent: dict[int, float],
+                          previous: str, turn: int) -> None:
+    """Time the barge-in of ``turn`` over reply ``previous`` into ``out``, or say what went wrong."""
+    b = barge_in_of(client, since, sent)
+    if b is None or "error" in b:
+        out["errors"].append(f"turn {turn}: " + (b["error"] if b else "no barge_in while the reply played"))
+        return
+    if b["response_id"] != previous or not await cancelled_ok(client, since, previous):
+        out["errors"].append(f"turn {turn}: the barge-in did not cancel the reply {previous}")
+    out["barge_in_ms"].append(b["delay_ms"])
+    out["barge_in_server_ms"].append(b["server_delay_ms"])
+
+
 async def push_to_talk(client: Client, audio: Audio, turns: int) -> dict[str, list]:
     out: dict[str, list] = {"end_to_first_frame_ms": [], "end_to_voice_response_ms": [], "barge_in_ms": [],
                             "barge_in_server_ms": [], "errors": []}
@@ -247,14 +260,7 @@ async def push_to_talk(client: Client, audio: Audio, turns: int) -> dict[str, li
                                      json.dumps({"type": "voice_end", "message_id": f"e{turn}", "data": {}}))
         end_index = len(client.log)
         if previous is not None:
-            b = barge_in_of(client, mark, sent)
-            if b is None or "error" in b:
-                out["errors"].append(f"turn {turn}: " + (b["error"] if b else "no barge_in while the reply played"))
-            else:
-                if b["response_id"] != previous or not await cancelled_ok(client, mark, previous):
-                    out["errors"].append(f"turn {turn}: the barge-in did not cancel the reply {previous}")
-                out["barge_in_ms"].append(b["delay_ms"])
-                out["barge_in_server_ms"].append(b["server_delay_ms"])
+            await record_barge_in(out, client, mark, sent, previous, turn)
         try:
             t_resp, t_first, previous = await reply_after(client, end_index)
         except (TimeoutError, ConnectionError) as e:
@@ -291,14 +297,7 @@ async def voice_activity(client: Client, audio: Audio, turns: int, silence_ms: i
             await send(packet)
         utterance = {i: sent[i] for i in range(first_frame, frame)}
         if previous is not None:
-            b = barge_in_of(client, mark, utterance)
-            if b is None or "error" in b:
-                out["errors"].append(f"turn {turn}: " + (b["error"] if b else "no barge_in while the reply played"))
-            else:
-                if b["response_id"] != previous or not await cancelled_ok(client, mark, previous):
-                    out["errors"].append(f"turn {turn}: the barge-in did not cancel the reply {previous}")
-                out["barge_in_ms"].append(b["delay_ms"])
-                out["barge_in_server_ms"].append(b["server_delay_ms"])
+            await record_barge_in(out, client, mark, utterance, previous, turn)
         # Silence, in real time, until this turn's reply has played BARGE_AFTER_S (or a timeout).
         deadline = time.perf_counter() + silence_ms / 1000.0 + WAIT_S
         turn_end = reply = None
