@@ -151,6 +151,8 @@ def test_from_options_parses_strings(tmp_path):
     assert stt.default_grammar == phrases_to_jsgf(["hello", "what time is it"])
     assert stt.partial_interval_ms == 300 and stt.decoder_config == {"beam": "1e-60"}
     assert PocketSphinxSTT.fromOptions({"phrases": "a b|c"}).default_grammar == phrases_to_jsgf(["a b", "c"])
+    sized = PocketSphinxSTT.fromOptions({"pool_size": "3", "max_idle": "5"})
+    assert sized.pool_size == 3 and sized._pools[GRAMMAR]._keep == 5 and sized._pools[GENERAL]._keep == 3
     config = PocketSphinxSTT.fromOptions({"ps_fwdflat": "false", "ps_maxhmmpf": "2000"})._config({}, {})
     assert config["fwdflat"] is False and config["maxhmmpf"] == 2000
 
