@@ -17,7 +17,7 @@ PIPELINE_RATE = 16000
 FRAME_MS = 20
 
 try:
-    from txvoice.audio.codecs import decoder_for
+    from txvoice.audio.codecs import decoder_at
     from txvoice.audio.format import AudioFormat
     from txvoice.audio.frames import FrameAssembler
     from txvoice.audio.resample import Resampler
@@ -72,7 +72,7 @@ class _TxvoiceStream:
 
     def __init__(self, codec: str, sample_rate: int, channels: int) -> None:
         fmt = AudioFormat.validated(codec, sample_rate, channels)
-        self.decoder = decoder_for(fmt)
+        self.decoder = decoder_at(fmt, PIPELINE_RATE)  # as txvoice does: Opus decodes straight to 16 kHz
         self.resampler = Resampler(self.decoder.output_rate, PIPELINE_RATE, self.decoder.output_channels)
         self.frames = FrameAssembler(PIPELINE_RATE, FRAME_MS)
         self.vad = VoiceActivityDetector(PIPELINE_RATE, FRAME_MS)

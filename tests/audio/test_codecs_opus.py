@@ -228,3 +228,52 @@ def test_fuzz_only_audio_errors(packets, channels, rate):
             continue
         assert out.dtype == np.int16 and len(out) % channels == 0
         assert len(out) <= channels * rate * 1.2 + channels * rate * 120 // 1000
+
+
+def test_a_48k_stream_decodes_straight_to_16k_like_decoding_then_resampling(speech, correlate):
+    from txvoice.audio.resample import Resampler
+
+    fmt = AudioFormat("opus", 48000, 1)
+    packets = encode_all(fmt, speech(48000), bitrate=24000)
+    direct = decode_all(fmt, packets, output_rate=16000)
+    assert len(direct) == len(packets) * 320
+    resampler = Resampler(48000, 16000)
+    via_48k = np.concatenate([resampler.process(decode_all(fmt, packets)), resampler.flush()])
+    r, lag = correlate(via_48k, direct, 16000 // 50)
+    assert r > 0.95, f"correlation {r:.3f} at lag {lag}"
+
+
+def test_concealment_at_another_output_rate_keeps_the_length(speech):
+    fmt = AudioFormat("opus", 48000, 1)
+    packets = encode_all(fmt, speech(48000)[:48000], bitrate=24000, fec=True)
+    kept = [i for i in range(len(packets)) if i % 5 != 2]
+    out = decode_all(fmt, [packets[i] for i in kept], kept, output_rate=16000)
+    assert len(out) == (kept[-1] + 1) * 320
+
+
+def test_decoder_at_decodes_natively_when_the_codec_can():
+    from txvoice.audio.codecs import decoder_at
+
+    assert decoder_at(AudioFormat("opus", 48000, 1), 16000).output_rate == 16000
+    assert decoder_at(AudioFormat("webm_opus", 48000, 1), 16000).output_rate == 16000
+    assert decoder_at(AudioFormat("opus", 48000, 1), 22050).output_rate == 48000  # not an Opus rate
+    assert decoder_at(AudioFormat("pcm_s16le", 48000, 1), 16000).output_rate == 48000
+    with pytest.raises(UnsupportedFormat):
+        OpusDecoder(AudioFormat("opus", 48000, 1), output_rate=44100)
+
+
+def test_decoder_at_leaves_a_replaced_factory_alone():
+    from txvoice.audio.codecs import decoder_at, register_decoder
+
+    seen = {}
+
+    def factory(fmt, **options):
+        seen.update(options)
+        return OpusDecoder(fmt)
+
+    register_decoder("opus", factory)
+    try:
+        assert decoder_at(AudioFormat("opus", 48000, 1), 16000).output_rate == 48000
+        assert seen == {}
+    finally:
+        register_decoder("opus", OpusDecoder)

@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from txvoice.audio.codecs import decoder_for
+from txvoice.audio.codecs import decoder_at
 from txvoice.audio.enhance import AutomaticGainControl, Denoiser
 from txvoice.audio.format import AudioFormat
 from txvoice.audio.frames import FrameAssembler
@@ -147,7 +147,8 @@ class StreamIngest:
         self.settings = settings
         self.start_turn = start_turn
         self.feed_raw = feed_raw
-        self.decoder = decoder_for(fmt)
+        # Opus (and WebM/Opus) decode straight to the pipeline rate; the resampler then passes through.
+        self.decoder = decoder_at(fmt, pipeline_rate)
         self.resampler = Resampler(self.decoder.output_rate, pipeline_rate, channels=self.decoder.output_channels)
         self.assembler = FrameAssembler(pipeline_rate, settings.frame_ms)
         self.denoiser = Denoiser(pipeline_rate) if settings.denoise else None

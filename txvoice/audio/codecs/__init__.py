@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from txvoice.audio.codecs._libopus import OPUS_RATES
 from txvoice.audio.codecs.g711 import G711Decoder, G711Encoder
 from txvoice.audio.codecs.opus import OpusDecoder, OpusEncoder
 from txvoice.audio.codecs.pcm import PcmDecoder, PcmEncoder, downmix
@@ -21,6 +22,7 @@ from txvoice.audio.interfaces import IAudioDecoder, IAudioEncoder
 from txvoice.errors import UnsupportedFormat
 
 __all__ = [
+    "decoder_at",
     "decoder_for",
     "downmix",
     "encoder_for",
@@ -86,6 +88,21 @@ def decoder_for(fmt: AudioFormat, **options: Any) -> IAudioDecoder:
     return decoder
 
 
+#: Codecs whose decoders take ``output_rate``: they decode at any of these rates natively.
+_NATIVE_RATES: dict[str, frozenset[int]] = {"opus": OPUS_RATES, "webm_opus": OPUS_RATES}
+
+
+def decoder_at(fmt: AudioFormat, rate: int, **options: Any) -> IAudioDecoder:
+    """
+    A decoder for ``fmt`` that outputs at ``rate`` itself when its codec can (Opus decodes
+    straight to 8-48 kHz); otherwise the plain :func:`decoder_for`, at the input's rate, and the
+    caller resamples.  Check ``output_rate`` on the result.
+    """
+    if rate in _NATIVE_RATES.get(fmt.codec, ()) and _decoders.get(fmt.codec) in _NATIVE_DECODERS:
+        options.setdefault("output_rate", rate)
+    return decoder_for(fmt, **options)
+
+
 def encoder_for(fmt: AudioFormat, **options: Any) -> IAudioEncoder:
     """
     A new encoder for one stream of ``fmt``; ``options`` go to the codec (e.g.
@@ -96,6 +113,9 @@ def encoder_for(fmt: AudioFormat, **options: Any) -> IAudioEncoder:
         raise TypeError(f"the encoder factory for {fmt.codec!r} returned {encoder!r}, not an IAudioEncoder")
     return encoder
 
+
+#: The built-in factories that take ``output_rate`` (a replacement registered for the codec may not).
+_NATIVE_DECODERS = (OpusDecoder, WebmOpusDecoder)
 
 register_decoder("pcm_s16le", PcmDecoder)
 register_decoder("wav", WavDecoder)

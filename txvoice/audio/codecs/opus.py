@@ -52,7 +52,10 @@ def invalid_packet(result: int, size: int) -> AudioError:
 @implementer(IAudioDecoder)
 class OpusDecoder:
     """
-    Decodes one Opus packet per :meth:`decode` call at ``format.sample_rate``.
+    Decodes one Opus packet per :meth:`decode` call at ``output_rate`` (``format.sample_rate``
+    unless given).  An Opus stream decodes at any of libopus's rates whatever rate it was encoded
+    at, so a consumer that wants 16 kHz asks for it here: libopus then skips the upper band and
+    resamples internally, which costs far less than decoding at 48 kHz and resampling after.
 
     Returns a new array (a copy of the valid part of a reused buffer): the caller owns it.
 
@@ -67,17 +70,26 @@ class OpusDecoder:
     Errors: ``truncated_frame`` (empty packet), ``invalid_opus_packet`` (libopus rejects it).
     """
 
-    def __init__(self, fmt: AudioFormat, *, fec: bool = True, max_conceal_ms: int = DEFAULT_MAX_CONCEAL_MS) -> None:
+    def __init__(
+        self,
+        fmt: AudioFormat,
+        *,
+        output_rate: int | None = None,
+        fec: bool = True,
+        max_conceal_ms: int = DEFAULT_MAX_CONCEAL_MS,
+    ) -> None:
         check_opus_rate(fmt.sample_rate)
+        rate = fmt.sample_rate if output_rate is None else output_rate
+        check_opus_rate(rate)
         _check_channels(fmt.channels)
         self.format = fmt
-        self.output_rate = fmt.sample_rate
+        self.output_rate = rate
         self.output_channels = fmt.channels
         self.fec = fec
         self._channels = fmt.channels
-        self._state = DecoderState(fmt.sample_rate, fmt.channels)
-        self._max_samples = fmt.sample_rate * _libopus.MAX_FRAME_MS // 1000
-        self._max_conceal = fmt.sample_rate * max_conceal_ms // 1000
+        self._state = DecoderState(rate, fmt.channels)
+        self._max_samples = rate * _libopus.MAX_FRAME_MS // 1000
+        self._max_conceal = rate * max_conceal_ms // 1000
         self._buffer = np.zeros(self._max_samples * fmt.channels, dtype=np.int16)
         self._buffer_ptr = ctypes.c_void_p(self._buffer.ctypes.data)
         self._last_sequence: int | None = None
