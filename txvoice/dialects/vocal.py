@@ -26,8 +26,10 @@ from txvoice.errors import VoiceError
 from txvoice.pipeline.interfaces import IResponseSink
 from txvoice.server.base import VoiceServerProtocol
 from txvoice.server.channel import VoiceChannel
+from txvoice.server.framing import PreparedText
 
 CHUNK_RECEIVED = b'{"status":"chunk_received"}'
+_CHUNK_RECEIVED = PreparedText(CHUNK_RECEIVED)  # sent once per chunk: framed once
 S2_DEFAULT = {"codec": "webm_opus", "sample_rate": "44100", "channels": "1"}
 
 
@@ -120,7 +122,7 @@ class VocalProtocol(VoiceServerProtocol):
         self.sendError(error.code, error.message)
 
     def _acknowledge(self, result: object) -> None:
-        self.sendText(CHUNK_RECEIVED)
+        self.sendPreparedText(_CHUNK_RECEIVED)
 
     def _chunkFailed(self, failure: Failure) -> None:
         error = failure.value

@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from txvoice.errors import VoiceError
 from txvoice.security.ratelimit import Decision, TokenBucket
 from txvoice.server.admission import Admission
+from txvoice.server.framing import FastFraming, PreparedText
 from txvoice.server.writepath import install_write_through
 from txvoice.session.session import Session, SessionState
 
@@ -35,8 +36,8 @@ CLOSE_TOKEN_EXPIRED = 4003
 ALLOW, CLOSE = Decision.ALLOW, Decision.CLOSE
 
 
-class VoiceServerProtocol(WebSocketServerProtocol):
-    """Base of every txvoice dialect."""
+class VoiceServerProtocol(FastFraming, WebSocketServerProtocol):
+    """Base of every txvoice dialect (whole binary frames take :mod:`txvoice.server.framing`'s fast lane)."""
 
     # `log` stays Autobahn's level-filtered txaio logger (its hot path logs at debug);
     # txvoice's own events go to `wslog`, in the domain namespace.
@@ -63,6 +64,8 @@ class VoiceServerProtocol(WebSocketServerProtocol):
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        # Above the soft limit a message takes Autobahn's path, where onMessageFrame discards it.
+        self.fastFrameLimit = self.factory.voice.config.max_message_size
         if self.factory.voice.config.write_through:
             install_write_through(self.transport)
 
@@ -240,6 +243,10 @@ class VoiceServerProtocol(WebSocketServerProtocol):
             return
         self.message_data.extend(payload)
 
+    def fastMessage(self, payload: bytes) -> None:
+        self._oversize = False
+        self.onMessage(payload, True)
+
     def onMessageEnd(self) -> None:
         # Autobahn's version also fires the "message" observer event (a Deferred and callbacks,
         # ~2.7 us a message here) even when nobody listens; skip that when nobody does.
@@ -305,6 +312,16 @@ class VoiceServerProtocol(WebSocketServerProtocol):
         self.sendMessage(
             payload, False, doNotCompress=len(payload) < self.server.config.compression_threshold
         )
+
+    def sendPreparedText(self, prepared: PreparedText) -> None:
+        """Send a text message framed in advance (see :class:`PreparedText`)."""
+        if self.state != self.STATE_OPEN:
+            return
+        session = self.session
+        if session is not None:
+            session.counters.text_out += 1
+            session.counters.text_bytes_out += prepared.size
+        self.sendPreparedMessage(prepared.message)
 
     def sendBinary(self, payload: bytes) -> None:
         """Send a binary (audio) message, never compressed."""
