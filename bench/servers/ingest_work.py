@@ -1,9 +1,10 @@
 """
 The per-frame ingest work of the benchmark, shared by the baseline servers.
 
-One :class:`IngestStream` per session: decode the frame (Opus or PCM), resample to 16 kHz, cut
-into 20 ms frames and run VAD on each.  It uses txvoice's own audio code when it is importable
-(``txvoice.audio.codecs.decoder_for``, ``txvoice.audio.resample.Resampler``,
+One :class:`IngestStream` per session: decode the frame (Opus or PCM), resample to 16 kHz (Opus
+decodes straight to 16 kHz, as in txvoice), cut into 20 ms frames and run VAD on each.  It uses
+txvoice's own audio code when it is importable (``txvoice.audio.codecs.decoder_at``,
+``txvoice.audio.resample.Resampler``,
 ``txvoice.audio.frames.FrameAssembler``, ``txvoice.audio.vad.VoiceActivityDetector``) so a
 baseline does exactly the work txvoice does; otherwise it falls back to the same libraries
 called directly (libopus through opuslib, soxr, webrtcvad).  ``IMPLEMENTATION`` says which.
@@ -68,7 +69,7 @@ class _DirectStream:
 
 
 class _TxvoiceStream:
-    """txvoice's audio engine: decoder_for + Resampler + FrameAssembler + VoiceActivityDetector."""
+    """txvoice's audio engine: decoder_at + Resampler + FrameAssembler + VoiceActivityDetector."""
 
     def __init__(self, codec: str, sample_rate: int, channels: int) -> None:
         fmt = AudioFormat.validated(codec, sample_rate, channels)
