@@ -689,7 +689,7 @@ def write_markdown(path: Path, result: dict[str, Any]) -> None:
     lines = [
         f"# Voice sessions per core — {result['environment']['date']}",
         "",
-        f"Workload: each session sends one 20 ms frame every 20 ms ({primary} first; the server decodes, resamples to "
+        f"Workload: each session sends one 20 ms frame every 20 ms ({primary} first; the server decodes to "
         f"16 kHz, runs VAD and acknowledges every frame). Server on CPU {cfg['server_cpu']}, generator on CPU "
         f"{cfg['generator_cpu']}; medians of {cfg['reps']} repetition(s), {cfg['duration_s']} s per run. "
         f"Ratios are to `{ref}` (lower CPU and RSS, higher N are better).",
