@@ -6,8 +6,9 @@ Autobahn parses every frame through a general state machine: a header object, a 
 ``onFrameBegin`` / ``onMessageBegin`` / ``onMessageFrameBegin`` / ``onFrameData`` /
 ``onMessageFrameData`` / ``onFrameEnd`` / ``onMessageFrameEnd`` / ``onMessageEnd``, ten Python
 calls and a join per 20 ms audio frame.  Its ``dataReceived`` and ``sendData`` format a debug log
-call's arguments (``hltype``/``hlval``) on every read and write even when debug logging is off.  Measured per frame on the
-benchmark, those two are a large share of what the server spends outside the audio work.
+call's arguments (``hltype``/``hlval``) on every read and write even when debug logging is off.
+Measured per frame on the benchmark, those are a large share of what the server spends outside
+the audio work.
 
 :class:`FastFraming` is a mixin for a server-side ``WebSocketProtocol``.  Its ``processData``
 takes a frame itself only when all of this holds; anything else (text, control frames,
