@@ -32,6 +32,7 @@ import numpy as np
 import webrtcvad
 from zope.interface import Attribute, Interface, implementer
 
+from txvoice.audio._fft import planned_rfft
 from txvoice.audio.frames import FRAME_MS, frame_samples
 
 __all__ = [
@@ -121,6 +122,7 @@ class SpectralGate:
         self._x = np.empty(frame_size, dtype=np.float32)
         self._window = np.hanning(frame_size).astype(np.float32)
         self._spec = np.empty(frame_size // 2 + 1, dtype=np.complex64)
+        self._rfft = planned_rfft(frame_size)
         top = min(frame_size // 2, int(band_hz * frame_size / sample_rate))
         self._band = slice(1, top + 1)  # skip DC
         self._power = np.empty(top, dtype=np.float32)
@@ -181,7 +183,7 @@ class SpectralGate:
             self.flatness = float("nan")
             return True
         np.multiply(x, self._window, out=x)
-        np.fft.rfft(x, out=self._spec)
+        self._rfft(x, self._spec)
         band = self._spec[self._band]
         power, tmp = self._power, self._tmp
         np.square(band.real, out=power)
