@@ -31,6 +31,7 @@ from txvoice.pipeline.speech import SpeechPipeline, SpeechService
 from txvoice.server.context import VoiceServer
 from txvoice.server.factory import VoiceServerFactory
 from txvoice.server.web import build_site
+from txvoice.service.heap import freeze_startup_heap
 from txvoice.service.heartbeat import HeartbeatService
 from txvoice.service.listener import ListenerService
 from txvoice.service.monitoring import MonitoringService
@@ -80,6 +81,8 @@ class VoiceService(MultiService):
             # reactor waiting up to the switch interval each time (5 ms by default).
             sys.setswitchinterval(interval / 1000.0)
         super().startService()
+        if self.server.config.gc_freeze:
+            freeze_startup_heap(self.log)
 
     def stopService(self) -> Deferred:
         Service.stopService(self)
