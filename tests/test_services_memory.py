@@ -114,7 +114,8 @@ def test_reaper_expires_old_sessions() -> None:
 def test_stop_sends_1001_to_every_session_and_waits() -> None:
     clock = MemoryReactorClock()
     service = makeVoiceService(
-        VoiceConfig(listen="tcp:0", audio_threads=0, open_handshake_timeout=0, shutdown_timeout=5), reactor=clock
+        VoiceConfig(listen="tcp:0", audio_threads=0, open_handshake_timeout=0, shutdown_timeout=5, gc_freeze=False),
+        reactor=clock,
     )
     service.startService()
     clients = [MemoryClient(service.server, port=p) for p in (1, 2, 3)]

@@ -2,7 +2,7 @@
 Keep the garbage collector's full collections off what lives for the whole process.
 
 CPython's full (generation 2) collection walks every tracked object while holding the GIL: the
-reactor stops for as long as it takes.  A started txvoice holds ~50,000 tracked objects that live
+reactor stops for as long as it takes.  A started txvoice holds ~70,000 tracked objects that live
 as long as the process (modules, functions, classes, settings); measured on the 2-core CI VM, a
 full collection with 100 Opus sessions open took 39 ms (82,000 objects), and such a collection
 comes with every quarter's growth of long-lived objects, e.g. as sessions open.  ``gc.freeze()``
