@@ -25,7 +25,8 @@ and error path it has:
 
 It then keeps Autobahn's traffic counters and auto-ping bookkeeping as Autobahn would and hands
 the payload to ``onMessage(payload, True)``.  These are fixes that belong in Autobahn; txvoice
-carries them here (see doc/operations.md, "What txvoice carries for Twisted and Autobahn").
+carries them here (see doc/operations.md, "What txvoice carries for Twisted, Autobahn and
+CPython").
 """
 
 from __future__ import annotations
