@@ -80,9 +80,10 @@ class VoiceService(MultiService):
             # The reactor and the audio threads share one GIL: a CPU-bound audio thread keeps the
             # reactor waiting up to the switch interval each time (5 ms by default).
             sys.setswitchinterval(interval / 1000.0)
-        super().startService()
         if self.server.config.gc_freeze:
+            # Before the children start: the listener is not accepting yet, so no one waits on it.
             freeze_startup_heap(self.log)
+        super().startService()
 
     def stopService(self) -> Deferred:
         Service.stopService(self)
