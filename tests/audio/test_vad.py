@@ -10,6 +10,7 @@ from zope.interface.verify import verifyObject
 import signal_speech as speech
 from txvoice.audio.vad import (
     GateParams,
+    SpectralGate,
     ISpeechClassifier,
     SpeechStarted,
     SpeechStopped,
@@ -191,3 +192,25 @@ def test_webrtcvad_wrapper_cannot_take_int16_arrays() -> None:
     """Why vad.py calls _webrtcvad directly: Vad.is_speech takes len(buf) as a byte count."""
     with pytest.raises(Exception):
         webrtcvad.Vad(2).is_speech(np.zeros(480, dtype=np.int16), 16000)
+
+
+@pytest.mark.parametrize("rate,frame_ms", [(16000, 20), (8000, 30), (48000, 10)])
+def test_gate_features_match_a_plain_float64_computation(rate: int, frame_ms: int) -> None:
+    """The gate's in-place float32 arithmetic computes the documented level and flatness."""
+    pcm = speech.mix(speech.speak(rate=rate), 10, "pink")[0]
+    gate = SpectralGate(rate, rate * frame_ms // 1000)
+    n = gate.frame_size
+    top = min(n // 2, int(8000 * n / rate))
+    checked = 0
+    for i in range(0, len(pcm) - n + 1, n):
+        frame = pcm[i : i + n]
+        gate.accept(frame)
+        x = frame.astype(np.float64) / 32768.0
+        level = 10 * np.log10(np.mean(x * x))
+        assert gate.level_db == pytest.approx(level, abs=1e-3)
+        if not np.isnan(gate.flatness):
+            power = np.abs(np.fft.rfft(x * np.hanning(n))[1 : top + 1]) ** 2 + 1e-12
+            flatness = np.exp(np.mean(np.log(power))) / np.mean(power)
+            assert gate.flatness == pytest.approx(flatness, rel=1e-3, abs=1e-6)
+            checked += 1
+    assert checked > 10  # the spectral test ran on the voiced frames

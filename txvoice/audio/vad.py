@@ -51,6 +51,7 @@ __all__ = [
 VAD_RATES: frozenset[int] = frozenset({8000, 16000, 32000, 48000})
 
 _SILENCE_DB = -100.0  # level reported for digital silence; the floor never goes below it
+_FULL_SCALE_SQUARED_INV = 2.0**-30  # int16 full scale 32768 = 2**15, squared
 
 
 class ISpeechClassifier(Interface):
@@ -118,20 +119,29 @@ class SpectralGate:
         frame_s = frame_size / sample_rate
         self._rise = rise_db_per_s * frame_s
         self._stationary_var = stationary_db**2
-        self._ring = np.zeros(max(2, round(stationary_ms / 1000 / frame_s)), dtype=np.float64)
+        # The level history is a list of floats: scalar reads and writes on a numpy array cost
+        # more than the arithmetic they feed.
+        self._ring = [0.0] * max(2, round(stationary_ms / 1000 / frame_s))
         self._x = np.empty(frame_size, dtype=np.float32)
-        self._window = np.hanning(frame_size).astype(np.float32)
+        # Samples are not scaled to +-1 before the level (scaling by 2**-15 is exact, so it is done
+        # on the sum) and the window carries that factor for the spectrum: same values, one call less.
+        self._window = np.hanning(frame_size).astype(np.float32) * np.float32(1.0 / 32768.0)
         self._spec = np.empty(frame_size // 2 + 1, dtype=np.complex64)
         self._rfft = planned_rfft(frame_size)
         top = min(frame_size // 2, int(band_hz * frame_size / sample_rate))
-        self._band = slice(1, top + 1)  # skip DC
+        # The band (DC skipped) as interleaved (re, im) float32 pairs, squared into ``_squares``
+        # whose even and odd views add up to the power: three ufunc calls and no per-frame views.
+        self._band_floats = self._spec.view(np.float32)[2 : 2 * (top + 1)]
+        self._squares = np.empty(2 * top, dtype=np.float32)
+        self._squares_re = self._squares[0::2]
+        self._squares_im = self._squares[1::2]
         self._power = np.empty(top, dtype=np.float32)
         self._tmp = np.empty(top, dtype=np.float32)
         self._ones = np.ones(top, dtype=np.float32)
         self.reset()
 
     def reset(self) -> None:
-        self._ring.fill(0.0)
+        self._ring[:] = [0.0] * len(self._ring)
         self._count = 0
         self._sum = 0.0
         self._sumsq = 0.0
@@ -147,8 +157,8 @@ class SpectralGate:
         self._count += 1
         if self._count % len(ring) == 0:
             # Recompute the running sums once per revolution so rounding cannot accumulate.
-            self._sum = float(ring.sum())
-            self._sumsq = float(np.vdot(ring, ring))
+            self._sum = math.fsum(ring)
+            self._sumsq = math.fsum([v * v for v in ring])
         else:
             self._sum += level - old
             self._sumsq += level * level - old * old
@@ -169,9 +179,8 @@ class SpectralGate:
         already knows the answer is "no" skips it).
         """
         x = self._x
-        np.copyto(x, frame)  # copy-cast, then scale: a mixed-type ufunc allocates a cast buffer
-        x *= np.float32(1.0 / 32768.0)
-        mean_square = float(np.vdot(x, x)) / len(x)
+        np.copyto(x, frame)  # copy-cast: a mixed-type ufunc allocates a cast buffer
+        mean_square = float(np.vdot(x, x)) * _FULL_SCALE_SQUARED_INV / len(x)
         level = 10.0 * math.log10(mean_square) if mean_square > 1e-10 else _SILENCE_DB
         self.level_db = level
         self._track_floor(level)
@@ -184,11 +193,9 @@ class SpectralGate:
             return True
         np.multiply(x, self._window, out=x)
         self._rfft(x, self._spec)
-        band = self._spec[self._band]
         power, tmp = self._power, self._tmp
-        np.square(band.real, out=power)
-        np.square(band.imag, out=tmp)
-        np.add(power, tmp, out=power)
+        np.square(self._band_floats, out=self._squares)
+        np.add(self._squares_re, self._squares_im, out=power)
         power += 1e-12
         # Sums as dot products with ones: .mean() costs ~5 µs of Python, ufunc.reduce a temporary.
         # np.vdot, not np.dot: np.dot lets go of the GIL around BLAS (see tests/audio/test_gil_discipline.py).
@@ -277,12 +284,12 @@ class VoiceActivityDetector:
             raise ValueError("the classifier must run at the detector's sample rate and frame size")
         self.hangover_ms = hangover_ms
         self._need = max(1, math.ceil(min_speech_ms / frame_ms - 1e-9))
-        self._window = np.zeros(2 * self._need, dtype=bool)
+        self._window = [False] * (2 * self._need)  # the last frames' decisions, a ring
         self.reset()
 
     def reset(self) -> None:
         self.classifier.reset()
-        self._window.fill(False)
+        self._window[:] = [False] * len(self._window)
         self._voiced_in_window = 0
         self.frames = 0
         self.speaking = False
@@ -306,7 +313,7 @@ class VoiceActivityDetector:
         self.is_speech = voiced
         window = self._window
         slot = self.frames % len(window)
-        self._voiced_in_window += int(voiced) - int(window[slot])
+        self._voiced_in_window += voiced - window[slot]
         window[slot] = voiced
         self.frames += 1
         end_ms = self.frames * self.frame_ms
