@@ -72,6 +72,28 @@ def test_frames_are_views_valid_until_the_next_push() -> None:
     assert np.shares_memory(block, again)  # the buffer is reused: views live until the next push
 
 
+def test_whole_frames_with_nothing_pending_pass_through_uncopied() -> None:
+    """A 20 ms packet decoded to 320 samples is the common case: no copy into the buffer."""
+    assembler = FrameAssembler(16000, 20)
+    pcm = np.arange(6000, dtype=np.int16)
+    whole = pcm[:640]
+    block = assembler.push(whole)
+    assert block.shape == (2, 320) and np.shares_memory(block, whole)
+    # A partial chunk leaves samples pending: the next whole-frame-sized chunk must be copied
+    # behind them, not passed through.
+    assert assembler.push(pcm[640:700]).shape == (0, 320)
+    block = assembler.push(pcm[700:1020])
+    assert not np.shares_memory(block, pcm)
+    assert np.array_equal(block[0], pcm[640:960])
+    # The remaining 60 samples complete with the next chunk; then the fast path is back.
+    assert np.array_equal(assembler.push(pcm[1020:1280])[0], pcm[960:1280])
+    block = assembler.push(pcm[1280:1600])
+    assert np.shares_memory(block, pcm) and np.array_equal(block[0], pcm[1280:1600])
+    assert assembler.frames_out == 5 and assembler.pending == 0
+    # Another dtype is converted through the buffer as before.
+    block = assembler.push(np.arange(320, dtype=np.int32))
+    assert block.dtype == np.int16 and np.array_equal(block[0], np.arange(320))
+
 def test_flush_pads_to_a_whole_frame_on_request() -> None:
     assembler = FrameAssembler(16000, 10)
     assembler.push(np.ones(250, dtype=np.int16))

@@ -13,6 +13,8 @@ import numpy as np
 
 __all__ = ["FRAME_MS", "FrameAssembler", "frame_samples"]
 
+_INT16 = np.dtype(np.int16)
+
 #: Frame durations the signal path supports (those webrtcvad accepts).
 FRAME_MS: frozenset[int] = frozenset({10, 20, 30})
 
@@ -29,8 +31,9 @@ class FrameAssembler:
     """
     Per-stream accumulator that turns chunks of any length into ``(n, frame)`` int16 frames.
 
-    Views, not copies: the array :meth:`push` returns is a view of the assembler's own buffer and
-    stays valid only until the next :meth:`push`, :meth:`flush` or :meth:`reset`.  Every consumer
+    Views, not copies: the array :meth:`push` returns is a view of the assembler's own buffer (or,
+    when nothing was pending and the chunk holds whole frames, of the chunk itself) and is valid
+    only until the next :meth:`push`, :meth:`flush` or :meth:`reset`.  Every consumer
     on the signal path handles a frame synchronously (VAD, enhancers in place, the turn detector
     copies what it keeps), so a copy per frame would only cost time and garbage.  Keep a frame
     longer with ``frame.copy()``.
@@ -66,8 +69,15 @@ class FrameAssembler:
         Append mono int16 ``pcm``; return the frames now complete as a ``(n, frame_size)`` view
         (``n`` may be 0).  Iterating over the result yields one 1-D frame view at a time.
         """
-        buf = self._buf
         fill = self._fill
+        if not fill and pcm.dtype is _INT16 and pcm.ndim == 1 and not len(pcm) % self.frame_size:
+            # Whole frames and nothing pending (a 20 ms Opus packet, most PCM chunks): the chunk
+            # itself, reshaped, is the answer.  Nothing to copy; the buffer starts empty again.
+            n = len(pcm) // self.frame_size
+            self._start = 0
+            self.frames_out += n
+            return pcm.reshape(n, self.frame_size)
+        buf = self._buf
         if self._start:
             # Move the partial frame to the front; the previous push's views end here.
             buf[:fill] = buf[self._start : self._start + fill]

@@ -150,6 +150,9 @@ class StreamIngest:
         # Opus (and WebM/Opus) decode straight to the pipeline rate; the resampler then passes through.
         self.decoder = decoder_at(fmt, pipeline_rate)
         self.resampler = Resampler(self.decoder.output_rate, pipeline_rate, channels=self.decoder.output_channels)
+        # Mono at the pipeline rate (Opus always, PCM at 16 kHz) passes through the resampler
+        # unchanged; skip the call.
+        self._resample = None if self.resampler.passthrough and self.resampler.channels == 1 else self.resampler.process
         self.assembler = FrameAssembler(pipeline_rate, settings.frame_ms)
         self.denoiser = Denoiser(pipeline_rate) if settings.denoise else None
         self.agc = AutomaticGainControl(pipeline_rate) if settings.agc else None
@@ -184,7 +187,8 @@ class StreamIngest:
             return None
         self._samples_in += pcm.size
         self._arrivals.append((self._samples_in * 1000.0 / self._rate_in, arrival))
-        return self._frames(self.assembler.push(self.resampler.process(pcm)))
+        resample = self._resample
+        return self._frames(self.assembler.push(pcm if resample is None else resample(pcm)))
 
     def _arrival_of(self, t_ms: float) -> float | None:
         for end_ms, arrival in self._arrivals:
@@ -195,17 +199,22 @@ class StreamIngest:
     def _frames(self, frames: np.ndarray) -> list | None:
         events: list | None = None
         denoiser, agc, turns = self.denoiser, self.agc, self.turns
-        for frame in frames:
+        # Indexed, not iterated: iterating a numpy array ends in a formatted IndexError.
+        for i in range(len(frames)):
+            frame = frames[i]
             if denoiser is not None:
                 frame = denoiser.process(frame)
             if agc is not None:
                 frame = agc.process(frame)
             produced = turns.push(frame)
             turn = self.turn
-            if turn is not None and not self.feed_raw and not any(isinstance(e, TurnStarted) for e in produced):
-                turn.feed(None, frame)
             if produced:
+                # A TurnStarted's audio already ends with this frame.
+                if turn is not None and not self.feed_raw and not any(isinstance(e, TurnStarted) for e in produced):
+                    turn.feed(None, frame)
                 events = self._handle(produced, events)
+            elif turn is not None and not self.feed_raw:
+                turn.feed(None, frame)
         return events
 
     def _handle(self, produced, events: list | None) -> list:

@@ -144,9 +144,13 @@ class _Ring:
             frame, n = frame[n - cap :], cap
         # Sample i of the stream lives at buf[i % cap].
         pos = self.total % cap
-        first = min(n, cap - pos)
-        buf[pos : pos + first] = frame[:first]
-        buf[: n - first] = frame[first:]
+        end = pos + n
+        if end <= cap:  # the common case: one copy, no empty slice assignment
+            buf[pos:end] = frame
+        else:
+            first = cap - pos
+            buf[pos:] = frame[:first]
+            buf[: n - first] = frame[first:]
         self.total += n
 
     def read_into(self, out: np.ndarray, count: int) -> None:
