@@ -46,6 +46,7 @@ class VoiceConfig:
     processes: int = _opt(1, "Server processes sharing the listening port, one per core (0: one per CPU this process may run on). Above 1 the listen description must be tcp: or tcp6:; each process keeps its own sessions, limits and metrics (see doc/operations.md).")
     gil_switch_interval_ms: float = _opt(0.0, "Python's thread switch interval (ms) while serving; 0 keeps Python's 5 ms. Shorter lets the reactor take the GIL back from audio threads sooner.")
     gc_freeze: bool = _opt(True, "Once started, take every object the process holds so far (modules, classes, settings: ~70,000 in the daemon) out of the garbage collector's full collections (gc.freeze), which then walk only what sessions allocate; each was a 25-40 ms reactor stall without it. Process-wide: turn off when embedding txvoice in a process that needs cycles among objects it already holds collected.")
+    lean_poll: bool = _opt(True, "Dispatch epoll events without Twisted's per-event legacy log context (two dictionary copies and five calls per read or write); legacy twisted.python.log lines written while handling an event then carry system '-'. Only the stock epoll reactor is changed.")
     write_through: bool = _opt(False, "Experimental: send at once when a connection has nothing queued, instead of Twisted's buffered write (see bench).")
     # authentication
     auth_required: bool = _opt(False, "Require authentication: a token on the upgrade, or an in-protocol auth message first.")

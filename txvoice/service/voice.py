@@ -32,6 +32,7 @@ from txvoice.server.context import VoiceServer
 from txvoice.server.factory import VoiceServerFactory
 from txvoice.server.web import build_site
 from txvoice.service.heap import freeze_startup_heap
+from txvoice.service.poll import install_lean_poll
 from txvoice.service.heartbeat import HeartbeatService
 from txvoice.service.listener import ListenerService
 from txvoice.service.monitoring import MonitoringService
@@ -80,6 +81,9 @@ class VoiceService(MultiService):
             # The reactor and the audio threads share one GIL: a CPU-bound audio thread keeps the
             # reactor waiting up to the switch interval each time (5 ms by default).
             sys.setswitchinterval(interval / 1000.0)
+        if self.server.config.lean_poll:
+            if install_lean_poll(self.server.clock):
+                self.log.info("lean epoll dispatch installed (no per-event legacy log context)")
         if self.server.config.gc_freeze:
             # Before the children start: the listener is not accepting yet, so no one waits on it.
             freeze_startup_heap(self.log)

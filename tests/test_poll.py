@@ -1,0 +1,156 @@
+"""The lean epoll dispatch: same events handled, same error handling, without the per-event log context."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+from twisted.internet.epollreactor import EPollReactor
+from twisted.internet.selectreactor import SelectReactor
+from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
+from twisted.python import log
+
+from daemons import start_daemon
+from txvoice.service.poll import install_lean_poll
+
+
+class _Reader:
+    """A readable end of a socket pair, recording what happens to it."""
+
+    def __init__(self, sock: socket.socket, name: str, fail_read: bool = False, fail_lost: bool = False) -> None:
+        self.sock = sock
+        self.name = name
+        self.fail_read = fail_read
+        self.fail_lost = fail_lost
+        self.read: list[bytes] = []
+        self.lost: list[object] = []
+        self.systems: list[str] = []
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def logPrefix(self) -> str:
+        return self.name
+
+    def doRead(self):
+        self.read.append(self.sock.recv(100))
+        log.msg("legacy line while reading")  # records the legacy context's system
+        if self.fail_read:
+            raise ValueError("doRead broke")
+        return None
+
+    def connectionLost(self, reason) -> None:
+        self.lost.append(reason)
+        if self.fail_lost:
+            raise RuntimeError("connectionLost broke")
+
+
+@pytest.fixture
+def reactor():
+    r = EPollReactor()
+    yield r
+    r._poller.close()
+
+
+@pytest.fixture
+def pairs(reactor):
+    made: list[socket.socket] = []
+
+    def make() -> tuple[socket.socket, socket.socket]:
+        a, b = socket.socketpair()
+        made.extend((a, b))
+        return a, b
+
+    yield make
+    for reader in list(reactor.getReaders()):
+        reactor.removeReader(reader)  # before the sockets close under it
+    for s in made:
+        s.close()
+
+
+@pytest.fixture
+def logged():
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    yield events
+    globalLogPublisher.removeObserver(events.append)
+
+
+def test_installs_on_the_stock_epoll_reactor_once(reactor) -> None:
+    assert install_lean_poll(reactor) is True
+    assert reactor.doIteration.__func__.__module__ == "txvoice.service.poll"
+    assert install_lean_poll(reactor) is False  # already replaced: left alone
+
+
+def test_other_reactors_are_left_alone() -> None:
+    assert install_lean_poll(Clock()) is False
+    select = SelectReactor()
+    assert install_lean_poll(select) is False
+    assert "doIteration" not in vars(select)
+
+    class Custom(EPollReactor):
+        def doPoll(self, timeout):  # a subclass with its own poll keeps it
+            return super().doPoll(timeout)
+
+    custom = Custom()
+    try:
+        assert install_lean_poll(custom) is False
+    finally:
+        custom._poller.close()
+
+
+def test_ready_descriptors_are_read(reactor, pairs, logged) -> None:
+    install_lean_poll(reactor)
+    (a1, b1), (a2, b2) = pairs(), pairs()
+    one, two = _Reader(a1, "one"), _Reader(a2, "two")
+    reactor.addReader(one)
+    reactor.addReader(two)
+    b1.send(b"first")
+    b2.send(b"second")
+    reactor.doIteration(1)
+    assert one.read == [b"first"] and two.read == [b"second"]
+    lines = [e for e in logged if e.get("log_format") == "{log_text}" or "legacy line" in str(e.get("message", ""))]
+    # Legacy log lines written while handling an event no longer carry the descriptor's prefix.
+    assert lines and all(e.get("system", "-") == "-" for e in lines)
+
+
+def test_a_failing_read_disconnects_that_descriptor_only(reactor, pairs, logged) -> None:
+    install_lean_poll(reactor)
+    (a1, b1), (a2, b2) = pairs(), pairs()
+    bad, good = _Reader(a1, "bad", fail_read=True), _Reader(a2, "good")
+    reactor.addReader(bad)
+    reactor.addReader(good)
+    b1.send(b"x")
+    b2.send(b"y")
+    reactor.doIteration(1)
+    assert len(bad.lost) == 1 and bad.lost[0].check(ValueError)
+    assert good.read == [b"y"] and good.lost == []
+    assert bad not in reactor.getReaders() and good in reactor.getReaders()
+    assert any(e.get("isError") and "doRead broke" in str(e.get("failure")) for e in logged)
+
+
+def test_an_error_escaping_the_handler_is_logged_with_the_prefix_and_polling_goes_on(reactor, pairs, logged) -> None:
+    install_lean_poll(reactor)
+    (a1, b1), (a2, b2) = pairs(), pairs()
+    bad = _Reader(a1, "the-bad-one", fail_read=True, fail_lost=True)
+    good = _Reader(a2, "good")
+    reactor.addReader(bad)
+    reactor.addReader(good)
+    b1.send(b"x")
+    b2.send(b"y")
+    reactor.doIteration(1)  # connectionLost raises out of _doReadOrWrite: must not escape
+    assert good.read == [b"y"]
+    escaped = [e for e in logged if e.get("isError") and "connectionLost broke" in str(e.get("failure"))]
+    assert escaped and escaped[0].get("system") == "the-bad-one"
+
+
+def test_the_daemon_installs_it_unless_told_not_to(tmp_path) -> None:
+    (tmp_path / "on").mkdir()
+    (tmp_path / "off").mkdir()
+    on = start_daemon(tmp_path / "on")
+    on.stop()
+    off = start_daemon(tmp_path / "off", "--no-lean-poll")
+    off.stop()
+    assert "lean epoll dispatch installed" in on.log()
+    assert "lean epoll" not in off.log()
