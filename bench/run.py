@@ -541,6 +541,12 @@ def measure(plan: Plan, spec: ServerSpec, workload: str, n: int, rep: int, kind:
     return r
 
 
+#: Runs again a ladder step whose run was discarded for a saturated generator.  On the shared CI VM
+#: the generator's send schedule slips past the limit now and then at any N (a stolen core), and
+#: with one retry a third of the repetitions of a 3 x 10 s run ended early on it (2026-11-21 13:00).
+LADDER_RETRIES = 2
+
+
 def execute(plan: Plan) -> None:
     primary = plan.workloads[0]
     for rep in range(plan.reps):
@@ -561,8 +567,10 @@ def execute(plan: Plan) -> None:
                         f"{'pass' if step['passed'] else 'FAIL'}")
                 else:
                     step = measure(plan, SERVERS[name], primary, n, rep, "ladder")
-                    if step["discarded"]:
-                        step = measure(plan, SERVERS[name], primary, n, rep, "ladder")  # one retry
+                    for _ in range(LADDER_RETRIES):
+                        if not step["discarded"]:
+                            break
+                        step = measure(plan, SERVERS[name], primary, n, rep, "ladder")
                 if step["discarded"]:
                     log(f"  {name}: the generator saturates at N={n}; its ladder stops here (a lower bound)")
                     alive.remove(name)
@@ -592,14 +600,19 @@ def summarize(plan: Plan) -> dict[str, Any]:
                 s["lost_total"] = sum(r.get("lost", 0) or 0 for r in fx)
                 s["fixed_runs"] = len(fx)
                 s["fixed_clean"] = bool(fx) and all(r.get("clean") for r in fx)
-        max_n, max_n_strict, bounded = [], [], False
+        # Per repetition: the largest step passed, and whether the ladder ended on a failed step
+        # (a measurement) or on a run discarded twice for a saturated generator (only a lower bound).
+        measured, bounds = [], []
         for rep in range(plan.reps):
             steps = sorted((r for r in plan.runs if r["server"] == name and r["kind"] == "ladder" and r["rep"] == rep),
                            key=lambda r: r["sessions"])
             best = best_strict = 0
             strict_ok = True
+            bounded = False
             for r in steps:
                 if r["discarded"]:
+                    if any(o["sessions"] == r["sessions"] and not o["discarded"] for o in steps):
+                        continue  # its retry was measured
                     bounded = True
                     break
                 if not r["passed"]:
@@ -609,11 +622,14 @@ def summarize(plan: Plan) -> dict[str, Any]:
                 if strict_ok:
                     best_strict = r["sessions"]
             if steps:
-                max_n.append(best)
-                max_n_strict.append(best_strict)
-        s["max_sessions_p99_50ms"] = median(max_n)
-        s["max_sessions_p99_20ms"] = median(max_n_strict)
-        s["ladder_generator_bound"] = bounded
+                (bounds if bounded else measured).append((best, best_strict))
+        # Medians over the repetitions that measured; lower bounds only when none did.
+        counted = measured or bounds
+        s["max_sessions_p99_50ms"] = median([b for b, _ in counted])
+        s["max_sessions_p99_20ms"] = median([b for _, b in counted])
+        s["ladder_generator_bound"] = not measured and bool(bounds)
+        s["ladder_reps_measured"] = len(measured)
+        s["ladder_reps_bound"] = len(bounds)
         curve = {}
         for n in sorted({r["sessions"] for r in runs if r["kind"] == "ladder"}):
             at = [r for r in runs if r["kind"] == "ladder" and r["sessions"] == n and "error" not in r]
@@ -699,6 +715,9 @@ def write_markdown(path: Path, result: dict[str, Any]) -> None:
     ]
     for name, s in summary.items():
         bound = " (≥; generator-bound)" if s.get("ladder_generator_bound") else ""
+        if not bound and s.get("ladder_reps_bound"):
+            k = s.get("ladder_reps_measured", 0)
+            bound = f" ({k} of {k + s['ladder_reps_bound']} reps)"
         row = [f"`{name}`", fmt(s.get(f"cpu_us_per_frame_{primary}")), ratio(s.get(f"cpu_us_per_frame_{primary}"), r.get(f"cpu_us_per_frame_{primary}"))]
         row += [fmt(s.get(f"cpu_us_per_frame_{wl}")) for wl in others]
         row += [(fmt(s.get("max_sessions_p99_50ms"), 0) if s.get("max_sessions_p99_50ms") or not bound else "–") + bound,
@@ -712,7 +731,9 @@ def write_markdown(path: Path, result: dict[str, Any]) -> None:
         lines.append("| " + " | ".join(row) + " |")
     lines += ["", f"CPU µs/frame: server process CPU time (all threads, /proc/PID/stat) over the sending window divided by "
               f"the frames it acknowledged, at N={n}. Max N: the largest ladder step passed — p99 round trip under "
-              f"{P99_LIMIT_MS:g} ms (or {P99_STRICT_MS:g} ms) and no frame lost, every smaller step passing too. "
+              f"{P99_LIMIT_MS:g} ms (or {P99_STRICT_MS:g} ms) and no frame lost, every smaller step passing too; the median over the repetitions whose ladder ended on a "
+              "failed step (a repetition cut short by a generator that saturated on a run and its retry only gives a "
+              "lower bound: it is counted only when no repetition measured, marked ≥, and otherwise noted as 'k of n reps'). "
               "RSS/session: (RSS with all sessions open − RSS after one warm-up session came and went) / N. "
               f"Reactor lag: how late a timer due every {TXVOICE_LAG_INTERVAL_S * 1000:g} ms fires on the server's event "
               "loop (txvoice's own probe, read from its /metrics histogram; the same probe in the baselines), over "
@@ -857,6 +878,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--turns-background", default=None,
                    help="comma-separated background sessions for the turn measurement [0,50; quick: 0]")
     p.add_argument("--turns-codecs", default=None, help="the turn client's audio: opus, pcm16k [opus,pcm16k; quick: opus]")
+    p.add_argument("--resummarize", metavar="JSON", default=None,
+                   help="rebuild the summary, table and plot from a saved latest.json's runs (no measuring)")
     p.add_argument("--out-dir", default=str(BENCH / "results"), help="where latest.json/.md/.png go")
     a = p.parse_args(argv)
     a.servers = [s.strip() for s in a.servers.split(",") if s.strip()]
@@ -898,8 +921,35 @@ def run_turns(a: argparse.Namespace) -> dict[str, Any]:
     return json.loads(out.read_text(encoding="utf-8"))
 
 
+def write_results(result: dict[str, Any], out_dir: str) -> list[Path]:
+    """latest.json, latest.md and latest.png in ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = [out / "latest.json", out / "latest.md", out / "latest.png"]
+    files[0].write_text(json.dumps(result, indent=1, default=str) + "\n", encoding="utf-8")
+    write_markdown(files[1], result)
+    write_plot(files[2], result)
+    return files
+
+
+def resummarize(path: str, out_dir: str) -> int:
+    """Summarize a saved run again (after a change to how figures are derived from the runs)."""
+    result = json.loads(Path(path).read_text(encoding="utf-8"))
+    cfg = result["config"]
+    opts = Options(duration=cfg["duration_s"], warmup=cfg["warmup_s"], drain=cfg["drain_s"], quick=cfg["quick"])
+    plan = Plan(servers=cfg["servers"], workloads=cfg["workloads"], reps=cfg["reps"], fixed_n=cfg["fixed_n"],
+                ladder=cfg["ladder"], opts=opts, runs=result["runs"])
+    result["summary"] = summarize(plan)
+    files = write_results(result, out_dir)
+    log(files[1].read_text(encoding="utf-8"))
+    log(f"bench: re-summarized {path} into {', '.join(str(f) for f in files)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
+    if a.resummarize:
+        return resummarize(a.resummarize, a.out_dir)
     t_start = time.monotonic()
     ensure_python_packages()
     build_loadgen()
@@ -936,12 +986,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": plan.runs,
         "elapsed_s": round(time.monotonic() - t_start, 1),
     }
-    out = Path(a.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    files = [out / "latest.json", out / "latest.md", out / "latest.png"]
-    files[0].write_text(json.dumps(result, indent=1, default=str) + "\n", encoding="utf-8")
-    write_markdown(files[1], result)
-    write_plot(files[2], result)
+    files = write_results(result, a.out_dir)
     log("")
     log(files[1].read_text(encoding="utf-8"))
     log(f"bench: wrote {', '.join(str(f) for f in files)} in {result['elapsed_s']} s")

@@ -1,0 +1,78 @@
+"""How ``bench/run.py`` turns ladder runs into max N, including runs discarded for a saturated generator."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+RUNNER = Path(__file__).resolve().parent.parent / "bench" / "run.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("txvoice_bench_run", RUNNER)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules[spec.name]
+
+
+def step(rep: int, n: int, *, passed: bool = True, discarded: bool = False, p99: float = 10.0) -> dict:
+    return {"server": "txvoice", "kind": "ladder", "workload": "opus", "rep": rep, "sessions": n,
+            "passed": passed and not discarded, "passed_strict": passed and p99 < 20, "discarded": discarded,
+            "p99_ms": p99}
+
+
+def plan(bench, runs: list[dict], reps: int = 3):
+    opts = bench.Options(duration=10, warmup=2, drain=3, quick=False)
+    return bench.Plan(servers=["txvoice"], workloads=["opus"], reps=reps, fixed_n=50, ladder=[50, 75, 100, 125],
+                      opts=opts, runs=runs)
+
+
+def test_a_discarded_run_whose_retry_measured_does_not_end_the_ladder(bench) -> None:
+    runs = [step(0, 50), step(0, 75, discarded=True), step(0, 75), step(0, 100), step(0, 125, passed=False, p99=80)]
+    s = bench.summarize(plan(bench, runs, reps=1))["txvoice"]
+    assert s["max_sessions_p99_50ms"] == 100
+    assert s["ladder_reps_measured"] == 1 and s["ladder_reps_bound"] == 0 and not s["ladder_generator_bound"]
+
+
+def test_repetitions_cut_short_by_the_generator_are_left_out_of_the_median(bench) -> None:
+    runs = [
+        step(0, 50), step(0, 75, discarded=True), step(0, 75, discarded=True), step(0, 75, discarded=True),
+        step(1, 50), step(1, 75), step(1, 100), step(1, 125, passed=False, p99=70),
+        step(2, 50), step(2, 75), step(2, 100, passed=False, p99=60),
+    ]
+    s = bench.summarize(plan(bench, runs))["txvoice"]
+    assert s["max_sessions_p99_50ms"] == pytest.approx(87.5)  # median of 100 and 75, not of 50, 100, 75
+    assert (s["ladder_reps_measured"], s["ladder_reps_bound"], s["ladder_generator_bound"]) == (2, 1, False)
+
+
+def test_only_lower_bounds_are_reported_as_such(bench, tmp_path: Path) -> None:
+    runs = [step(0, 50), step(0, 75, discarded=True), step(0, 75, discarded=True), step(0, 75, discarded=True)]
+    s = bench.summarize(plan(bench, runs, reps=1))["txvoice"]
+    assert s["max_sessions_p99_50ms"] == 50 and s["ladder_generator_bound"]
+
+
+def test_resummarize_rebuilds_the_table_from_saved_runs(bench, tmp_path: Path) -> None:
+    runs = [step(1, 50), step(1, 75), step(1, 100, passed=False, p99=60),
+            step(0, 50), step(0, 75, discarded=True), step(0, 75, discarded=True), step(0, 75, discarded=True)]
+    saved = {
+        "config": {"servers": ["txvoice"], "workloads": ["opus"], "reps": 2, "duration_s": 10, "fixed_n": 50,
+                   "ladder": [50, 75, 100], "quick": False, "p99_limit_ms": 50, "p99_strict_ms": 20,
+                   "server_cpu": 0, "generator_cpu": 1, "warmup_s": 2, "drain_s": 3, "frame_ms": 20,
+                   "slip_limit_ms": 2.0, "generator_cpu_limit": 0.9},
+        "environment": {"date": "2026-11-21T13:00:59+0000", "cpu": "test", "machine": "test"},
+        "reference": "txvoice", "skipped": {}, "summary": {}, "turns": None, "runs": runs,
+    }
+    path = tmp_path / "saved.json"
+    path.write_text(json.dumps(saved), encoding="utf-8")
+    assert bench.resummarize(str(path), str(tmp_path / "out")) == 0
+    result = json.loads((tmp_path / "out" / "latest.json").read_text(encoding="utf-8"))
+    assert result["summary"]["txvoice"]["max_sessions_p99_50ms"] == 75
+    assert "75 (1 of 2 reps)" in (tmp_path / "out" / "latest.md").read_text(encoding="utf-8")
+    assert (tmp_path / "out" / "latest.png").stat().st_size > 1000
