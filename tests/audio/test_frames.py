@@ -93,6 +93,11 @@ def test_whole_frames_with_nothing_pending_pass_through_uncopied() -> None:
     # Another dtype is converted through the buffer as before.
     block = assembler.push(np.arange(320, dtype=np.int32))
     assert block.dtype == np.int16 and np.array_equal(block[0], np.arange(320))
+    # So is a read-only chunk (PCM straight from the client's bytes): frames stay writable.
+    readonly = np.frombuffer(np.arange(320, dtype=np.int16).tobytes(), dtype=np.int16)
+    block = assembler.push(readonly)
+    assert not np.shares_memory(block, readonly) and block.flags.writeable
+    assert np.array_equal(block[0], readonly)
 
 def test_flush_pads_to_a_whole_frame_on_request() -> None:
     assembler = FrameAssembler(16000, 10)

@@ -32,8 +32,9 @@ class FrameAssembler:
     Per-stream accumulator that turns chunks of any length into ``(n, frame)`` int16 frames.
 
     Views, not copies: the array :meth:`push` returns is a view of the assembler's own buffer (or,
-    when nothing was pending and the chunk holds whole frames, of the chunk itself) and is valid
-    only until the next :meth:`push`, :meth:`flush` or :meth:`reset`.  Every consumer
+    when nothing was pending and a writable chunk holds whole frames, of that chunk: in-place
+    consumers then write into it) and is valid only until the next :meth:`push`, :meth:`flush` or
+    :meth:`reset`.  Every consumer
     on the signal path handles a frame synchronously (VAD, enhancers in place, the turn detector
     copies what it keeps), so a copy per frame would only cost time and garbage.  Keep a frame
     longer with ``frame.copy()``.
@@ -70,13 +71,16 @@ class FrameAssembler:
         (``n`` may be 0).  Iterating over the result yields one 1-D frame view at a time.
         """
         fill = self._fill
-        if not fill and pcm.dtype is _INT16 and pcm.ndim == 1 and not len(pcm) % self.frame_size:
-            # Whole frames and nothing pending (a 20 ms Opus packet, most PCM chunks): the chunk
-            # itself, reshaped, is the answer.  Nothing to copy; the buffer starts empty again.
-            n = len(pcm) // self.frame_size
+        size = self.frame_size
+        if not fill and pcm.dtype is _INT16 and pcm.ndim == 1 and not len(pcm) % size and pcm.flags.writeable:
+            # Whole frames and nothing pending (a decoded 20 ms Opus packet): the chunk itself,
+            # reshaped, is the answer.  Nothing to copy; the buffer starts empty again.  Writable
+            # chunks only, so consumers that work in place still can (PCM straight from the
+            # client's bytes is read-only and is copied as before).
+            n = len(pcm) // size
             self._start = 0
             self.frames_out += n
-            return pcm.reshape(n, self.frame_size)
+            return pcm.reshape(n, size)
         buf = self._buf
         if self._start:
             # Move the partial frame to the front; the previous push's views end here.

@@ -152,7 +152,8 @@ class StreamIngest:
         self.resampler = Resampler(self.decoder.output_rate, pipeline_rate, channels=self.decoder.output_channels)
         # Mono at the pipeline rate (Opus always, PCM at 16 kHz) passes through the resampler
         # unchanged; skip the call.
-        self._resample = None if self.resampler.passthrough and self.resampler.channels == 1 else self.resampler.process
+        mono_passthrough = self.resampler.passthrough and self.resampler.channels == 1
+        self._resample = None if mono_passthrough else self.resampler.process
         self.assembler = FrameAssembler(pipeline_rate, settings.frame_ms)
         self.denoiser = Denoiser(pipeline_rate) if settings.denoise else None
         self.agc = AutomaticGainControl(pipeline_rate) if settings.agc else None
