@@ -38,7 +38,10 @@ import webrtcvad  # noqa: E402
 
 from txvoice.audio.bufferpool import AudioBufferPool  # noqa: E402
 from txvoice.audio.enhance import AutomaticGainControl, Denoiser  # noqa: E402
+from txvoice.audio.codecs.opus import OpusEncoder  # noqa: E402
+from txvoice.audio.format import AudioFormat  # noqa: E402
 from txvoice.audio.frames import FrameAssembler  # noqa: E402
+from txvoice.audio.ingest import StreamIngest, StreamSettings  # noqa: E402
 from txvoice.audio.resample import Resampler  # noqa: E402
 from txvoice.audio.turns import TurnDetector  # noqa: E402
 from txvoice.audio.vad import SpectralGate, VoiceActivityDetector, WebRtcClassifier  # noqa: E402
@@ -195,6 +198,31 @@ def cases(seconds: float) -> dict[str, Callable[[], Callable[[], int]]]:
         return run
 
     out["chain 48k: resample+frames+denoise+AGC+turns"] = chain
+
+    def ingest(codec: str) -> Callable[[], Callable[[], int]]:
+        # What the server does per client chunk on its audio thread (voice_activity mode): decode
+        # (Opus straight to 16 kHz), frames, VAD, turns; packets made once, outside the timing.
+        if codec == "opus":
+            fmt = AudioFormat("opus", 48000, 1)
+            packets = OpusEncoder(fmt).encode(s48)
+        else:
+            fmt = AudioFormat("pcm_s16le", 16000, 1)
+            packets = [f.tobytes() for f in f16]
+
+        def setup() -> Callable[[], int]:
+            stream = StreamIngest(fmt, StreamSettings(mode="voice_activity"), lambda: None)
+
+            def run() -> int:
+                for k, packet in enumerate(packets):
+                    stream.process((packet, k, 0.0))
+                return len(packets)
+
+            return run
+
+        return setup
+
+    out["ingest opus 48k, 20 ms packet (decode+VAD+turns)"] = ingest("opus")
+    out["ingest pcm 16k, 20 ms chunk (VAD+turns)"] = ingest("pcm")
 
     n_ops = 20000
 
