@@ -94,3 +94,24 @@ def test_bad_config_file_is_a_usage_error(tmp_path) -> None:
     out = subprocess.run([TWISTD, "-n", "--pidfile=", "txvoice", "--config", str(bad)],
                          capture_output=True, text=True, timeout=60, cwd=tmp_path, env=source_env())
     assert out.returncode != 0 and "max_connections must be int" in (out.stdout + out.stderr)
+
+
+#: Start-up tuning the daemon applies by default: (option that turns it off, what it logs).
+START_UP_TUNING = [
+    ("--no-gc-freeze", "start-up objects out of the garbage collector's full collections"),  # service/heap.py
+    ("--no-lean-poll", "lean epoll dispatch installed"),  # service/poll.py
+]
+
+
+def test_start_up_tuning_is_on_by_default_and_each_option_turns_its_part_off(tmp_path) -> None:
+    """start_daemon returns once /health answers, i.e. after the services started."""
+    (tmp_path / "default").mkdir()
+    default = start_daemon(tmp_path / "default")
+    default.stop()
+    for off, logged in START_UP_TUNING:
+        assert logged in default.log(), f"not applied by default: {logged!r}"
+        (tmp_path / off).mkdir()
+        daemon = start_daemon(tmp_path / off, off)
+        daemon.stop()
+        assert logged not in daemon.log(), f"{off} did not turn it off"
+        assert all(other in daemon.log() for flag, other in START_UP_TUNING if flag != off), f"{off} turned off more"

@@ -8,7 +8,6 @@ import weakref
 import pytest
 from twisted.logger import Logger
 
-from daemons import start_daemon
 from txvoice.service.heap import freeze_startup_heap
 
 
@@ -40,14 +39,3 @@ def test_live_objects_are_frozen_and_garbage_is_collected_first(unfrozen) -> Non
     assert not any(o is live for o in gc.get_objects()), "a live start-up object is still scanned"
     assert events and events[0]["frozen"] == frozen
 
-
-def test_the_daemon_freezes_at_start_unless_told_not_to(tmp_path) -> None:
-    """start_daemon returns once /health answers, i.e. after the services started."""
-    (tmp_path / "on").mkdir()
-    (tmp_path / "off").mkdir()
-    on = start_daemon(tmp_path / "on")
-    on.stop()
-    off = start_daemon(tmp_path / "off", "--no-gc-freeze")
-    off.stop()
-    assert "start-up objects out of the garbage collector's full collections" in on.log()
-    assert "garbage collector" not in off.log()

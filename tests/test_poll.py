@@ -11,7 +11,6 @@ from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 from twisted.python import log
 
-from daemons import start_daemon
 from txvoice.service.poll import install_lean_poll
 
 
@@ -144,13 +143,3 @@ def test_an_error_escaping_the_handler_is_logged_with_the_prefix_and_polling_goe
     escaped = [e for e in logged if e.get("isError") and "connectionLost broke" in str(e.get("failure"))]
     assert escaped and escaped[0].get("system") == "the-bad-one"
 
-
-def test_the_daemon_installs_it_unless_told_not_to(tmp_path) -> None:
-    (tmp_path / "on").mkdir()
-    (tmp_path / "off").mkdir()
-    on = start_daemon(tmp_path / "on")
-    on.stop()
-    off = start_daemon(tmp_path / "off", "--no-lean-poll")
-    off.stop()
-    assert "lean epoll dispatch installed" in on.log()
-    assert "lean epoll" not in off.log()
