@@ -32,10 +32,10 @@ from txvoice.server.context import VoiceServer
 from txvoice.server.factory import VoiceServerFactory
 from txvoice.server.web import build_site
 from txvoice.service.heap import freeze_startup_heap
-from txvoice.service.poll import install_lean_poll
 from txvoice.service.heartbeat import HeartbeatService
 from txvoice.service.listener import ListenerService
 from txvoice.service.monitoring import MonitoringService
+from txvoice.service.poll import install_lean_poll
 from txvoice.service.processes import (
     ParentWatchService,
     ReusePortListeners,
