@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import threading
 
+import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThreadPool
 
 from txvoice.audio.workers import AudioWorkers
+from txvoice.pipeline.speech import audio_threadpool
 
 
 @pytest_twisted.inlineCallbacks
@@ -75,3 +78,61 @@ def test_inline_mode_runs_at_once():
     out = []
     workers.submit(1, lambda x: x + 1, 1, out.append)
     assert out == [2]
+
+
+@pytest_twisted.inlineCallbacks
+def test_deferToThreadPool_runs_on_the_audio_threads():
+    """The pipeline's short calls (final transcripts) go through deferToThreadPool to the workers."""
+    workers = AudioWorkers(reactor, threads=2)
+    assert audio_threadpool(workers) is None
+    workers.startService()
+    try:
+        assert audio_threadpool(workers) is workers
+        names = yield DeferredList(
+            [deferToThreadPool(reactor, workers, lambda: threading.current_thread().name) for _ in range(6)]
+        )
+        assert {name for _, name in names} == {"txvoice-audio-0", "txvoice-audio-1"}  # the shards take turns
+
+        def boom():
+            raise KeyError("no transcript")
+
+        failures = []
+        yield deferToThreadPool(reactor, workers, boom).addErrback(failures.append)
+        assert len(failures) == 1 and failures[0].check(KeyError)
+    finally:
+        yield workers.stopService()
+    assert audio_threadpool(workers) is None
+    with pytest.raises(RuntimeError):
+        workers.callInThreadWithCallback(None, lambda: None)
+
+
+@pytest_twisted.inlineCallbacks
+def test_stop_waits_for_calls_and_batches_in_flight_then_ends_the_threads():
+    workers = AudioWorkers(reactor, threads=2)
+    workers.startService()
+    threads = list(workers._threads)
+    release = threading.Event()
+    finished: list[str] = []
+
+    def slow_call():
+        release.wait(5)
+        finished.append("call")
+        return "transcript"
+
+    def slow_item(_):
+        release.wait(5)
+        finished.append("item")
+
+    call = deferToThreadPool(reactor, workers, slow_call)
+    workers.submit(1, slow_item)
+    yield deferLater(reactor, 0.05, lambda: None)  # both are running now
+    stopped = workers.stopService()
+    workers.submit(1, lambda _: finished.append("queued after stop"))
+    yield deferLater(reactor, 0.1, lambda: None)
+    assert not stopped.called  # still waiting for the call and the batch
+    release.set()
+    yield stopped
+    assert (yield call) == "transcript"
+    assert sorted(finished) == ["call", "item", "queued after stop"]
+    assert not any(thread.is_alive() for thread in threads)
+    assert not workers.started

@@ -89,12 +89,13 @@ def parse_engine_options(text: str) -> dict[str, str]:
     return options
 
 
-def audio_threadpool(workers: "AudioWorkers") -> "ThreadPool | None":
+def audio_threadpool(workers: "AudioWorkers") -> "AudioWorkers | None":
     """
-    The audio workers' thread pool, for short work that needs no shard ordering (final
-    transcripts); ``None`` before the service starts or when the workers run inline.
+    The audio workers as a thread pool (they take ``deferToThreadPool``'s calls), for short work
+    that needs no shard ordering (final transcripts); ``None`` before the service starts or when
+    the workers run inline.
     """
-    return workers._pool  # AudioWorkers keeps it private; this is the one place that reads it.
+    return workers if workers.started else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,8 +162,8 @@ class SpeechPipeline:
         max_concurrent_processing: int = 10,
         max_queued_turns: int = 50,
         reactor: Any = None,
-        threadpool: Callable[[], "ThreadPool | None"] | None = None,
-        synthesis_pool: Callable[[], "ThreadPool | None"] | None = None,
+        threadpool: Callable[[], "ThreadPool | AudioWorkers | None"] | None = None,
+        synthesis_pool: Callable[[], "ThreadPool | AudioWorkers | None"] | None = None,
         timer: Callable[[], float] = time.perf_counter,
     ) -> None:
         if stt_mode not in STT_MODES:
@@ -218,12 +219,12 @@ class SpeechPipeline:
             self.reactor = reactor
         return self.reactor
 
-    def threadpool(self) -> "ThreadPool":
+    def threadpool(self) -> "ThreadPool | AudioWorkers":
         """Where short blocking engine calls run: the audio worker pool, else the reactor's pool."""
         pool = self._threadpool() if self._threadpool is not None else None
         return pool if pool is not None else self._reactor().getThreadPool()
 
-    def synthesisPool(self) -> "ThreadPool":
+    def synthesisPool(self) -> "ThreadPool | AudioWorkers":
         """
         Where syntheses are iterated: a pool of their own (:class:`SpeechService`), else
         :meth:`threadpool`.  A synthesis holds its thread until the text is spoken (mostly waiting on
