@@ -58,3 +58,14 @@ def test_idle_writes_go_out_without_waiting_for_the_reactor_and_order_holds():
 
 def test_only_plain_tcp_transports_are_changed():
     assert install_write_through(object()) is False
+
+
+def test_on_by_default_and_off_with_no_write_through():
+    """Every loopback test of the daemon (and the Autobahn testsuite run) goes through it."""
+    from txvoice.tap import Options
+
+    default, off = Options(), Options()
+    default.parseOptions([])
+    off.parseOptions(["--no-write-through"])
+    assert default.config.write_through is True
+    assert off.config.write_through is False

@@ -47,7 +47,7 @@ class VoiceConfig:
     gil_switch_interval_ms: float = _opt(0.0, "Python's thread switch interval (ms) while serving; 0 keeps Python's 5 ms. Shorter lets the reactor take the GIL back from audio threads sooner.")
     gc_freeze: bool = _opt(True, "Once started, take every object the process holds so far (modules, classes, settings: ~70,000 in the daemon) out of the garbage collector's full collections (gc.freeze), which then walk only what sessions allocate; each was a 25-40 ms reactor stall without it. Process-wide: turn off when embedding txvoice in a process that needs cycles among objects it already holds collected.")
     lean_poll: bool = _opt(True, "Dispatch epoll events without Twisted's per-event legacy log context (two dictionary copies and five calls per read or write); legacy twisted.python.log lines written while handling an event then carry system '-'. Only the stock epoll reactor is changed.")
-    write_through: bool = _opt(False, "Experimental: send at once when a connection has nothing queued, instead of Twisted's buffered write (see bench).")
+    write_through: bool = _opt(True, "Send at once when a connection has nothing queued, instead of Twisted's buffer-and-register-for-writing (an acknowledgement leaves in the same reactor turn; see doc/operations.md).")
     # authentication
     auth_required: bool = _opt(False, "Require authentication: a token on the upgrade, or an in-protocol auth message first.")
     jwt_secret: str = _opt("", "HS256 secret for JWTs (the only algorithm allowed with it). Prefer TXVOICE_JWT_SECRET.")

@@ -8,8 +8,11 @@ of the ``send``.  When the transport has nothing buffered, this tries the ``send
 falls back to Twisted's own path for whatever is left (a partial send, ``EWOULDBLOCK``, errors),
 so ordering, flow control and producers behave as before.
 
-This is a fix that belongs in Twisted; txvoice carries it behind ``write_through`` (off by
-default until the benchmark, which runs it side by side, shows it pays on a quiet machine).
+This is a fix that belongs in Twisted; txvoice carries it behind ``write_through`` (on by
+default, ``--no-write-through`` turns it off).  Measured on the benchmark's workload (Opus
+sessions, one ack per frame, 3 interleaved runs each): the reactor thread's CPU per frame at 50
+sessions 171 -> 152 µs, and at 110 sessions, where the buffered path's acks wait behind a turn's
+read events, a p99 round trip of 20 / 3 / 6 ms against 85 / 56 / 9 ms.
 """
 
 from __future__ import annotations
