@@ -136,3 +136,27 @@ def test_stop_waits_for_calls_and_batches_in_flight_then_ends_the_threads():
     assert sorted(finished) == ["call", "item", "queued after stop"]
     assert not any(thread.is_alive() for thread in threads)
     assert not workers.started
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_raising_result_callback_is_logged_and_the_thread_keeps_serving():
+    from twisted.logger import globalLogPublisher
+
+    workers = AudioWorkers(reactor, threads=1)
+    workers.startService()
+    logged = []
+    globalLogPublisher.addObserver(logged.append)
+    try:
+        def bad_callback(ok, result):
+            raise RuntimeError("callback broke")
+
+        workers.callInThreadWithCallback(bad_callback, lambda: 1)
+        done = Deferred().addTimeout(5, reactor)
+        workers.submit(0, lambda x: x + 1, 1, done.callback)  # same (only) thread, afterwards
+        assert (yield done) == 2
+        yield deferLater(reactor, 0.05, lambda: None)
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+        yield workers.stopService().addTimeout(5, reactor)  # a dead thread would never finish
+    failures = [e["log_failure"] for e in logged if "log_failure" in e]
+    assert any(f.check(RuntimeError) for f in failures)

@@ -231,6 +231,9 @@ class AudioWorkers(Service):
                     onResult(ok, result)
                 elif not ok:
                     callFromThread(_log_failure, result)
+            except BaseException:
+                # The thread serves a shard too: a raising callback must not end it.
+                callFromThread(_log_failure, Failure())
             finally:
                 callFromThread(self._callDone)
 
