@@ -10,8 +10,8 @@ of many sessions.
 
 Each shard has a thread of its own fed through a :class:`queue.SimpleQueue`, not Twisted's
 :class:`~twisted.python.threadpool.ThreadPool` with ``deferToThreadPool``: a batch needs no
-Deferred, no context copy and no coordinator thread hand-over, and the round trip of a batch cost
-less than half as much CPU measured on one core (``bench/bench_handoff.py``).  Twisted's pool is
+Deferred, no context copy and no coordinator thread hand-over, and the round trip of a batch costs
+0.67-0.77x the CPU, measured on one core (``bench/bench_handoff.py``: 61 -> 41 µs for one item).  Twisted's pool is
 general; this one only has to run batches in order.  The workers also take single calls the way
 a ``ThreadPool`` does (:meth:`AudioWorkers.callInThreadWithCallback`), so ``deferToThreadPool``
 runs short pipeline work (a final transcript) on them.
