@@ -58,3 +58,40 @@ def test_opus_speech_is_found_where_the_pcm_says(speech):
         # Opus adds its look-ahead (6.5 ms at 48 kHz) and soxr its own delay: a frame either way.
         assert abs(t_opus - t_pcm) <= 40, (opus_events, pcm_events)
     assert np.isfinite([t for _, t in opus_events]).all()
+
+
+class _RecordingTurn:
+    """A pipeline turn that keeps what the ingest feeds it."""
+
+    def __init__(self) -> None:
+        self.pcm: list[np.ndarray] = []
+
+    def feed(self, raw: bytes | None, pcm: np.ndarray | None) -> None:
+        if pcm is not None:
+            self.pcm.append(pcm.copy())
+
+
+def test_the_ingest_streams_whole_turns_without_keeping_them(speech):
+    """Each turn reaches the pipeline frame by frame; the turn detector keeps no copy of it."""
+    pcm16 = speech(16000)
+    fed: list[_RecordingTurn] = []
+
+    def start_turn() -> _RecordingTurn:
+        fed.append(_RecordingTurn())
+        return fed[-1]
+
+    ingest = StreamIngest(AudioFormat("pcm_s16le", 16000, 1), StreamSettings(mode="voice_activity"), start_turn, 16000)
+    raw = pcm16.tobytes()
+    ends = []
+    for i in range(0, len(raw), 640):
+        for kind, event, _ in ingest.process((raw[i : i + 640], None, 0.0)) or []:
+            if kind == "turn_end":
+                ends.append(event)
+    ends += [event for kind, event, _ in ingest.end() if kind == "turn_end"]
+    assert ends and len(fed) == len(ends)
+    assert ingest.turns._audio.nbytes == 0
+    for turn, end in zip(fed, ends):
+        streamed = np.concatenate(turn.pcm)
+        assert len(streamed) == round((end.t_ms - end.start_ms) * 16)
+        start = round(end.start_ms * 16)
+        assert np.array_equal(streamed, pcm16[start : start + len(streamed)])

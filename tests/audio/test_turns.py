@@ -243,3 +243,86 @@ def test_vad_still_reports_in_continuous_mode() -> None:
     pcm = speech.speak("Hello there.", pad_ms=(500, 800))
     kinds = [e.kind for e in feed(TurnDetector("continuous"), pcm)]
     assert kinds.count("speech_start") == 1 and kinds.count("speech_end") == 1
+
+
+# -- keep_audio=False (a consumer that streams each frame, as the server does) ----------------------
+
+
+def _kept_and_streamed(mode: str, script: str, pcm: np.ndarray, **settings) -> tuple[list, list, list]:
+    """Run the same stream through a keeping and a non-keeping detector; also rebuild the turns from
+    TurnStarted.audio + the frames pushed after it (the streaming rule) on the non-keeping one."""
+    kept = TurnDetector(mode, TurnSettings(**settings), classifier=speech.ScriptedClassifier(script))
+    lean = TurnDetector(
+        mode, TurnSettings(**settings), classifier=speech.ScriptedClassifier(script), keep_audio=False
+    )
+    if mode == "push_to_talk":
+        kept_events = list(kept.start_turn())
+        lean_events = list(lean.start_turn())
+    else:
+        kept_events, lean_events = [], []
+    kept_events += feed(kept, pcm)
+    streamed: list[np.ndarray] = []
+    rebuilt: list[np.ndarray] = []
+    for event in lean_events:
+        streamed = [event.audio]
+    n = lean.frame_size
+    for i in range(0, len(pcm) - n + 1, n):
+        frame = pcm[i : i + n]
+        got = list(lean.push(frame))
+        lean_events += got
+        start = next((e for e in got if isinstance(e, TurnStarted)), None)
+        ends_here = any(isinstance(e, TurnEnded) for e in got)
+        if start is None and (lean.in_turn or ends_here):
+            streamed.append(frame)
+        if ends_here:
+            rebuilt.append(np.concatenate(streamed))
+            streamed = []
+        if start is not None:
+            streamed = [start.audio]
+    finished = list(lean.finish())
+    lean_events += finished
+    if any(isinstance(e, TurnEnded) for e in finished):
+        rebuilt.append(np.concatenate(streamed))
+    return kept_events, lean_events, rebuilt
+
+
+@pytest.mark.parametrize(
+    "mode, script, settings",
+    [
+        ("voice_activity", "0" * 25 + "1" * 150 + "0" * 40 + "1" * 30, {"max_turn_ms": 1000, "silence_ms": 200}),
+        ("push_to_talk", "", {"max_turn_ms": 1000}),
+        ("continuous", "0" * 10 + "1" * 50, {"segment_ms": 1200}),
+    ],
+)
+def test_a_detector_that_keeps_no_audio_reports_the_same_turns(mode: str, script: str, settings: dict) -> None:
+    pcm = frames_of(6000)
+    kept_events, lean_events, rebuilt = _kept_and_streamed(mode, script, pcm, **settings)
+    describe = lambda events: [(e.kind, e.t_ms, getattr(e, "turn", None), getattr(e, "reason", None)) for e in events]
+    assert describe(lean_events) == describe(kept_events)
+    kept_turns = turns(kept_events)
+    assert len(kept_turns) >= 3
+    for kept_start, lean_start in zip(
+        (e for e in kept_events if isinstance(e, TurnStarted)), (e for e in lean_events if isinstance(e, TurnStarted))
+    ):
+        assert np.array_equal(lean_start.audio, kept_start.audio)
+    # The turn audio is not kept, but what a streaming consumer gets is the whole turn.
+    assert all(len(t.audio) == 0 for t in turns(lean_events))
+    assert [len(a) for a in rebuilt] == [len(t.audio) for t in kept_turns]
+    for audio, kept_turn in zip(rebuilt, kept_turns):
+        assert np.array_equal(audio, kept_turn.audio)
+
+
+def test_a_detector_that_keeps_no_audio_holds_no_turn_buffer() -> None:
+    detector = scripted("push_to_talk", "", max_turn_ms=60_000)
+    lean = TurnDetector("push_to_talk", TurnSettings(max_turn_ms=60_000), keep_audio=False)
+    for d in (detector, lean):
+        d.start_turn()
+        feed(d, frames_of(10_000), finish=False)
+    assert detector._audio.nbytes >= 10 * 16000 * 2
+    assert lean._audio.nbytes == 0
+
+
+def test_a_silent_stream_allocates_no_turn_buffer() -> None:
+    detector = TurnDetector("voice_activity")
+    feed(detector, speech.silence(2000), finish=False)
+    assert detector._audio.nbytes == 0

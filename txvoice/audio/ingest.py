@@ -157,8 +157,13 @@ class StreamIngest:
         self.assembler = FrameAssembler(pipeline_rate, settings.frame_ms)
         self.denoiser = Denoiser(pipeline_rate) if settings.denoise else None
         self.agc = AutomaticGainControl(pipeline_rate) if settings.agc else None
+        # Each frame is fed to the pipeline's turn as it comes: the detector need not keep the turn too.
         self.turns = TurnDetector(
-            TurnMode.parse(settings.mode), settings.turn_settings(), sample_rate=pipeline_rate, frame_ms=settings.frame_ms
+            TurnMode.parse(settings.mode),
+            settings.turn_settings(),
+            sample_rate=pipeline_rate,
+            frame_ms=settings.frame_ms,
+            keep_audio=False,
         )
         self.turn: Any = None  # the pipeline turn being fed
         self.chunks = 0

@@ -35,6 +35,7 @@ __all__ = [
     "TurnEnded",
     "TurnEvent",
     "TurnDetector",
+    "NO_AUDIO",
     "SpeechStarted",
     "SpeechStopped",
 ]
@@ -111,7 +112,8 @@ class TurnStarted:
 class TurnEnded:
     """
     Turn number ``turn`` ended at stream time ``t_ms``; ``audio`` (int16, a copy) is all of it,
-    from ``start_ms`` to ``t_ms``.  ``reason`` is one of :attr:`REASONS`.
+    from ``start_ms`` to ``t_ms``, or empty when the detector does not keep turn audio
+    (``keep_audio=False``).  ``reason`` is one of :attr:`REASONS`.
     """
 
     turn: int
@@ -128,6 +130,10 @@ class TurnEnded:
 TurnEvent = Union[SpeechStarted, SpeechStopped, TurnStarted, TurnEnded]
 
 _NO_EVENTS: tuple = ()
+
+#: ``TurnEnded.audio`` of a detector that keeps no turn audio (read-only, shared).
+NO_AUDIO = np.zeros(0, dtype=np.int16)
+NO_AUDIO.flags.writeable = False
 
 
 class _Ring:
@@ -175,6 +181,11 @@ class TurnDetector:
 
     ``classifier`` replaces the default webrtcvad + gate frame classifier (see
     :class:`txvoice.audio.vad.ISpeechClassifier`); the VAD's hangover is ``silence_ms``.
+
+    ``keep_audio=False`` is for consumers that stream each frame (the server does): the detector
+    then keeps no copy of the open turn, so ``TurnEnded.audio`` is empty and a session costs no
+    turn buffer (up to ``max_turn_ms`` of samples: 5.8 MB at the default 180 s) and no copy per
+    frame.  ``TurnStarted.audio`` (the pre-roll) is there either way.
     """
 
     def __init__(
@@ -185,8 +196,10 @@ class TurnDetector:
         sample_rate: int = 16000,
         frame_ms: int = 20,
         classifier: ISpeechClassifier | None = None,
+        keep_audio: bool = True,
     ) -> None:
         self.mode = TurnMode.parse(mode)
+        self.keep_audio = keep_audio
         self.settings = settings = settings or TurnSettings()
         self.sample_rate = sample_rate
         self.frame_ms = frame_ms
@@ -209,8 +222,9 @@ class TurnDetector:
         else:
             history = self.frame_size  # just the frame being pushed
         self._history = _Ring(history)
-        self._audio = np.zeros(min(self._max, 2 * sample_rate), dtype=np.int16)
-        self._len = 0
+        # The open turn's audio; allocated by the first turn (a silent stream never needs one).
+        self._audio = NO_AUDIO
+        self._len = 0  # samples in the open turn (kept in ``_audio`` when ``keep_audio``)
         self._samples = 0  # stream position, in samples
         self._turns = 0
         self._start = 0  # first sample of the open turn
@@ -232,6 +246,9 @@ class TurnDetector:
 
     def _append(self, frame: np.ndarray) -> None:
         end = self._len + len(frame)
+        if not self.keep_audio:
+            self._len = end
+            return
         if end > len(self._audio):
             grown = np.zeros(min(max(end, 2 * len(self._audio)), self._max), dtype=np.int16)
             grown[: self._len] = self._audio[: self._len]
@@ -248,16 +265,22 @@ class TurnDetector:
         self._turns += 1
         self._start = start
         count = self._samples - start
-        if count > len(self._audio):
-            self._audio = np.zeros(min(max(count, 2 * len(self._audio)), self._max), dtype=np.int16)
-        self._history.read_into(self._audio, count)
         self._len = count
+        if not self.keep_audio:
+            audio = np.empty(count, dtype=np.int16)
+            self._history.read_into(audio, count)
+            return TurnStarted(self._turns, self._ms(start), audio)
+        if count > len(self._audio) or self._audio is NO_AUDIO:
+            # Room for a second of speech at least, so a short turn does not grow by copies.
+            size = max(count, 2 * len(self._audio), self.sample_rate)
+            self._audio = np.zeros(min(size, self._max), dtype=np.int16)
+        self._history.read_into(self._audio, count)
         return TurnStarted(self._turns, self._ms(start), self._audio[:count].copy())
 
     def _close(self, reason: str) -> TurnEnded:
         self.in_turn = False
         self._last_end = self._samples
-        audio = self._audio[: self._len].copy()
+        audio = self._audio[: self._len].copy() if self.keep_audio else NO_AUDIO
         return TurnEnded(self._turns, self._ms(self._samples), self._ms(self._start), reason, audio)
 
     # -- the API -----------------------------------------------------------------------------
