@@ -149,6 +149,56 @@ def proc_cpu_s(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def parse_cpu_ticks(stat: str, cpus: tuple[str, ...]) -> dict[str, tuple[int, int]]:
+    """(stolen, total) clock ticks of each of ``cpus`` since boot, from the text of /proc/stat."""
+    ticks = {}
+    for line in stat.splitlines():
+        name, _, rest = line.partition(" ")
+        if name.startswith("cpu") and name[3:] in cpus:
+            # user nice system idle iowait irq softirq steal (guest time is already in user)
+            values = [int(v) for v in rest.split()[:8]]
+            ticks[name[3:]] = (values[7] if len(values) > 7 else 0, sum(values))
+    return ticks
+
+
+def cpu_ticks(cpus: tuple[str, ...] = (SERVER_CPU, GEN_CPU)) -> dict[str, tuple[int, int]]:
+    try:
+        return parse_cpu_ticks(Path("/proc/stat").read_text(), cpus)
+    except OSError:
+        return {}
+
+
+def stolen_share(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]) -> dict[str, float]:
+    """The share of each CPU's time the hypervisor gave to someone else between two readings."""
+    shares = {}
+    for cpu, (stolen0, total0) in before.items():
+        if cpu in after and after[cpu][1] > total0:
+            shares[cpu] = round((after[cpu][0] - stolen0) / (after[cpu][1] - total0), 3)
+    return shares
+
+
+#: ``settle`` waits (up to this long) for a second in which at most this share of either core was stolen.
+SETTLE_LIMIT_S = 30.0
+SETTLE_STOLEN_MAX = 0.03
+
+
+def settle(limit_s: float = SETTLE_LIMIT_S) -> float:
+    """
+    Wait, up to ``limit_s``, until the hypervisor has stopped taking time from the two cores; the
+    seconds waited.  On a shared VM stolen time makes the generator's schedule slip at any N, and a
+    run measured straight after a discarded one tends to be discarded too.
+    """
+    waited = 0.0
+    while waited < limit_s:
+        before = cpu_ticks()
+        time.sleep(1.0)
+        waited += 1.0
+        shares = stolen_share(before, cpu_ticks())
+        if not shares or max(shares.values()) <= SETTLE_STOLEN_MAX:
+            break
+    return waited
+
+
 def proc_rss_kib(pid: int) -> int | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -387,6 +437,7 @@ def run_once(spec: ServerSpec, workload: str, n: int, opts: Options, label: str)
         ] + (["--deflate"] if spec.deflate else [])
         gen = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         marks: dict[str, tuple[float | None, int | None, float]] = {}
+        ticks: dict[str, dict[str, tuple[int, int]]] = {}
         errors: list[str] = []
         peak = [rss_idle or 0]
         lag: dict[str, Any] = {}
@@ -409,6 +460,7 @@ def run_once(spec: ServerSpec, workload: str, n: int, opts: Options, label: str)
             for line in gen.stderr:
                 if line.startswith("PHASE "):
                     marks[line.split()[1]] = (proc_cpu_s(server.pid), proc_rss_kib(server.pid), time.monotonic())
+                    ticks[line.split()[1]] = cpu_ticks()
                     if line.split()[1] == "send":
                         # The generator's clock is CLOCK_MONOTONIC, as time.monotonic() is here.
                         t = threading.Thread(target=read_lag_window, args=(int(line.split()[2]) / 1e9,), daemon=True)
@@ -459,6 +511,9 @@ def run_once(spec: ServerSpec, workload: str, n: int, opts: Options, label: str)
                 record["server_cpu_share"] = round((cpu1 - cpu0) / max(t1 - t0, 1e-6), 3)
                 if g["frames_acked"]:
                     record["cpu_us_per_frame"] = round((cpu1 - cpu0) * 1e6 / g["frames_acked"], 2)
+            shares = stolen_share(ticks.get("send", {}), ticks.get("end", {}))
+            if shares:
+                record["stolen"] = {"server_cpu": shares.get(SERVER_CPU), "generator_cpu": shares.get(GEN_CPU)}
             if rss_idle and rss_end:
                 record["rss_idle_kib"] = rss_idle
                 record["rss_end_kib"] = rss_end
@@ -494,6 +549,9 @@ def describe(r: dict[str, Any]) -> str:
     verdict = "pass" if r["passed"] else "FAIL"
     if r["saturated"]:
         verdict += f" (generator saturated: {g['saturated_reason']})"
+    stolen = r.get("stolen") or {}
+    stolen_s = (f"stolen {stolen.get('server_cpu') or 0:.0%}/{stolen.get('generator_cpu') or 0:.0%} of the "
+                f"server/generator core, " if any(stolen.values()) else "")
     cpu = r.get("cpu_us_per_frame")
     rss = r.get("rss_per_session_kib")
     extra = f" [{r['first_error'][:100]}]" if r.get("first_error") and not r["passed"] else ""
@@ -504,7 +562,8 @@ def describe(r: dict[str, Any]) -> str:
     return (f"p50 {r['p50_ms']:.2f} p99 {r['p99_ms']:.2f} max {r['max_ms']:.2f} ms, {lag_s}"
             f"acked {g['frames_acked']}/{g['frames_sent']} lost {r['lost']}, "
             f"cpu {cpu if cpu is not None else '-'} us/frame ({r.get('server_cpu_share', 0):.0%} of a core), "
-            f"rss {rss if rss is not None else '-'} KiB/session, gen cpu {g['gen_cpu_frac']:.0%} -> {verdict}{extra}")
+            f"rss {rss if rss is not None else '-'} KiB/session, gen cpu {g['gen_cpu_frac']:.0%}, {stolen_s}"
+            f"-> {verdict}{extra}")
 
 
 # ------------------------------------------------------------------------------------ the plan
@@ -570,6 +629,9 @@ def execute(plan: Plan) -> None:
                     for _ in range(LADDER_RETRIES):
                         if not step["discarded"]:
                             break
+                        waited = settle()
+                        if waited > 1:
+                            log(f"  (waited {waited:.0f} s for the hypervisor to stop taking time from the cores)")
                         step = measure(plan, SERVERS[name], primary, n, rep, "ladder")
                 if step["discarded"]:
                     log(f"  {name}: the generator saturates at N={n}; its ladder stops here (a lower bound)")
@@ -746,11 +808,25 @@ def write_markdown(path: Path, result: dict[str, Any]) -> None:
         lines += ["", "Skipped: " + "; ".join(f"`{k}` ({v})" for k, v in result["skipped"].items())]
     discarded = sum(s.get("saturated_runs_discarded", 0) for s in summary.values())
     if discarded:
-        lines += ["", f"{discarded} run(s) where the generator itself was saturated were discarded (see latest.json)."]
+        lines += ["", f"{discarded} run(s) where the generator itself was saturated were discarded (see latest.json)."
+                  + stolen_sentence(result["runs"])]
     lines += ["", "![p99 round trip against sessions](latest.png)", ""]
     if result.get("turns"):
         lines += turns_markdown(result["turns"])
     path.write_text("\n".join(lines), encoding="utf-8")
+
+
+def stolen_sentence(runs: list[dict[str, Any]]) -> str:
+    """How much time the hypervisor took from the cores in the discarded runs and in the kept ones."""
+    def medians(kept: bool) -> tuple[float | None, float | None]:
+        chosen = [r.get("stolen") or {} for r in runs if bool(r.get("discarded")) != kept]
+        return (median([c.get("generator_cpu") for c in chosen]), median([c.get("server_cpu") for c in chosen]))
+
+    (dg, ds), (kg, ks) = medians(False), medians(True)
+    if dg is None or kg is None:
+        return ""
+    return (f" Stolen by the hypervisor (median share of the core, /proc/stat): {dg:.1%} of the generator's and "
+            f"{ds or 0:.1%} of the server's in the discarded runs, {kg:.1%} and {ks or 0:.1%} in the runs kept.")
 
 
 def turns_markdown(turns: dict[str, Any]) -> list[str]:

@@ -55,6 +55,8 @@ def test_bench_quick(tmp_path: Path) -> None:
     for run in result["runs"]:
         assert "error" not in run, run.get("error")
         assert run["lost"] == 0, f"{run['server']} {run['workload']} N={run['sessions']} lost {run['lost']} frames"
+        stolen = run.get("stolen") or {}
+        assert stolen and all(0 <= v <= 1 for v in stolen.values()), f"no stolen time read: {stolen}"
         g = run["generator"]
         assert g["connected"] == run["sessions"] and g["frames_acked"] == g["frames_sent"] > 0
         if run["server"] == "txvoice-deflate":

@@ -76,3 +76,35 @@ def test_resummarize_rebuilds_the_table_from_saved_runs(bench, tmp_path: Path) -
     assert result["summary"]["txvoice"]["max_sessions_p99_50ms"] == 75
     assert "75 (1 of 2 reps)" in (tmp_path / "out" / "latest.md").read_text(encoding="utf-8")
     assert (tmp_path / "out" / "latest.png").stat().st_size > 1000
+
+
+STAT_BEFORE = """cpu  300 0 100 1000 0 0 0 60 0 0
+cpu0 100 0 50 500 0 0 0 10 0 0
+cpu1 200 0 50 500 0 0 0 50 0 0
+intr 12345
+"""
+STAT_AFTER = """cpu  500 0 200 1100 0 0 0 260 0 0
+cpu0 180 0 90 520 0 0 0 20 0 0
+cpu1 220 0 60 580 0 0 0 150 0 0
+"""
+
+
+def test_stolen_time_is_read_per_core_from_proc_stat(bench) -> None:
+    before = bench.parse_cpu_ticks(STAT_BEFORE, ("0", "1"))
+    after = bench.parse_cpu_ticks(STAT_AFTER, ("0", "1"))
+    assert before == {"0": (10, 660), "1": (50, 800)}
+    # cpu0: 10 of 150 ticks stolen; cpu1: 100 of 210.
+    assert bench.stolen_share(before, after) == {"0": round(10 / 150, 3), "1": round(100 / 210, 3)}
+    assert bench.stolen_share(before, {}) == {}
+    assert set(bench.cpu_ticks(("0",))) <= {"0"}  # the real /proc/stat parses
+
+
+def test_the_table_says_how_much_was_stolen_in_discarded_and_kept_runs(bench, tmp_path: Path) -> None:
+    runs = [dict(step(0, 50), stolen={"server_cpu": 0.01, "generator_cpu": 0.02}),
+            dict(step(0, 75, discarded=True), stolen={"server_cpu": 0.10, "generator_cpu": 0.25}),
+            dict(step(0, 75), stolen={"server_cpu": 0.0, "generator_cpu": 0.0}),
+            dict(step(0, 100, passed=False, p99=70), stolen={"server_cpu": 0.02, "generator_cpu": 0.04})]
+    sentence = bench.stolen_sentence(runs)
+    assert "25.0% of the generator's and 10.0% of the server's in the discarded runs" in sentence
+    assert "2.0% and 1.0% in the runs kept" in sentence
+    assert bench.stolen_sentence([step(0, 50)]) == ""  # records saved before the field existed
