@@ -11,10 +11,11 @@ setup(
     python_requires=">=3.11",
     # twisted.plugins is listed so the plugin module lands in site-packages/twisted/plugins/, where
     # twistd looks; the directory has no __init__.py on purpose (it would shadow Twisted's own).
-    packages=find_packages(exclude=["tests", "tests.*"]) + ["twisted.plugins"],
+    # txvoice.static (the browser client and demo page) is a data-only package, named here too.
+    packages=find_packages(exclude=["tests", "tests.*"]) + ["txvoice.static", "twisted.plugins"],
     package_data={
         "twisted": ["plugins/txvoice_plugin.py", "plugins/txvoice_engines.py"],
-        "txvoice": ["static/*"],
+        "txvoice.static": ["*.html", "*.js", "*.css"],
     },
     include_package_data=True,
     install_requires=[

@@ -23,9 +23,9 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogLevel, eventAsJSON
 from twisted.python.failure import Failure
 from websockets.exceptions import ConnectionClosed
-from websockets.sync.client import connect
 
 from daemons import TWISTD, source_env, start_daemon
+from voiceclient import connected
 from txvoice.config import VoiceConfig
 from txvoice.service.processes import (
     KILL_WAIT,
@@ -390,7 +390,7 @@ def two(tmp_path):
 def test_two_processes_serve_sessions_and_audio_on_one_port(two) -> None:
     d, seen = two
     pids = [seen[0], seen[1]]
-    clients = [connect(d.url, subprotocols=["txvoice.v1"], open_timeout=5, close_timeout=3, max_size=None)
+    clients = [connected(d.url, subprotocols=["txvoice.v1"], open_timeout=5, close_timeout=3, max_size=None)
                for _ in range(24)]
     try:
         owners = [owner(ws.socket, d.port, pids) for ws in clients]
@@ -435,7 +435,7 @@ def test_a_killed_worker_is_restarted(two) -> None:
 def test_sigterm_on_the_parent_stops_every_worker_gracefully(two) -> None:
     d, seen = two
     worker = seen[1]
-    clients = [connect(d.url, subprotocols=["txvoice.v1"], open_timeout=5, close_timeout=3) for _ in range(12)]
+    clients = [connected(d.url, subprotocols=["txvoice.v1"], open_timeout=5, close_timeout=3) for _ in range(12)]
     on_worker = [ws for ws in clients if owner(ws.socket, d.port, [worker]) == worker]
     assert on_worker
     ws = on_worker[0]

@@ -14,14 +14,24 @@ from typing import Any
 import numpy as np
 import opuslib
 from websockets.exceptions import ConnectionClosed
-from websockets.sync.client import connect
+from websockets.sync.client import ClientConnection, connect
+
+
+def connected(url: str, **kw: Any) -> ClientConnection:
+    """
+    websockets' sync ``connect`` for a connection its owner closes by hand: since websockets 17.1 a
+    connection not entered as a context manager warns on first use (and will stop working).
+    """
+    ws = connect(url, **kw)
+    ws.__enter__()  # returns ws; the owner's close() ends it
+    return ws
 
 
 class VoiceClient:
     """Sends on the caller's thread; a reader thread queues (arrival time, message)."""
 
     def __init__(self, url: str, **kw: Any) -> None:
-        self.ws = connect(url, subprotocols=["txvoice.v1"], open_timeout=5, close_timeout=3, max_size=None, **kw)
+        self.ws = connected(url, subprotocols=["txvoice.v1"], open_timeout=5, close_timeout=3, max_size=None, **kw)
         self.inbox: queue.Queue[tuple[float, Any]] = queue.Queue()
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
