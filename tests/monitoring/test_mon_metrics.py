@@ -136,3 +136,34 @@ def test_metrics_resource_over_loopback():
         assert sample[0].value == 1
     finally:
         yield port.stopListening()
+
+
+@pytest_twisted.inlineCallbacks
+def test_audio_batches_and_their_items_are_counted_from_the_workers():
+    """Items submitted in one reactor turn go over as one batch; the counters read the pool."""
+    from twisted.internet import defer, reactor
+
+    from txvoice.audio.workers import AudioWorkers
+    from txvoice.config import VoiceConfig
+    from txvoice.pipeline.echo import EchoPipeline
+    from txvoice.server.context import VoiceServer
+
+    workers = AudioWorkers(reactor, threads=1)
+    server = VoiceServer(VoiceConfig(), EchoPipeline(), workers, reactor)
+    workers.startService()
+    try:
+        assert value(server.metrics, "txvoice_pool_batches_total", pool="audio") == 0
+        done = [defer.Deferred() for _ in range(5)]
+        for d in done:
+            workers.submit(1, lambda x: x * 2, 21, d.callback)
+        results = yield defer.gatherResults(done)
+        assert results == [42] * 5
+        assert value(server.metrics, "txvoice_pool_batches_total", pool="audio") == 1
+        assert value(server.metrics, "txvoice_pool_batch_items_total", pool="audio") == 5
+        last = defer.Deferred()
+        workers.submit(2, lambda x: x, None, last.callback)
+        yield last
+        assert value(server.metrics, "txvoice_pool_batches_total", pool="audio") == 2
+        assert value(server.metrics, "txvoice_pool_batch_items_total", pool="audio") == 6
+    finally:
+        yield workers.stopService()

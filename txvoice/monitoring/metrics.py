@@ -84,6 +84,29 @@ class _TrafficCollector:
         return [messages, nbytes, frames]
 
 
+class _PoolCollector:
+    """Batches handed to each worker pool and the items they carried, read from the pools at scrape time."""
+
+    def __init__(self, namespace: str) -> None:
+        self._ns = namespace
+        self.pools: dict[str, Callable[[], tuple[int, int]]] = {}
+
+    def describe(self) -> list:
+        return []
+
+    def collect(self):
+        batches = CounterMetricFamily(f"{self._ns}_pool_batches", "Batches handed to a worker pool's threads",
+                                      labels=["pool"])
+        items = CounterMetricFamily(f"{self._ns}_pool_batch_items",
+                                    "Items those batches carried (items / batches: frames per thread hop)",
+                                    labels=["pool"])
+        for pool, read in self.pools.items():
+            handed, carried = read()
+            batches.add_metric([pool], handed)
+            items.add_metric([pool], carried)
+        return [batches, items]
+
+
 class VoiceMetrics:
     """All txvoice metrics plus cheap recording methods for the server's hot paths."""
 
@@ -136,6 +159,8 @@ class VoiceMetrics:
                                      buckets=LAG_BUCKETS, namespace=ns, registry=r)
         self.pool_queue_depth = Gauge("pool_queue_depth", "Jobs waiting in a worker pool",
                                       ["pool"], namespace=ns, registry=r)
+        self._pool_batches = _PoolCollector(ns)
+        r.register(self._pool_batches)
 
         # Pre-bound children for the hot paths.
         self._in_text = self.messages.labels("in", "text")
@@ -237,6 +262,10 @@ class VoiceMetrics:
         if child is None:
             child = self._pools[pool] = self.pool_queue_depth.labels(pool)
         child.set(depth)
+
+    def watch_pool_batches(self, pool: str, read: Callable[[], tuple[int, int]]) -> None:
+        """Expose ``read()`` -> (batches, items so far) of worker pool ``pool`` as two counters."""
+        self._pool_batches.pools[pool] = read
 
     def render(self) -> bytes:
         """The registry in the Prometheus text format."""

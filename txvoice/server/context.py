@@ -94,6 +94,7 @@ class VoiceServer:
         self.pacer = Pacer(clock)
         self.barge_in_delays_ms: list[float] = []
         self.metrics = VoiceMetrics(traffic=self.traffic)
+        self.metrics.watch_pool_batches("audio", lambda: (self.workers.batches, self.workers.items))
         self.lag = ReactorLagProbe(clock, on_sample=self.metrics.observe_reactor_lag)
         self.history = MetricsHistory(
             clock,
