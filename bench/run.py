@@ -177,28 +177,6 @@ def stolen_share(before: dict[str, tuple[int, int]], after: dict[str, tuple[int,
     return shares
 
 
-#: ``settle`` waits (up to this long) for a second in which at most this share of either core was stolen.
-SETTLE_LIMIT_S = 30.0
-SETTLE_STOLEN_MAX = 0.03
-
-
-def settle(limit_s: float = SETTLE_LIMIT_S) -> float:
-    """
-    Wait, up to ``limit_s``, until the hypervisor has stopped taking time from the two cores; the
-    seconds waited.  On a shared VM stolen time makes the generator's schedule slip at any N, and a
-    run measured straight after a discarded one tends to be discarded too.
-    """
-    waited = 0.0
-    while waited < limit_s:
-        before = cpu_ticks()
-        time.sleep(1.0)
-        waited += 1.0
-        shares = stolen_share(before, cpu_ticks())
-        if not shares or max(shares.values()) <= SETTLE_STOLEN_MAX:
-            break
-    return waited
-
-
 def proc_rss_kib(pid: int) -> int | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -629,9 +607,6 @@ def execute(plan: Plan) -> None:
                     for _ in range(LADDER_RETRIES):
                         if not step["discarded"]:
                             break
-                        waited = settle()
-                        if waited > 1:
-                            log(f"  (waited {waited:.0f} s for the hypervisor to stop taking time from the cores)")
                         step = measure(plan, SERVERS[name], primary, n, rep, "ladder")
                 if step["discarded"]:
                     log(f"  {name}: the generator saturates at N={n}; its ladder stops here (a lower bound)")
