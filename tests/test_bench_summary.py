@@ -108,3 +108,14 @@ def test_the_table_says_how_much_was_stolen_in_discarded_and_kept_runs(bench, tm
     assert "25.0% of the generator's and 10.0% of the server's in the discarded runs" in sentence
     assert "2.0% and 1.0% in the runs kept" in sentence
     assert bench.stolen_sentence([step(0, 50)]) == ""  # records saved before the field existed
+
+
+def test_with_only_lower_bounds_the_largest_is_reported(bench) -> None:
+    """Each cut-short repetition passed every step up to its bound; the best of them was shown."""
+    cut = [step(0, 50, discarded=True)] * 3
+    runs = cut + [step(1, 50), step(1, 75, discarded=True), step(1, 75, discarded=True), step(1, 75, discarded=True)]
+    runs += [step(2, 50), step(2, 75), step(2, 100, discarded=True), step(2, 100, discarded=True),
+             step(2, 100, discarded=True)]
+    s = bench.summarize(plan(bench, runs))["txvoice"]
+    assert s["max_sessions_p99_50ms"] == 75 and s["ladder_generator_bound"]  # not the median, 50
+    assert (s["ladder_reps_measured"], s["ladder_reps_bound"]) == (0, 3)
