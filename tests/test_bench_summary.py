@@ -96,7 +96,8 @@ def test_stolen_time_is_read_per_core_from_proc_stat(bench) -> None:
     # cpu0: 10 of 150 ticks stolen; cpu1: 100 of 210.
     assert bench.stolen_share(before, after) == {"0": round(10 / 150, 3), "1": round(100 / 210, 3)}
     assert bench.stolen_share(before, {}) == {}
-    assert set(bench.cpu_ticks(("0",))) <= {"0"}  # the real /proc/stat parses
+    stolen, total = bench.cpu_ticks(("0",))["0"]  # the real /proc/stat parses (Linux always has a cpu0)
+    assert 0 <= stolen < total
 
 
 def test_the_table_says_how_much_was_stolen_in_discarded_and_kept_runs(bench, tmp_path: Path) -> None:
