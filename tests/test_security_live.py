@@ -40,6 +40,7 @@ def secured(tmp_path_factory):
         "--max-connections-per-ip", "3", "--max-connections", "6",
         "--trusted-proxies", "127.0.0.1/32",
         "--rate-limit-max-requests", "600", "--rate-limit-strikes", "5",
+        "--auth-rate-limit", "4",
         "--health-max-error-rate", "0.5",
         env={"TXVOICE_JWT_SECRET": SECRET},
     )
@@ -143,6 +144,34 @@ def test_session_token_exchange_is_single_use(secured, control) -> None:
         urllib.request.urlopen(urllib.request.Request(secured.http + "/auth/websocket", method="POST",
                                                       headers=bearer(token(aud="x"))), timeout=5)
     assert info.value.code == 401
+
+
+def post_for_token(daemon, headers: dict) -> tuple[int, dict, dict]:
+    req = urllib.request.Request(daemon.http + "/auth/websocket", method="POST", headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, dict(r.headers), json.load(r)
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), json.load(e)
+
+
+def test_session_token_requests_are_limited_per_client(secured, control) -> None:
+    flood = {**bearer(token()), "X-Forwarded-For": "203.0.113.77"}
+    answers = [post_for_token(secured, flood) for _ in range(6)]
+    assert [status for status, _, _ in answers] == [200, 200, 200, 200, 429, 429]
+    status, headers, body = answers[-1]
+    assert body["error"]["code"] == "rate_limited" and 1 <= int(headers["Retry-After"]) <= 15
+    # Refused before the JWT is looked at: a garbage token is 429 too, not 401.
+    assert post_for_token(secured, {"Authorization": "Bearer x.y.z", "X-Forwarded-For": "203.0.113.77"})[0] == 429
+    # The tokens issued before the limit still work, and other clients still get theirs.
+    with ws(secured, query="?token=" + answers[0][2]["token"]) as conn:
+        assert recv(conn)["data"]["authenticated"] is True
+    other = post_for_token(secured, {**bearer(token()), "X-Forwarded-For": "198.51.100.77"})
+    assert other[0] == 200 and other[2]["token"]
+    metrics = urllib.request.urlopen(secured.http + "/metrics", timeout=5).read().decode()
+    refused = {s.labels["reason"]: s.value for f in text_string_to_metric_families(metrics)
+               for s in f.samples if s.name == "txvoice_connections_refused_total"}
+    assert refused.get("token_rate_limited") == 3
 
 
 def test_origins(secured, control) -> None:

@@ -276,3 +276,40 @@ def test_origin_policy(issuer):
     pre_bad = request(method=b"OPTIONS", origin=b"http://localhost:9999")
     render(res, pre_bad)
     assert pre_bad.responseCode == 403
+
+
+class Refusing:
+    """An authenticator that must not be reached."""
+
+    def authenticate(self, credentials):
+        raise AssertionError("a throttled request reached the authenticator")
+
+
+@pytest.mark.parametrize("wait, retry_after", [(0.2, b"1"), (9.01, b"10"), (30.0, b"30")])
+def test_throttled_request_is_429_before_the_jwt_is_checked(issuer, wait, retry_after):
+    seen = []
+    res = AuthWebSocketResource(Refusing(), issuer, throttle=lambda req: seen.append(req) or wait)
+    req = request(authorization=b"Bearer " + jwt_for().encode())
+    body = render(res, req)
+    assert seen == [req]
+    assert req.responseCode == 429
+    assert header(req, b"retry-after") == retry_after
+    assert body["error"]["code"] == "rate_limited"
+    assert retry_after.decode() in body["error"]["message"]
+
+
+def test_unthrottled_request_goes_on(issuer):
+    res = AuthWebSocketResource(JWTAuthenticator(secret=SECRET), issuer, throttle=lambda req: 0.0)
+    req = request(authorization=b"Bearer " + jwt_for().encode())
+    assert "token" in render(res, req) and req.responseCode == 200
+
+
+def test_preflights_are_not_throttled(issuer):
+    res = AuthWebSocketResource(Refusing(), issuer, origins=OriginPolicy(["localhost:3000"]),
+                                throttle=lambda req: 5.0)
+    pre = request(method=b"OPTIONS", origin=b"http://localhost:3000")
+    render(res, pre)
+    assert pre.responseCode == 204
+    # A refused origin is answered 403 before it counts against its address.
+    bad = request(authorization=b"Bearer x", origin=b"https://evil.example")
+    assert render(res, bad)["error"]["code"] == "origin_not_allowed"

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import secrets
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -193,7 +194,9 @@ class AuthWebSocketResource(Resource):
     ``POST /auth/websocket``: ``Authorization: Bearer <JWT>`` in, JSON
     ``{"token", "expires_in", "ws_url_hint"?}`` out; 401 JSON on failure, 405 for other
     methods.  With an ``origins`` policy (:class:`txvoice.security.origins.OriginPolicy`) it
-    also refuses foreign browser origins (403) and answers CORS pre-flights.
+    also refuses foreign browser origins (403) and answers CORS pre-flights.  With a
+    ``throttle`` (request -> seconds to wait, 0 to go on) a request over its client's rate gets
+    429 ``rate_limited`` with ``Retry-After`` before any credential is checked.
     """
 
     isLeaf = True
@@ -204,12 +207,14 @@ class AuthWebSocketResource(Resource):
         issuer: SessionTokenIssuer,
         ws_url_hint: str | None = None,
         origins: Any = None,
+        throttle: Callable[[Any], float] | None = None,
     ) -> None:
         super().__init__()
         self._authenticator = authenticator
         self._issuer = issuer
         self._ws_url_hint = ws_url_hint
         self._origins = origins
+        self._throttle = throttle
 
     def render(self, request: Any) -> bytes | int:
         method = request.method
@@ -245,6 +250,13 @@ class AuthWebSocketResource(Resource):
     def _post(self, request: Any) -> bytes | int:
         if not self._origin_ok(request):
             return _json(request, 403, _error_body("origin_not_allowed", "origin not allowed"))
+        if self._throttle is not None:
+            wait = self._throttle(request)
+            if wait > 0:
+                retry_after = max(1, math.ceil(wait))
+                request.setHeader(b"retry-after", str(retry_after).encode("ascii"))
+                return _json(request, 429, _error_body(
+                    "rate_limited", f"too many token requests from this address; retry in {retry_after} s"))
         headers = dict(request.requestHeaders.getAllRawHeaders())
         token = extract_token(headers, None)  # header only: never a JWT in a URL
         gone: list[bool] = []

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred, succeed
@@ -25,6 +26,7 @@ from txvoice.security.iplimits import ConnectionLimiter, ConnectionRefused, Leas
 from txvoice.security.jwt_auth import JWTAuthenticator, extract_token
 from txvoice.security.origins import OriginPolicy
 from txvoice.security.ratelimit import RateLimitPolicy
+from txvoice.security.requestlimits import AddressRateLimiter
 from txvoice.security.session_tokens import SessionTokenIssuer
 
 log = Logger(namespace="txvoice.auth")
@@ -75,7 +77,23 @@ class AdmissionPolicy:
             max_requests=config.rate_limit_max_requests,
             strike_limit=config.rate_limit_strikes,
         )
+        self.token_requests = (
+            AddressRateLimiter(config.auth_rate_limit, key=self.limiter.key_for) if config.auth_rate_limit > 0 else None
+        )
+        self._clock = clock
         self._on_refused = on_refused or (lambda reason: None)
+
+    def throttle_token_request(self, request: Any) -> float:
+        """``POST /auth/websocket``: 0 to go on, else the seconds its client must wait (HTTP 429)."""
+        if self.token_requests is None:
+            return 0.0
+        headers = dict(request.requestHeaders.getAllRawHeaders())
+        ip = client_ip(getattr(request.getClientAddress(), "host", ""), headers, self.trusted_proxies)
+        wait = self.token_requests.check(ip, self._clock.seconds())
+        if wait > 0:
+            self._on_refused("token_rate_limited")
+            log.info("refused a session token request: {reason}", reason="rate_limited", client=ip)
+        return wait
 
     def _refuse(self, reason: str, status: int, message: str) -> ConnectionDeny:
         self._on_refused(reason)

@@ -205,7 +205,9 @@ def build_site(server: VoiceServer, websockets: dict[str, WebSocketResource]) ->
         from txvoice.security.session_tokens import AuthWebSocketResource
 
         auth = Resource()
-        auth.putChild(b"websocket", AuthWebSocketResource(admission.authenticator, admission.issuer, None, admission.origins))
+        auth.putChild(b"websocket", AuthWebSocketResource(
+            admission.authenticator, admission.issuer, None, admission.origins, admission.throttle_token_request
+        ))
         root.putChild(b"auth", auth)
     for path, resource in websockets.items():
         if not _segments(path):
