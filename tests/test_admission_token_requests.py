@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, UNIXAddress
 from twisted.internet.task import Clock
 from twisted.web.test.requesthelper import DummyRequest
 
@@ -49,3 +49,11 @@ def test_zero_turns_the_limit_off() -> None:
     admission, _, refused = policy(auth_rate_limit=0)
     assert all(admission.throttle_token_request(post("192.0.2.7")) == 0.0 for _ in range(100))
     assert admission.token_requests is None and refused == []
+
+
+def test_peers_without_an_ip_address_are_not_limited() -> None:
+    admission, _, refused = policy(auth_rate_limit=1)
+    req = post("127.0.0.1")
+    req.client = UNIXAddress(b"/run/txvoice.sock")
+    assert all(admission.throttle_token_request(req) == 0.0 for _ in range(5))
+    assert refused == [] and admission.token_requests.tracked == 0

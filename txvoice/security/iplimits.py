@@ -25,6 +25,7 @@ __all__ = [
     "ConnectionLimiter",
     "parse_trusted_proxies",
     "client_ip",
+    "is_ip_address",
 ]
 
 TOO_MANY_CONNECTIONS_PER_IP = "too_many_connections_per_ip"
@@ -73,6 +74,11 @@ def _address(text: str) -> _Address | None:
         if addr.scope_id:
             addr = ipaddress.IPv6Address(str(addr).split("%", 1)[0])
     return addr
+
+
+def is_ip_address(text: str) -> bool:
+    """Whether ``text`` is an IPv4 or IPv6 address (not a UNIX socket path or a test transport's name)."""
+    return _address(text) is not None
 
 
 class ConnectionLimiter:

@@ -22,7 +22,14 @@ from twisted.python.failure import Failure
 
 from txvoice.config import VoiceConfig
 from txvoice.security.interfaces import AuthError, Credentials, IAuthenticator, Principal
-from txvoice.security.iplimits import ConnectionLimiter, ConnectionRefused, Lease, client_ip, parse_trusted_proxies
+from txvoice.security.iplimits import (
+    ConnectionLimiter,
+    ConnectionRefused,
+    Lease,
+    client_ip,
+    is_ip_address,
+    parse_trusted_proxies,
+)
 from txvoice.security.jwt_auth import JWTAuthenticator, extract_token
 from txvoice.security.origins import OriginPolicy
 from txvoice.security.ratelimit import RateLimitPolicy
@@ -84,11 +91,18 @@ class AdmissionPolicy:
         self._on_refused = on_refused or (lambda reason: None)
 
     def throttle_token_request(self, request: Any) -> float:
-        """``POST /auth/websocket``: 0 to go on, else the seconds its client must wait (HTTP 429)."""
+        """
+        ``POST /auth/websocket``: 0 to go on, else the seconds its client must wait (HTTP 429).
+        Peers without an IP address (a UNIX socket: a local proxy, whose clients cannot be told
+        apart) are not limited here; one budget for all of them would lock everyone out.
+        """
         if self.token_requests is None:
             return 0.0
+        peer = getattr(request.getClientAddress(), "host", None)
+        if not peer or not is_ip_address(peer):
+            return 0.0
         headers = dict(request.requestHeaders.getAllRawHeaders())
-        ip = client_ip(getattr(request.getClientAddress(), "host", ""), headers, self.trusted_proxies)
+        ip = client_ip(peer, headers, self.trusted_proxies)
         wait = self.token_requests.check(ip, self._clock.seconds())
         if wait > 0:
             self._on_refused("token_rate_limited")
