@@ -58,7 +58,10 @@ def test_an_address_in_use_is_kept_over_colder_ones() -> None:
     assert limiter.check("hot", 4.0) > 0
 
 
-@pytest.mark.parametrize("kwargs", [{"per_minute": 0}, {"per_minute": -1}, {"per_minute": 5, "max_addresses": 0}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"per_minute": 0}, {"per_minute": -1}, {"per_minute": 5, "max_addresses": 0}, {"per_minute": 5, "burst": 0}],
+)
 def test_bad_settings(kwargs) -> None:
     with pytest.raises(ValueError):
         AddressRateLimiter(**kwargs)

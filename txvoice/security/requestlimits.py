@@ -34,6 +34,8 @@ class AddressRateLimiter:
             raise ValueError("per_minute must be > 0")
         if max_addresses < 1:
             raise ValueError("max_addresses must be >= 1")
+        if burst is not None and burst < 1:
+            raise ValueError("burst must be >= 1")
         self.rate = per_minute / 60.0
         self.capacity = float(burst if burst is not None else max(1, round(per_minute)))
         self._key = key
