@@ -7,6 +7,7 @@ import pytest
 from txvoice.errors import VoiceError
 from txvoice.security.iplimits import (
     ConnectionLimiter,
+    SERVER_FULL,
     ConnectionRefused,
     client_ip,
     parse_trusted_proxies,
@@ -135,3 +136,15 @@ def test_non_ip_peer_passes_through():
 def test_bad_proxy_config():
     with pytest.raises(ValueError):
         parse_trusted_proxies("10.0.0.0/33")
+
+
+def test_peers_without_an_ip_address_count_in_the_total_only() -> None:
+    # Over a UNIX socket every client arrives with the same (empty) peer host: a local proxy.
+    limiter = ConnectionLimiter(max_per_ip=2, max_total=4)
+    leases = [limiter.acquire("") for _ in range(4)]
+    with pytest.raises(ConnectionRefused) as info:
+        limiter.acquire("")
+    assert info.value.code == SERVER_FULL
+    leases[0].release()
+    limiter.acquire("1.2.3.4")
+    assert limiter.total == 4

@@ -106,12 +106,16 @@ class ConnectionLimiter:
         return self._per_key.get(self.key_for(ip), 0)
 
     def acquire(self, ip: str) -> Lease:
-        """Count a new connection from ``ip`` or raise :class:`ConnectionRefused`."""
+        """
+        Count a new connection from ``ip`` or raise :class:`ConnectionRefused`.  The per-IP limit
+        applies to IP addresses only: a UNIX socket peer (a local proxy) counts in the total.
+        """
         if self.max_total and self.total >= self.max_total:
             raise ConnectionRefused("server is full", SERVER_FULL, 503)
         key = self.key_for(ip)
         current = self._per_key.get(key, 0)
-        if self.max_per_ip and current >= self.max_per_ip:
+        # A peer without an IP address (a UNIX socket: a local proxy) stands for all its clients.
+        if self.max_per_ip and current >= self.max_per_ip and is_ip_address(ip):
             raise ConnectionRefused(
                 "too many connections from this address", TOO_MANY_CONNECTIONS_PER_IP, 429
             )
