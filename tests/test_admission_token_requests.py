@@ -57,3 +57,17 @@ def test_peers_without_an_ip_address_are_not_limited() -> None:
     req.client = UNIXAddress(b"/run/txvoice.sock")
     assert all(admission.throttle_token_request(req) == 0.0 for _ in range(5))
     assert refused == [] and admission.token_requests.tracked == 0
+
+
+def test_clients_of_a_trusted_unix_socket_proxy_have_their_own_budgets() -> None:
+    admission, _, refused = policy(auth_rate_limit=1, trusted_proxies="unix")
+
+    def via_proxy(client: str) -> DummyRequest:
+        req = post("127.0.0.1", client)
+        req.client = UNIXAddress(b"/run/txvoice.sock")
+        return req
+
+    assert admission.throttle_token_request(via_proxy("203.0.113.9")) == 0.0
+    assert admission.throttle_token_request(via_proxy("203.0.113.9")) > 0
+    assert admission.throttle_token_request(via_proxy("198.51.100.1")) == 0.0
+    assert refused == ["token_rate_limited"]

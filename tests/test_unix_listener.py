@@ -1,6 +1,7 @@
 """
 The daemon on a UNIX socket (what a local reverse proxy connects to): every client arrives with the
-same peer, so the per-IP connection limit must not cap them all together.
+same peer, so the per-IP connection limit must not cap them all together; with ``--trusted-proxies
+unix`` the proxy's ``X-Forwarded-For`` gives each client its own address again.
 """
 
 from __future__ import annotations
@@ -17,35 +18,63 @@ from websockets.sync.client import unix_connect
 from daemons import TWISTD, source_env
 
 
-def test_clients_of_a_unix_socket_are_limited_by_the_total_not_per_ip(tmp_path) -> None:
-    sock = tmp_path / "txvoice.sock"
-    proc = subprocess.Popen(
-        [TWISTD, "--nodaemon", "--pidfile=", "--logfile", str(tmp_path / "twistd.log"), "txvoice",
-         "--pipeline", "echo", "--listen", f"unix:{sock}", "--max-connections-per-ip", "2", "--max-connections", "4"],
-        env=source_env(), cwd=str(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    try:
+class UnixDaemon:
+    """``twistd -n txvoice`` listening on a UNIX socket in ``tmp_path``."""
+
+    def __init__(self, tmp_path, *args: str) -> None:
+        self.sock = tmp_path / "txvoice.sock"
+        self.proc = subprocess.Popen(
+            [TWISTD, "--nodaemon", "--pidfile=", "--logfile", str(tmp_path / "twistd.log"), "txvoice",
+             "--pipeline", "echo", "--listen", f"unix:{self.sock}", *args],
+            env=source_env(), cwd=str(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
         deadline = time.monotonic() + 20
-        while not sock.exists():
-            assert proc.poll() is None, proc.stderr.read().decode()
-            assert time.monotonic() < deadline, "the daemon did not create its socket"
+        while not self.sock.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"the daemon did not create its socket: {self.proc.stderr.read().decode()}")
             time.sleep(0.1)
 
-        def connect():
-            return unix_connect(str(sock), "ws://localhost/", open_timeout=5, close_timeout=3)
+    def connect(self, forwarded_for: str | None = None):
+        headers = {"X-Forwarded-For": forwarded_for} if forwarded_for else {}
+        return unix_connect(str(self.sock), "ws://localhost/", additional_headers=headers,
+                            open_timeout=5, close_timeout=3)
 
+    def status(self, forwarded_for: str | None = None) -> int:
+        try:
+            with self.connect(forwarded_for) as conn:
+                assert json.loads(conn.recv(timeout=5))["type"] == "connect"
+                return 101
+        except InvalidStatus as e:
+            return e.response.status_code
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(15)
+
+
+def test_clients_of_a_unix_socket_are_limited_by_the_total_not_per_ip(tmp_path) -> None:
+    daemon = UnixDaemon(tmp_path, "--max-connections-per-ip", "2", "--max-connections", "4")
+    try:
         with ExitStack() as held:
             for _ in range(4):  # twice the per-IP limit
-                conn = held.enter_context(connect())
+                conn = held.enter_context(daemon.connect())
                 assert json.loads(conn.recv(timeout=5))["type"] == "connect"
-            try:
-                with connect():
-                    status = 101
-            except InvalidStatus as e:
-                status = e.response.status_code
-            assert status == 503  # server_full: the total still applies
-        with connect() as conn:  # room again once the others left
-            assert json.loads(conn.recv(timeout=5))["type"] == "connect"
+            assert daemon.status() == 503  # server_full: the total still applies
+        assert daemon.status() == 101  # room again once the others left
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(15)
+        daemon.stop()
+
+
+def test_a_trusted_unix_socket_proxy_passes_on_its_clients_addresses(tmp_path) -> None:
+    daemon = UnixDaemon(tmp_path, "--trusted-proxies", "unix", "--max-connections-per-ip", "2")
+    try:
+        with ExitStack() as held:
+            for _ in range(2):
+                conn = held.enter_context(daemon.connect("203.0.113.7"))
+                assert json.loads(conn.recv(timeout=5))["type"] == "connect"
+            assert daemon.status("203.0.113.7") == 429  # that client is at its limit
+            assert daemon.status("198.51.100.1") == 101  # another client of the same proxy is not
+    finally:
+        daemon.stop()

@@ -61,7 +61,7 @@ class VoiceConfig:
     # admission and limits
     allowed_origins: str = _opt("", "Comma-separated allowed Origins (S4 ALLOWED_ORIGINS); empty allows all. Others get HTTP 403.")
     max_connections_per_ip: int = _opt(64, "Concurrent connections from one client IP (IPv6: per /64); more get HTTP 429 (0: unlimited).")
-    trusted_proxies: str = _opt("", "Comma-separated CIDRs whose X-Forwarded-For is believed.")
+    trusted_proxies: str = _opt("", "Comma-separated CIDRs whose X-Forwarded-For is believed; 'unix' believes a proxy that connects over a UNIX socket listener.")
     rate_limit_window_ms: int = _opt(60000, "Window of the control-message rate limit (S4 RATE_LIMIT_WINDOW).")
     rate_limit_max_requests: int = _opt(1000, "Control (text) messages allowed per window (S4 RATE_LIMIT_MAX_REQUESTS).")
     rate_limit_strikes: int = _opt(50, "Rejected messages within a window after which the connection is closed with 1008.")

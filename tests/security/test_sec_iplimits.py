@@ -148,3 +148,28 @@ def test_peers_without_an_ip_address_count_in_the_total_only() -> None:
     leases[0].release()
     limiter.acquire("1.2.3.4")
     assert limiter.total == 4
+
+
+@pytest.mark.parametrize(
+    "trusted, xff, expected",
+    [
+        # A UNIX-socket peer (no address) is believed only when "unix" is trusted.
+        ("10.0.0.0/8", "198.51.100.7", ""),
+        (None, "198.51.100.7", ""),
+        ("unix", "198.51.100.7", "198.51.100.7"),
+        ("UNIX, 10.0.0.0/8", "198.51.100.7, 10.1.1.1", "198.51.100.7"),
+        ("unix", "6.6.6.6, 198.51.100.7", "198.51.100.7"),  # the spoofed left entry is still ignored
+        ("unix", None, ""),
+        ("unix", "garbage", ""),
+    ],
+)
+def test_client_ip_behind_a_unix_socket_proxy(trusted, xff, expected):
+    headers = {} if xff is None else {"X-Forwarded-For": xff}
+    assert client_ip("", headers, trusted) == expected
+
+
+def test_unix_trust_does_not_make_any_ip_a_proxy():
+    proxies = parse_trusted_proxies("unix")
+    assert [repr(p) for p in proxies] == ["unix"]
+    assert client_ip("203.0.113.5", {"X-Forwarded-For": "1.1.1.1"}, proxies) == "203.0.113.5"
+    assert client_ip("::1", {"X-Forwarded-For": "1.1.1.1"}, proxies) == "::1"

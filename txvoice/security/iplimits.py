@@ -24,6 +24,7 @@ __all__ = [
     "Lease",
     "ConnectionLimiter",
     "parse_trusted_proxies",
+    "UNIX_SOCKET_PEERS",
     "client_ip",
     "is_ip_address",
 ]
@@ -133,12 +134,36 @@ class ConnectionLimiter:
             self.total -= 1
 
 
-def parse_trusted_proxies(value: str | Iterable[str] | None) -> tuple[_Network, ...]:
-    """CIDRs (or single addresses) from a comma-separated string or an iterable of strings."""
+class _UnixSocketPeers:
+    """``unix`` among the trusted proxies: a peer on a UNIX socket (it has no address) is one."""
+
+    version = 0  # matches no IP address's version, so ``_trusted`` never picks it for an IP
+
+    def __contains__(self, addr: object) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return "unix"
+
+
+#: The ``unix`` entry of ``--trusted-proxies``: believe ``X-Forwarded-For`` from a local proxy that
+#: connects over a UNIX socket.
+UNIX_SOCKET_PEERS = _UnixSocketPeers()
+
+
+def _proxy(item: str) -> _Network | _UnixSocketPeers:
+    return UNIX_SOCKET_PEERS if item.lower() == "unix" else ipaddress.ip_network(item, strict=False)
+
+
+def parse_trusted_proxies(value: str | Iterable[str] | None) -> tuple[_Network | _UnixSocketPeers, ...]:
+    """
+    CIDRs (or single addresses), and ``unix`` for peers on a UNIX socket, from a comma-separated
+    string or an iterable of strings.
+    """
     if value is None:
         return ()
     items = value.split(",") if isinstance(value, str) else value
-    return tuple(ipaddress.ip_network(item.strip(), strict=False) for item in items if item.strip())
+    return tuple(_proxy(item.strip()) for item in items if item.strip())
 
 
 def _trusted(addr: _Address, proxies: Sequence[_Network]) -> bool:
@@ -175,7 +200,7 @@ def _networks(value: Sequence[_Network] | str | Iterable[str] | None) -> tuple[_
     if isinstance(value, str):
         return parse_trusted_proxies(value)
     items = tuple(value)
-    if all(isinstance(n, (ipaddress.IPv4Network, ipaddress.IPv6Network)) for n in items):
+    if all(isinstance(n, (ipaddress.IPv4Network, ipaddress.IPv6Network, _UnixSocketPeers)) for n in items):
         return items  # type: ignore[return-value]
     return parse_trusted_proxies(str(n) for n in items)
 
@@ -188,12 +213,16 @@ def client_ip(
     """
     The client's address: ``peer_host`` unless that is a trusted proxy, in which case the
     rightmost ``X-Forwarded-For`` entry that is not itself a trusted proxy.  A garbage entry
-    stops the walk at the hop that added it.  Repeated XFF headers are read as one list.
+    stops the walk at the hop that added it.  Repeated XFF headers are read as one list.  A peer
+    on a UNIX socket (``peer_host`` empty) is a trusted proxy when ``unix`` is among them.
     """
     proxies = _networks(trusted_proxies)
     peer = _address(peer_host)
-    if peer is None or not proxies or not _trusted(peer, proxies):
-        return str(peer) if peer is not None else peer_host
+    if peer is None:
+        if peer_host or UNIX_SOCKET_PEERS not in proxies:
+            return peer_host
+    elif not proxies or not _trusted(peer, proxies):
+        return str(peer)
     chain = [e for v in _header_values(headers, "x-forwarded-for") for e in v.split(",")]
     current = peer
     for entry in reversed(chain):
@@ -203,4 +232,4 @@ def client_ip(
         current = addr
         if not _trusted(addr, proxies):
             break
-    return str(current)
+    return str(current) if current is not None else peer_host

@@ -93,16 +93,15 @@ class AdmissionPolicy:
     def throttle_token_request(self, request: Any) -> float:
         """
         ``POST /auth/websocket``: 0 to go on, else the seconds its client must wait (HTTP 429).
-        Peers without an IP address (a UNIX socket: a local proxy, whose clients cannot be told
-        apart) are not limited here; one budget for all of them would lock everyone out.
+        A client without an IP address (behind a local proxy on a UNIX socket that is not a
+        trusted proxy) is not limited here: one budget for all of them would lock everyone out.
         """
         if self.token_requests is None:
             return 0.0
-        peer = getattr(request.getClientAddress(), "host", None)
-        if not peer or not is_ip_address(peer):
-            return 0.0
         headers = dict(request.requestHeaders.getAllRawHeaders())
-        ip = client_ip(peer, headers, self.trusted_proxies)
+        ip = client_ip(getattr(request.getClientAddress(), "host", None) or "", headers, self.trusted_proxies)
+        if not is_ip_address(ip):
+            return 0.0
         wait = self.token_requests.check(ip, self._clock.seconds())
         if wait > 0:
             self._on_refused("token_rate_limited")
