@@ -40,7 +40,7 @@ def secured(tmp_path_factory):
         "--max-connections-per-ip", "3", "--max-connections", "6",
         "--trusted-proxies", "127.0.0.1/32",
         "--rate-limit-max-requests", "600", "--rate-limit-strikes", "5",
-        "--auth-rate-limit", "4",
+        "--auth-rate-limit", "4", "--session-tokens-per-user", "3",
         "--health-max-error-rate", "0.5",
         env={"TXVOICE_JWT_SECRET": SECRET},
     )
@@ -156,8 +156,8 @@ def post_for_token(daemon, headers: dict) -> tuple[int, dict, dict]:
 
 
 def test_session_token_requests_are_limited_per_client(secured, control) -> None:
-    flood = {**bearer(token()), "X-Forwarded-For": "203.0.113.77"}
-    answers = [post_for_token(secured, flood) for _ in range(6)]
+    answers = [post_for_token(secured, {**bearer(token(sub=f"flooder-{i}")), "X-Forwarded-For": "203.0.113.77"})
+               for i in range(6)]
     assert [status for status, _, _ in answers] == [200, 200, 200, 200, 429, 429]
     status, headers, body = answers[-1]
     assert body["error"]["code"] == "rate_limited" and 1 <= int(headers["Retry-After"]) <= 15
@@ -172,6 +172,20 @@ def test_session_token_requests_are_limited_per_client(secured, control) -> None
     refused = {s.labels["reason"]: s.value for f in text_string_to_metric_families(metrics)
                for s in f.samples if s.name == "txvoice_connections_refused_total"}
     assert refused.get("token_rate_limited") == 3
+
+
+def test_unused_session_tokens_are_capped_per_user_across_addresses(secured, control) -> None:
+    hoarder = bearer(token(sub="hoarder"))
+    issued = [post_for_token(secured, {**hoarder, "X-Forwarded-For": f"198.51.100.{20 + i}"}) for i in range(3)]
+    assert [status for status, _, _ in issued] == [200, 200, 200]
+    status, headers, body = post_for_token(secured, {**hoarder, "X-Forwarded-For": "198.51.100.30"})
+    assert status == 429 and body["error"]["code"] == "too_many_session_tokens"
+    assert 1 <= int(headers["Retry-After"]) <= 60
+    # Another user is not affected; using one of the hoarder's tokens gives its place back.
+    assert post_for_token(secured, {**bearer(token(sub="someone")), "X-Forwarded-For": "198.51.100.31"})[0] == 200
+    with ws(secured, query="?token=" + issued[0][2]["token"]) as conn:
+        assert recv(conn)["data"]["authenticated"] is True
+    assert post_for_token(secured, {**hoarder, "X-Forwarded-For": "198.51.100.32"})[0] == 200
 
 
 def test_origins(secured, control) -> None:

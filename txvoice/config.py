@@ -57,6 +57,7 @@ class VoiceConfig:
     jwt_tenant_claim: str = _opt("tenant", "JWT claim that names the session's tenant.")
     jwt_leeway: float = _opt(30.0, "Seconds of clock skew allowed on exp/nbf.")
     session_token_ttl: float = _opt(60.0, "Lifetime (s) of the single-use tokens POST /auth/websocket hands out.")
+    session_tokens_per_user: int = _opt(20, "Unused session tokens (POST /auth/websocket) one user (and tenant) may hold at once; more get HTTP 429 too_many_session_tokens (0: only the store's cap of 100,000 in all).")
     auth_rate_limit: int = _opt(30, "POST /auth/websocket requests per minute from one client IP (IPv6: per /64), in bursts of as many; more get HTTP 429 with Retry-After (0: unlimited).")
     # admission and limits
     allowed_origins: str = _opt("", "Comma-separated allowed Origins (S4 ALLOWED_ORIGINS); empty allows all. Others get HTTP 403.")

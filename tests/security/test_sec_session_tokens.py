@@ -313,3 +313,57 @@ def test_preflights_are_not_throttled(issuer):
     # A refused origin is answered 403 before it counts against its address.
     bad = request(authorization=b"Bearer x", origin=b"https://evil.example")
     assert render(res, bad)["error"]["code"] == "origin_not_allowed"
+
+
+def test_unused_tokens_per_principal_are_capped(clock):
+    issuer = SessionTokenIssuer(clock=clock, ttl=60, max_per_principal=2)
+    bob = Principal(user_id="bob", tenant="acme")
+    first, _ = ok(issuer.issue(ALICE))
+    ok(issuer.issue(ALICE))
+    clock.advance(10)
+    refused = fired(issuer.issue(ALICE))
+    assert refused.value.code == "too_many_session_tokens" and refused.value.http_status == 429
+    assert refused.value.retry_after == 50  # the oldest of the two expires 50 s from now
+    # Other users, and the same user name in another tenant, have their own allowance.
+    ok(issuer.issue(bob))
+    ok(issuer.issue(Principal(user_id="alice", tenant="other")))
+    # Using a token gives its place back; so does letting one expire.
+    ok(issuer.redeem(first))
+    ok(issuer.issue(ALICE))
+    assert code(issuer.issue(ALICE)) == "too_many_session_tokens"
+    clock.advance(60)
+    ok(issuer.issue(ALICE))
+
+
+def test_a_refused_redeem_still_frees_the_place(clock):
+    issuer = SessionTokenIssuer(clock=clock, ttl=60, max_per_principal=1)
+    token, _ = ok(issuer.issue(ALICE))
+    assert code(issuer.redeem(token, purpose="other")) == "auth_failed"  # consumed all the same
+    ok(issuer.issue(ALICE))
+
+
+def test_a_failed_store_does_not_hold_a_place(clock):
+    full = SessionTokenIssuer(MemorySessionTokenStore(clock, max_entries=0), clock=clock, max_per_principal=1)
+    for _ in range(3):
+        assert code(full.issue(ALICE)) == "server_full"  # never "too many": nothing was stored
+
+
+def test_expired_places_of_principals_that_never_return_are_dropped(clock):
+    issuer = SessionTokenIssuer(clock=clock, ttl=60, max_per_principal=5)
+    for i in range(100):
+        ok(issuer.issue(Principal(user_id=f"user-{i}")))
+    assert len(issuer._live) == 100
+    clock.advance(61)
+    ok(issuer.issue(ALICE))
+    assert len(issuer._live) == 1
+
+
+def test_too_many_tokens_is_429_with_retry_after(clock):
+    issuer = SessionTokenIssuer(clock=clock, ttl=60, max_per_principal=1)
+    res = AuthWebSocketResource(JWTAuthenticator(secret=SECRET), issuer)
+    assert "token" in render(res, request(authorization=b"Bearer " + jwt_for().encode()))
+    clock.advance(0.5)
+    req = request(authorization=b"Bearer " + jwt_for().encode())
+    body = render(res, req)
+    assert req.responseCode == 429 and body["error"]["code"] == "too_many_session_tokens"
+    assert header(req, b"retry-after") == b"60"  # 59.5 s, rounded up

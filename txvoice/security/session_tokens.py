@@ -42,6 +42,7 @@ __all__ = [
     "DEFAULT_TTL",
     "WEBSOCKET_PURPOSE",
     "SessionTokenStoreFull",
+    "TooManySessionTokens",
     "MemorySessionTokenStore",
     "SessionTokenIssuer",
     "AuthWebSocketResource",
@@ -59,6 +60,64 @@ class SessionTokenStoreFull(VoiceError):
 
     code = "server_full"
     http_status = 503
+
+
+class TooManySessionTokens(VoiceError):
+    """The caller already holds as many unused session tokens as it may (HTTP 429)."""
+
+    code = "too_many_session_tokens"
+    http_status = 429
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class _LiveTokens:
+    """
+    Unused, unexpired tokens per principal (user and tenant), so that one account cannot fill
+    the shared store.  Expired entries are dropped from the oldest end as tokens are issued.
+    """
+
+    def __init__(self) -> None:
+        self._by_principal: dict[tuple[str, str | None], dict[str, float]] = {}
+        self._order: OrderedDict[str, tuple[tuple[str, str | None], float]] = OrderedDict()
+
+    def count(self, who: tuple[str, str | None], now: float) -> int:
+        self._sweep(now)
+        live = self._by_principal.get(who)
+        if not live:
+            return 0
+        for digest in [d for d, expires_at in live.items() if expires_at <= now]:
+            self.remove(who, digest)
+        return len(self._by_principal.get(who, ()))
+
+    def add(self, who: tuple[str, str | None], digest: str, expires_at: float) -> None:
+        self._by_principal.setdefault(who, {})[digest] = expires_at
+        self._order[digest] = (who, expires_at)
+
+    def remove(self, who: tuple[str, str | None], digest: str) -> None:
+        self._order.pop(digest, None)
+        live = self._by_principal.get(who)
+        if live is not None:
+            live.pop(digest, None)
+            if not live:
+                del self._by_principal[who]
+
+    def _sweep(self, now: float) -> None:
+        order = self._order
+        while order:
+            digest, (who, expires_at) = next(iter(order.items()))
+            if expires_at > now:
+                return
+            self.remove(who, digest)
+
+    def soonest_expiry(self, who: tuple[str, str | None]) -> float | None:
+        live = self._by_principal.get(who)
+        return min(live.values()) if live else None
+
+    def __len__(self) -> int:
+        return len(self._order)
 
 
 @dataclass(frozen=True)
@@ -125,13 +184,19 @@ class SessionTokenIssuer:
         clock: IReactorTime | None = None,
         ttl: float = DEFAULT_TTL,
         purpose: str = WEBSOCKET_PURPOSE,
+        max_per_principal: int = 0,
     ) -> None:
         if ttl <= 0:
             raise ValueError("ttl must be positive")
+        if max_per_principal < 0:
+            raise ValueError("max_per_principal must be >= 0")
         self._clock = clock or _default_clock()
         self._store = store if store is not None else MemorySessionTokenStore(self._clock)
         self.ttl = float(ttl)
         self.purpose = purpose
+        #: Unused tokens one principal may hold at once (0: no limit but the store's).
+        self.max_per_principal = max_per_principal
+        self._live = _LiveTokens()
 
     def seconds(self) -> float:
         """The issuer's notion of now (its clock), for computing ``expires_in``."""
@@ -144,13 +209,32 @@ class SessionTokenIssuer:
         now = self._clock.seconds()
         if principal.expired(now):
             return defer.fail(AuthError("credentials have expired", code=TOKEN_EXPIRED))
+        who = (principal.user_id, principal.tenant)
+        if self.max_per_principal and self._live.count(who, now) >= self.max_per_principal:
+            soonest = self._live.soonest_expiry(who)
+            return defer.fail(TooManySessionTokens(
+                f"{self.max_per_principal} unused session tokens are outstanding for this account; "
+                "use or let one expire first",
+                retry_after=max(0.0, (soonest if soonest is not None else now) - now),
+            ))
         expires_at = now + self.ttl
         if principal.expires_at is not None:
             expires_at = min(expires_at, principal.expires_at)
         token = secrets.token_urlsafe(32)
+        digest = _digest(token)
         record = _Record(principal, purpose or self.purpose, expires_at)
-        d = self._store.put(_digest(token), record, expires_at)
-        d.addCallback(lambda _: (token, expires_at))
+        if self.max_per_principal:
+            self._live.add(who, digest, expires_at)  # counted at once: issues in flight count too
+        d = self._store.put(digest, record, expires_at)
+
+        def stored(_: object) -> tuple[str, float]:
+            return token, expires_at
+
+        def failed(failure: Failure) -> Failure:
+            self._live.remove(who, digest)
+            return failure
+
+        d.addCallbacks(stored, failed)
         return d
 
     def redeem(self, token: str | None, purpose: str | None = None) -> defer.Deferred[Principal]:
@@ -163,13 +247,15 @@ class SessionTokenIssuer:
             return defer.fail(AuthError("no session token presented", code=TOKEN_MISSING))
         if len(token) > _MAX_TOKEN_LENGTH:
             return defer.fail(AuthError("unknown session token", code=AUTH_FAILED))
-        d = self._store.take(_digest(token))
-        d.addCallback(self._check, purpose or self.purpose)
+        digest = _digest(token)
+        d = self._store.take(digest)
+        d.addCallback(self._check, purpose or self.purpose, digest)
         return d
 
-    def _check(self, record: _Record | None, purpose: str) -> Principal:
+    def _check(self, record: _Record | None, purpose: str, digest: str) -> Principal:
         if record is None:
             raise AuthError("unknown or already used session token", code=AUTH_FAILED)
+        self._live.remove((record.principal.user_id, record.principal.tenant), digest)
         if record.purpose != purpose:
             raise AuthError("session token is not valid for this purpose", code=AUTH_FAILED)
         if self._clock.seconds() >= record.expires_at:
@@ -285,6 +371,9 @@ class AuthWebSocketResource(Resource):
             return _json(request, err.http_status, _error_body(err.code, err.message))
         if isinstance(err, VoiceError):
             status = getattr(err, "http_status", 400)
+            retry_after = getattr(err, "retry_after", None)
+            if retry_after is not None:
+                request.setHeader(b"retry-after", str(max(1, math.ceil(retry_after))).encode("ascii"))
             return _json(request, status, _error_body(err.code, err.message))
         log.failure("session token exchange failed", failure)
         return _json(request, 500, _error_body("internal_error", "internal error"))

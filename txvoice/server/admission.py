@@ -78,7 +78,9 @@ class AdmissionPolicy:
         self.limiter = ConnectionLimiter(max_per_ip=config.max_connections_per_ip, max_total=config.max_connections)
         self.trusted_proxies = parse_trusted_proxies(config.trusted_proxies)
         self.authenticator = build_authenticator(config)
-        self.issuer = SessionTokenIssuer(clock=clock, ttl=config.session_token_ttl)
+        self.issuer = SessionTokenIssuer(
+            clock=clock, ttl=config.session_token_ttl, max_per_principal=config.session_tokens_per_user
+        )
         self.rate_policy = RateLimitPolicy.from_settings(
             window_ms=config.rate_limit_window_ms,
             max_requests=config.rate_limit_max_requests,
