@@ -73,6 +73,10 @@ class TooManySessionTokens(VoiceError):
         self.retry_after = retry_after
 
 
+#: Whose tokens: (user_id, tenant).
+_Who = tuple[str, "str | None"]
+
+
 class _LiveTokens:
     """
     Unused, unexpired tokens per principal (user and tenant), so that one account cannot fill
@@ -80,10 +84,10 @@ class _LiveTokens:
     """
 
     def __init__(self) -> None:
-        self._by_principal: dict[tuple[str, str | None], dict[str, float]] = {}
-        self._order: OrderedDict[str, tuple[tuple[str, str | None], float]] = OrderedDict()
+        self._by_principal: dict[_Who, dict[str, float]] = {}
+        self._order: OrderedDict[str, tuple[_Who, float]] = OrderedDict()
 
-    def count(self, who: tuple[str, str | None], now: float) -> int:
+    def count(self, who: _Who, now: float) -> int:
         self._sweep(now)
         live = self._by_principal.get(who)
         if not live:
@@ -92,11 +96,11 @@ class _LiveTokens:
             self.remove(who, digest)
         return len(self._by_principal.get(who, ()))
 
-    def add(self, who: tuple[str, str | None], digest: str, expires_at: float) -> None:
+    def add(self, who: _Who, digest: str, expires_at: float) -> None:
         self._by_principal.setdefault(who, {})[digest] = expires_at
         self._order[digest] = (who, expires_at)
 
-    def remove(self, who: tuple[str, str | None], digest: str) -> None:
+    def remove(self, who: _Who, digest: str) -> None:
         self._order.pop(digest, None)
         live = self._by_principal.get(who)
         if live is not None:
@@ -112,7 +116,7 @@ class _LiveTokens:
                 return
             self.remove(who, digest)
 
-    def soonest_expiry(self, who: tuple[str, str | None]) -> float | None:
+    def soonest_expiry(self, who: _Who) -> float | None:
         live = self._by_principal.get(who)
         return min(live.values()) if live else None
 
