@@ -33,8 +33,8 @@ def test_ipv6_hosts_of_one_network_share_a_bucket_through_the_key() -> None:
 
 def test_explicit_burst() -> None:
     limiter = AddressRateLimiter(per_minute=60, burst=2)
-    assert limiter.check("a", 0.0) == limiter.check("a", 0.0) == 0.0
-    assert limiter.check("a", 0.0) == pytest.approx(1.0)
+    assert limiter.check("192.0.2.1", 0.0) == limiter.check("192.0.2.1", 0.0) == 0.0
+    assert limiter.check("192.0.2.1", 0.0) == pytest.approx(1.0)
 
 
 def test_memory_is_bounded_and_refilled_buckets_go_first() -> None:
@@ -51,11 +51,18 @@ def test_memory_is_bounded_and_refilled_buckets_go_first() -> None:
 
 def test_an_address_in_use_is_kept_over_colder_ones() -> None:
     limiter = AddressRateLimiter(per_minute=1, max_addresses=2)
-    assert limiter.check("hot", 0.0) == 0.0
-    limiter.check("cold", 1.0)
-    assert limiter.check("hot", 2.0) > 0  # touched: now the warmest
-    limiter.check("new", 3.0)  # evicts "cold", not "hot"
-    assert limiter.check("hot", 4.0) > 0
+    assert limiter.check("192.0.2.10", 0.0) == 0.0
+    limiter.check("192.0.2.11", 1.0)
+    assert limiter.check("192.0.2.10", 2.0) > 0  # touched: now the warmest
+    limiter.check("192.0.2.12", 3.0)  # evicts "192.0.2.11", not "192.0.2.10"
+    assert limiter.check("192.0.2.10", 4.0) > 0
+
+
+@pytest.mark.parametrize("peer", ["", "/run/txvoice.sock", "not-an-address"])
+def test_peers_without_an_ip_address_are_not_limited(peer) -> None:
+    limiter = AddressRateLimiter(per_minute=1)
+    assert all(limiter.check(peer, 0.0) == 0.0 for _ in range(5))
+    assert limiter.tracked == 0
 
 
 @pytest.mark.parametrize(

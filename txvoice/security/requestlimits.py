@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Callable
 
+from txvoice.security.iplimits import is_ip_address
 from txvoice.security.ratelimit import TokenBucket
 
 __all__ = ["AddressRateLimiter"]
@@ -50,8 +51,12 @@ class AddressRateLimiter:
     def check(self, address: str, now: float) -> float:
         """
         Count one request from ``address`` at ``now`` (seconds): 0.0 when it is allowed,
-        otherwise the seconds until one would be (for ``Retry-After``).
+        otherwise the seconds until one would be (for ``Retry-After``).  Like the per-IP
+        connection limit, it applies to IP addresses only: a peer without one (a UNIX socket,
+        i.e. a local proxy) stands for all its clients, and one budget would lock them all out.
         """
+        if not is_ip_address(address):
+            return 0.0
         key = self._key(address)
         buckets = self._buckets
         bucket = buckets.get(key)

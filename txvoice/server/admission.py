@@ -27,7 +27,6 @@ from txvoice.security.iplimits import (
     ConnectionRefused,
     Lease,
     client_ip,
-    is_ip_address,
     parse_trusted_proxies,
 )
 from txvoice.security.jwt_auth import JWTAuthenticator, extract_token
@@ -95,15 +94,11 @@ class AdmissionPolicy:
     def throttle_token_request(self, request: Any) -> float:
         """
         ``POST /auth/websocket``: 0 to go on, else the seconds its client must wait (HTTP 429).
-        A client without an IP address (behind a local proxy on a UNIX socket that is not a
-        trusted proxy) is not limited here: one budget for all of them would lock everyone out.
         """
         if self.token_requests is None:
             return 0.0
         headers = dict(request.requestHeaders.getAllRawHeaders())
         ip = client_ip(getattr(request.getClientAddress(), "host", None) or "", headers, self.trusted_proxies)
-        if not is_ip_address(ip):
-            return 0.0
         wait = self.token_requests.check(ip, self._clock.seconds())
         if wait > 0:
             self._on_refused("token_rate_limited")
