@@ -5,10 +5,20 @@ from __future__ import annotations
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.address import UNIXAddress
+from twisted.internet.interfaces import IAddress, IListeningPort
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import Site
+
+
+def listening_address(address: IAddress) -> str:
+    """How a listening address reads in the log: ``127.0.0.1:8765``, ``[::1]:8765``, ``unix:/run/txvoice.sock``."""
+    if isinstance(address, UNIXAddress):
+        name = address.name
+        return f"unix:{name.decode(errors='replace') if isinstance(name, bytes) else name}"
+    host, port = getattr(address, "host", "?"), getattr(address, "port", "?")
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
 
 class ListenerService(Service):
@@ -35,8 +45,7 @@ class ListenerService(Service):
 
         def listening(port: IListeningPort) -> IListeningPort:
             self.port = port
-            host = port.getHost()
-            self.log.info("txvoice listening on {host}:{port}", host=getattr(host, "host", "?"), port=getattr(host, "port", "?"))
+            self.log.info("txvoice listening on {address}", address=listening_address(port.getHost()))
             self.whenListening.callback(port)
             return port
 
