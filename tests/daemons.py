@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,8 +21,44 @@ TWISTD = str(BIN / "twistd")
 
 
 def source_env(**extra: str) -> dict[str, str]:
-    """The environment for a twistd subprocess that runs this working tree's txvoice."""
-    return {**os.environ, "PYTHONPATH": str(ROOT), **extra}
+    """
+    The environment for a twistd subprocess that runs this working tree's txvoice (with
+    ``faulthandler`` on, so a daemon that will not stop can be made to show where it is stuck).
+    """
+    return {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONFAULTHANDLER": "1", **extra}
+
+
+class DaemonShutdownHang(UserWarning):
+    """A daemon did not stop within its time after SIGTERM (it was killed; the stacks say where it was)."""
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 15.0, log_path: Path | None = None) -> int:
+    """
+    Stop a daemon we started, by its PID: SIGTERM, and if it has not ended after ``timeout``,
+    SIGABRT (faulthandler prints every thread's stack to its stderr), then SIGKILL.  A hang is
+    reported as a :class:`DaemonShutdownHang` warning with those stacks and the log's tail, so it
+    shows in the test run; tests of the shutdown itself check the return code (-6 or -9 then).
+    """
+    if proc.poll() is not None:
+        return proc.returncode
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        pass
+    proc.send_signal(signal.SIGABRT)
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+    stderr = proc.stderr.read().decode(errors="replace") if proc.stderr is not None else ""
+    log_tail = log_path.read_text(errors="replace")[-4000:] if log_path is not None and log_path.exists() else ""
+    warnings.warn(DaemonShutdownHang(
+        f"pid {proc.pid} ({' '.join(map(str, proc.args))}) had not stopped {timeout:.0f}s after SIGTERM; "
+        f"stacks at SIGABRT:\n{stderr[-8000:]}\nlog tail:\n{log_tail}"
+    ))
+    return proc.returncode
 
 
 def free_port() -> int:
@@ -50,14 +87,7 @@ class Daemon:
         return self.log_path.read_text(errors="replace")
 
     def stop(self, timeout: float = 15.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        return self.proc.returncode
+        return stop_process(self.proc, timeout, self.log_path)
 
 
 def start_daemon(

@@ -7,7 +7,6 @@ unix`` the proxy's ``X-Forwarded-For`` gives each client its own address again.
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import time
 from contextlib import ExitStack
@@ -15,7 +14,7 @@ from contextlib import ExitStack
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import unix_connect
 
-from daemons import TWISTD, source_env
+from daemons import TWISTD, source_env, stop_process
 
 
 class UnixDaemon:
@@ -23,8 +22,9 @@ class UnixDaemon:
 
     def __init__(self, tmp_path, *args: str) -> None:
         self.sock = tmp_path / "txvoice.sock"
+        self.log_path = tmp_path / "twistd.log"
         self.proc = subprocess.Popen(
-            [TWISTD, "--nodaemon", "--pidfile=", "--logfile", str(tmp_path / "twistd.log"), "txvoice",
+            [TWISTD, "--nodaemon", "--pidfile=", "--logfile", str(self.log_path), "txvoice",
              "--pipeline", "echo", "--listen", f"unix:{self.sock}", *args],
             env=source_env(), cwd=str(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
@@ -48,10 +48,8 @@ class UnixDaemon:
         except InvalidStatus as e:
             return e.response.status_code
 
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(15)
+    def stop(self) -> int:
+        return stop_process(self.proc, log_path=self.log_path)
 
 
 def test_clients_of_a_unix_socket_are_limited_by_the_total_not_per_ip(tmp_path) -> None:
@@ -63,6 +61,7 @@ def test_clients_of_a_unix_socket_are_limited_by_the_total_not_per_ip(tmp_path) 
                 assert json.loads(conn.recv(timeout=5))["type"] == "connect"
             assert daemon.status() == 503  # server_full: the total still applies
         assert daemon.status() == 101  # room again once the others left
+        assert f"txvoice listening on unix:{daemon.sock}" in daemon.log_path.read_text()
     finally:
         daemon.stop()
 
