@@ -51,3 +51,21 @@ def test_levels_filter_by_namespace(tmp_path) -> None:
     out = d.log()
     assert "client_oops" in out  # a warning
     assert "opened from" not in out  # session open is info: filtered out
+
+
+def test_documented_namespaces_and_their_levels(tmp_path) -> None:
+    # The namespaces in doc/operations.md are what the lines carry, so a level per namespace works.
+    d = start_daemon(
+        tmp_path, "--log-format", "json", "--log-levels", "txvoice.network.websocket=warn,txvoice=info",
+        twistd_args=("--logger", "txvoice.logging.twistd_observer"),
+    )
+    try:
+        with connect(f"ws://127.0.0.1:{d.port}/", open_timeout=5) as ws:
+            ws.recv(timeout=5)
+    finally:
+        d.stop()
+    lines = [json.loads(line) for line in d.log().splitlines() if line.strip()]
+    namespaces = {line["message"].split(" on ")[0]: line["namespace"] for line in lines}
+    assert namespaces["txvoice listening"] == "txvoice.network"
+    assert namespaces["txvoice stopped"] == "txvoice.service"
+    assert not [line for line in lines if "opened from" in line["message"]]  # txvoice.network.websocket info

@@ -49,6 +49,7 @@ __all__ = [
     "NAMESPACES",
     "REDACTED",
     "get_logger",
+    "NamespaceLogger",
     "parse_levels",
     "level_predicate",
     "is_sensitive_key",
@@ -84,6 +85,20 @@ REDACTED = "***"
 def get_logger(namespace: str, source: Any = None) -> Logger:
     """A Logger in ``namespace`` (use the constants above so level settings find it)."""
     return Logger(namespace=namespace, source=source)
+
+
+class NamespaceLogger(Logger):
+    """
+    A :class:`~twisted.logger.Logger` that keeps its ``namespace`` as a class attribute.
+
+    Twisted's ``Logger.__get__`` names the logger after the class it is read from and drops the
+    namespace it was given, so ``log = Logger(namespace="txvoice.session")`` on a class logged as
+    ``txvoice.service.reaper.ReaperService``: neither the documented namespaces nor
+    ``--log-levels`` for them applied.  This one only takes the source from the attribute access.
+    """
+
+    def __get__(self, instance: object, owner: type | None = None) -> Logger:
+        return self.__class__(self.namespace, owner if instance is None else instance, observer=self.observer)
 
 
 # Levels ----------------------------------------------------------------------------------------

@@ -64,6 +64,35 @@ def test_namespaces_are_under_txvoice():
     assert txlog.get_logger(txlog.AUTH).namespace == "txvoice.auth"
 
 
+def test_a_class_logger_keeps_its_namespace():
+    # Twisted's Logger, read from a class, is renamed after the class; ours is not.
+    events = []
+    publisher = LogPublisher(events.append)
+
+    class Heartbeats:
+        log = txlog.NamespaceLogger(namespace=txlog.SESSION, observer=publisher)
+        plain = Logger(namespace=txlog.SESSION, observer=publisher)
+
+    beats = Heartbeats()
+    beats.log.info("beat {n}", n=1)
+    assert events[-1]["log_namespace"] == "txvoice.session" and events[-1]["log_source"] is beats
+    assert Heartbeats.log.source is Heartbeats and Heartbeats.log.namespace == "txvoice.session"
+    beats.plain.info("beat")
+    assert events[-1]["log_namespace"].endswith("Heartbeats")  # what it fixes
+
+
+def test_level_settings_reach_class_loggers():
+    out = io.StringIO()
+    observer = txlog.build_observer("txvoice.session=warn,txvoice=info", stream=out, json_lines=True)
+
+    class Reaper:
+        log = txlog.NamespaceLogger(namespace=txlog.SESSION, observer=observer)
+
+    Reaper().log.info("reaped quietly")
+    Reaper().log.warn("reaped loudly")
+    assert [(r["namespace"], r["message"]) for r in json_lines(out)] == [("txvoice.session", "reaped loudly")]
+
+
 # JSON lines -----------------------------------------------------------------------------------
 
 

@@ -16,7 +16,8 @@ import enum
 from typing import Callable
 
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
+
+from txvoice.logging import NamespaceLogger
 
 __all__ = ["BreakerState", "CircuitBreaker", "CircuitOpenError"]
 
@@ -38,7 +39,7 @@ class CircuitOpenError(Exception):
 class CircuitBreaker:
     """Counts connection outcomes; see the module docstring for the states."""
 
-    log = Logger(namespace="txvoice.client.breaker")
+    log = NamespaceLogger(namespace="txvoice.client.breaker")
 
     def __init__(self, clock: IReactorTime, failure_threshold: int = 5, reset_timeout: float = 30.0) -> None:
         if failure_threshold < 1:

@@ -46,7 +46,6 @@ from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IProtocolFactory, IReactorTime, IStreamClientEndpoint
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -55,6 +54,7 @@ from txvoice.client.breaker import CircuitBreaker, CircuitOpenError
 from txvoice.client.emitter import Emitter
 from txvoice.client.protocol import USER_AGENT, IClientHandler, IVoiceLink, VoiceClientFactory
 from txvoice.client.queue import Outgoing, QueueFull, SendQueue
+from txvoice.logging import NamespaceLogger
 
 __all__ = [
     "ClientClosed",
@@ -204,7 +204,7 @@ class VoiceClient:
     :param protocol: the protocol class the factory builds (tests use a fake link).
     """
 
-    log = Logger(namespace="txvoice.client")
+    log = NamespaceLogger(namespace="txvoice.client")
 
     def __init__(
         self,

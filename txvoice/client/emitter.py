@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any, Callable
 
-from twisted.logger import Logger
+from txvoice.logging import NamespaceLogger
 
 __all__ = ["Emitter"]
 
@@ -15,7 +15,7 @@ Listener = Callable[..., Any]
 class Emitter:
     """``on(name, fn)`` subscribes (and returns the function that unsubscribes), ``emit`` calls."""
 
-    log = Logger(namespace="txvoice.client")
+    log = NamespaceLogger(namespace="txvoice.client")
 
     def __init__(self) -> None:
         self._listeners: dict[str, list[Listener]] = defaultdict(list)

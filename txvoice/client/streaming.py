@@ -25,13 +25,13 @@ import numpy as np
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
 
 from txvoice.audio.codecs import decoder_for, encoder_for
 from txvoice.audio.format import CODEC_RATES, AudioFormat, canonical_codec
 from txvoice.audio.resample import Resampler, resample_once
 from txvoice.client.connection import PRIORITY_AUDIO, ClientError, VoiceClient
 from txvoice.client.sources import IAudioSource, WavSource
+from txvoice.logging import NamespaceLogger
 
 __all__ = [
     "AudioStreamer",
@@ -198,7 +198,7 @@ class AudioStreamer:
     :param on_progress: ``on_progress(sent_ms, total_ms or None)`` after each frame period.
     """
 
-    log = Logger(namespace="txvoice.client.streaming")
+    log = NamespaceLogger(namespace="txvoice.client.streaming")
 
     def __init__(
         self,

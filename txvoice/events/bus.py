@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from zope.interface import Interface, implementer
 
-from twisted.logger import Logger
-
+from txvoice.logging import NamespaceLogger
 from txvoice.session.registry import ISessionRegistry
 from txvoice.session.session import Session
 
@@ -37,7 +36,7 @@ class IEventBus(Interface):
 class LocalEventBus:
     """Delivers to the sessions of this process."""
 
-    log = Logger(namespace="txvoice.events")
+    log = NamespaceLogger(namespace="txvoice.events")
 
     def __init__(self, registry: ISessionRegistry) -> None:
         self.registry = registry

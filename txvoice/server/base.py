@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred, succeed
-from twisted.logger import Logger
 
 from txvoice.errors import VoiceError
+from txvoice.logging import NamespaceLogger
 from txvoice.security.ratelimit import Decision, TokenBucket
 from txvoice.server.admission import Admission
 from txvoice.server.framing import FastFraming, PreparedText
@@ -41,7 +41,7 @@ class VoiceServerProtocol(FastFraming, WebSocketServerProtocol):
 
     # `log` stays Autobahn's level-filtered txaio logger (its hot path logs at debug);
     # txvoice's own events go to `wslog`, in the domain namespace.
-    wslog = Logger(namespace="txvoice.network.websocket")
+    wslog = NamespaceLogger(namespace="txvoice.network.websocket")
 
     #: Subprotocols this dialect speaks, most preferred first; a client offering none is served anyway.
     subprotocols: tuple[str, ...] = ()

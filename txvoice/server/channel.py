@@ -15,12 +15,11 @@ import uuid
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable
 
-from twisted.logger import Logger
-
 from txvoice.audio.format import AudioFormat
 from txvoice.audio.ingest import StreamIngest, StreamSettings
 from txvoice.audio.vad import SpeechStarted
 from txvoice.errors import StateError
+from txvoice.logging import NamespaceLogger
 from txvoice.pipeline.interfaces import IResponseSink, TurnContext
 from txvoice.server.response import ResponseStream
 from txvoice.session.session import Session, SessionState
@@ -90,7 +89,7 @@ class VoiceStream:
 class VoiceChannel:
     """Streams, turns and responses of one session."""
 
-    log = Logger(namespace="txvoice.session")
+    log = NamespaceLogger(namespace="txvoice.session")
 
     def __init__(self, server: "VoiceServer", session: Session, sink: IResponseSink) -> None:
         self.server = server

@@ -10,8 +10,8 @@ from __future__ import annotations
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
 
+from txvoice.logging import NamespaceLogger
 from txvoice.server.context import VoiceServer
 
 
@@ -23,7 +23,7 @@ class HeartbeatService(Service):
     """
 
     name = "heartbeat"
-    log = Logger(namespace="txvoice.network.heartbeat")
+    log = NamespaceLogger(namespace="txvoice.network.heartbeat")
 
     def __init__(self, server: VoiceServer) -> None:
         self.server = server

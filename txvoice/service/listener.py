@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from twisted.application.service import Service
+from twisted.internet.address import UNIXAddress
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.address import UNIXAddress
 from twisted.internet.interfaces import IAddress, IListeningPort
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import Site
+
+from txvoice.logging import NamespaceLogger
 
 
 def listening_address(address: IAddress) -> str:
@@ -25,7 +26,7 @@ class ListenerService(Service):
     """Listens while running; ``whenListening`` fires with the port (tests listen on ``tcp:0``)."""
 
     name = "listener"
-    log = Logger(namespace="txvoice.network")
+    log = NamespaceLogger(namespace="txvoice.network")
 
     def __init__(self, reactor, description: str, site: Site) -> None:
         self.reactor = reactor

@@ -9,15 +9,15 @@ from typing import Any
 
 from twisted.application.service import MultiService
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
 
+from txvoice.logging import NamespaceLogger
 from txvoice.monitoring.alerts import AlertManager
 from txvoice.server.context import VoiceServer
 
 
 class MonitoringService(MultiService):
     name = "monitoring"
-    log = Logger(namespace="txvoice.monitoring")
+    log = NamespaceLogger(namespace="txvoice.monitoring")
 
     def __init__(self, server: VoiceServer) -> None:
         super().__init__()

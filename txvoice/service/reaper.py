@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from twisted.application.service import Service
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
 
+from txvoice.logging import NamespaceLogger
 from txvoice.server.base import CLOSE_EXPIRED, CLOSE_IDLE
 from txvoice.server.context import VoiceServer
 
 
 class ReaperService(Service):
     name = "reaper"
-    log = Logger(namespace="txvoice.session")
+    log = NamespaceLogger(namespace="txvoice.session")
 
     def __init__(self, server: VoiceServer) -> None:
         self.server = server

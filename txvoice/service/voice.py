@@ -16,7 +16,6 @@ import txaio
 from autobahn.twisted.resource import WebSocketResource
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
-from twisted.logger import Logger
 from twisted.python.usage import UsageError
 
 from txvoice.audio.workers import AudioWorkers
@@ -24,6 +23,7 @@ from txvoice.config import VoiceConfig
 from txvoice.dialects.echo import EchoProtocol
 from txvoice.dialects.native import NativeVoiceProtocol
 from txvoice.dialects.vocal import VocalProtocol
+from txvoice.logging import NamespaceLogger
 from txvoice.pipeline.echo import EchoPipeline
 from txvoice.engines.registry import EngineNotFound
 from txvoice.pipeline.interfaces import IVoicePipeline
@@ -51,7 +51,7 @@ from txvoice.service.reaper import ReaperService
 class VoiceService(MultiService):
     """A txvoice server as a Twisted service."""
 
-    log = Logger(namespace="txvoice.service")
+    log = NamespaceLogger(namespace="txvoice.service")
 
     def __init__(
         self,
