@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
@@ -138,3 +140,30 @@ def test_stop_sends_1001_to_every_session_and_waits() -> None:
     assert stopped
     assert len(service.server.registry) == 0
     assert service.server.shutting_down
+
+
+def test_stop_finishes_when_a_session_teardown_raises() -> None:
+    # A dialect whose teardown fails must not keep the graceful stop waiting for ever.
+    clock = MemoryReactorClock()
+    service = makeVoiceService(
+        VoiceConfig(listen="tcp:0", audio_threads=0, open_handshake_timeout=0, shutdown_timeout=5, gc_freeze=False),
+        reactor=clock,
+    )
+    service.startService()
+    clients = [MemoryClient(service.server, port=p) for p in (1, 2)]
+    for c in clients:
+        c.frames()
+
+    def broken_teardown() -> None:
+        raise RuntimeError("teardown bug")
+
+    clients[0].protocol.sessionClosing = broken_teardown
+    stopped = []
+    service.stopService().addCallback(stopped.append)
+    for c in clients:
+        c.protocol.dataReceived(client_frame(CLOSE, b"\x03\xe9"))
+    with pytest.raises(RuntimeError):
+        lose(clients[0])  # on a real reactor, Twisted logs it
+    lose(clients[1])
+    assert stopped
+    assert len(service.server.registry) == 0

@@ -122,6 +122,15 @@ class VoiceServerProtocol(FastFraming, WebSocketServerProtocol):
     # closing
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        try:
+            self._sessionEnded(wasClean, code)
+        finally:
+            # Even when a dialect's teardown raised: a graceful shutdown waits for this.
+            closed = getattr(self, "_closed", None)
+            if closed is not None and not closed.called:
+                closed.callback(code)
+
+    def _sessionEnded(self, wasClean: bool, code: int | None) -> None:
         session = self.session
         if session is None:
             self._lost_early = True
@@ -145,9 +154,6 @@ class VoiceServerProtocol(FastFraming, WebSocketServerProtocol):
                     clean=wasClean,
                     code=code,
                 )
-        closed = getattr(self, "_closed", None)
-        if closed is not None and not closed.called:
-            closed.callback(code)
 
     def whenClosed(self) -> Deferred:
         """Fires (with the close code) once the connection has closed."""
