@@ -8,12 +8,13 @@ import pytest
 
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 
 from txvoice.config import VoiceConfig
 from txvoice.service.heartbeat import HeartbeatService
 from txvoice.service.reaper import ReaperService
-from txvoice.service.voice import makeVoiceService
+from txvoice.service.voice import STOP_LIMIT_EXTRA, makeVoiceService
 from wsmemory import MemoryClient, client_frame, memory_server
 
 PING, PONG, CLOSE = 0x9, 0xA, 0x8
@@ -167,3 +168,32 @@ def test_stop_finishes_when_a_session_teardown_raises() -> None:
     lose(clients[1])
     assert stopped
     assert len(service.server.registry) == 0
+
+
+def test_a_stop_that_cannot_finish_gives_up_and_says_where() -> None:
+    # A connection that is dropped but never reported lost (a bug somewhere): SIGTERM still ends
+    # the daemon, shutdown_timeout + STOP_LIMIT_EXTRA after it came, with an error naming the step.
+    clock = MemoryReactorClock()
+    service = makeVoiceService(
+        VoiceConfig(listen="tcp:0", audio_threads=0, open_handshake_timeout=0, shutdown_timeout=5, gc_freeze=False),
+        reactor=clock,
+    )
+    service.startService()
+    client = MemoryClient(service.server, port=1)
+    client.frames()
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        stopped = []
+        service.stopService().addCallback(stopped.append)
+        clock.advance(5)
+        assert client.transport.disconnecting or client.transport.disconnected  # dropped...
+        clock.advance(STOP_LIMIT_EXTRA - 0.1)
+        assert not stopped  # ...but never lost
+        clock.advance(0.1)
+        assert stopped
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    errors = [e for e in events if e.get("log_level") == LogLevel.error and e.get("log_namespace") == "txvoice.service"]
+    assert [formatEvent(e) for e in errors] == ["still closing sessions 20 s after the stop began: stopping without it"]
+    assert not [e for e in events if e.get("log_format") == "txvoice stopped"]

@@ -5,7 +5,8 @@ Children: the audio worker pool, the heartbeat, the session reaper and the liste
 ``--processes N``, also the worker processes, or in a worker the parent watch: see
 ``txvoice.service.processes``).  Stopping is ordered: stop accepting (and SIGTERM the workers),
 tell every session (close 1001) and wait for them (bounded), stop the timers, drain and stop the
-audio threads, then wait for the workers (bounded).
+audio threads, then wait for the workers (bounded).  The whole stop is bounded too: a stop still
+waiting ``STOP_LIMIT_EXTRA`` seconds after ``shutdown_timeout`` logs where it was and ends anyway.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from txvoice.service.listener import ListenerService
 from txvoice.service.monitoring import MonitoringService
 from txvoice.service.poll import install_lean_poll
 from txvoice.service.processes import (
+    STOP_GRACE,
     ParentWatchService,
     ReusePortListeners,
     SharedListenerService,
@@ -46,6 +48,11 @@ from txvoice.service.processes import (
     process_count,
 )
 from txvoice.service.reaper import ReaperService
+
+
+#: How much longer than ``shutdown_timeout`` a stop may take before it gives up waiting: the
+#: worker processes' own bound (``shutdown_timeout`` + SIGKILL after ``STOP_GRACE`` + its wait) and some.
+STOP_LIMIT_EXTRA = 3 * STOP_GRACE
 
 
 class VoiceService(MultiService):
@@ -71,6 +78,8 @@ class VoiceService(MultiService):
         #: With --processes N: in the parent, the N-1 worker processes; in a worker, the parent watch.
         self.processes = processes
         self.parent_watch = parent_watch
+        #: While stopping: the step the stop is in (named in the error if it has to give up).
+        self.stopping: str | None = None
         extra = [s for s in (processes, parent_watch) if s is not None]
         for child in (self.workers, self.pacer, self.monitoring, self.heartbeat, self.reaper, *extra, self.listener):
             child.setServiceParent(self)
@@ -92,23 +101,54 @@ class VoiceService(MultiService):
     def stopService(self) -> Deferred:
         Service.stopService(self)
         self.server.shutting_down = True
+        self.stopping = "closing the listener"
         # Worker processes stop (SIGTERM, then their own graceful stop) while this one does.
         workers_stopped = maybeDeferred(self.processes.stopService) if self.processes is not None else succeed(None)
         if self.parent_watch is not None:
             self.parent_watch.stopService()
         d = maybeDeferred(self.listener.stopService)
-        d.addBoth(lambda _: self.closeSessions())
+        self._then(d, "closing sessions", self.closeSessions)
         d.addErrback(lambda f: self.log.failure("closing sessions failed", f))
-        d.addBoth(
-            lambda _: DeferredList(
-                [maybeDeferred(s.stopService) for s in (self.heartbeat, self.reaper, self.monitoring, self.pacer)]
-            )
-        )
-        d.addBoth(lambda _: self.workers.stopService())
-        d.addBoth(lambda _: workers_stopped)
+        services = (self.heartbeat, self.reaper, self.monitoring, self.pacer)
+        self._then(d, "stopping the timers", lambda: DeferredList([maybeDeferred(s.stopService) for s in services]))
+        self._then(d, "stopping the audio threads", self.workers.stopService)
+        self._then(d, "waiting for the worker processes", lambda: workers_stopped)
         d.addErrback(lambda f: self.log.failure("stopping the worker processes failed", f))
-        d.addBoth(lambda _: self.log.info("txvoice stopped"))
-        return d
+        return self._bounded(d)
+
+    def _then(self, d: Deferred, stage: str, step) -> None:
+        """Run ``step`` once ``d`` has fired, whatever it fired with, noting the stage we are in."""
+
+        def run(_: object) -> object:
+            self.stopping = stage
+            return step()
+
+        d.addBoth(run)
+
+    def _bounded(self, stopping: Deferred) -> Deferred:
+        """
+        Fire when ``stopping`` does, or give up after ``shutdown_timeout`` + ``STOP_LIMIT_EXTRA``
+        with an error naming the stage that did not finish: every step is bounded on its own,
+        so this only catches a bug, and SIGTERM must end the daemon even then.
+        """
+        limit = self.server.config.shutdown_timeout + STOP_LIMIT_EXTRA
+        done = Deferred()
+
+        def give_up() -> None:
+            self.log.error("still {stage} {limit:g} s after the stop began: stopping without it",
+                           stage=self.stopping, limit=limit)
+            done.callback(None)
+
+        timer = self.server.clock.callLater(limit, give_up)
+
+        def finished(_: object) -> None:
+            if not done.called:
+                timer.cancel()
+                self.log.info("txvoice stopped")
+                done.callback(None)
+
+        stopping.addBoth(finished)
+        return done
 
     def closeSessions(self) -> Deferred:
         """Close every session with 1001; drop those still open after ``shutdown_timeout``."""
