@@ -2,7 +2,8 @@
 Sending a turn's response: encoded on the worker pool, paced at real time on the reactor.
 
 A :class:`ResponseStream` is the :class:`IResponseSink` a pipeline turn writes to.  Audio goes to
-the worker pool to be resampled and encoded in the client's format; the packets come back to a
+the worker pool to be resampled and encoded in the client's format, ``ENCODE_SLICE_MS`` at a
+time so that the first packet need not wait for the rest; the packets come back to a
 queue that the :class:`Pacer` drains at real time plus a small lead, so a slow client is never
 flooded and a barge-in can stop the response within one pacer tick.  A channel plays one
 response at a time; later ones wait their turn.
@@ -30,6 +31,12 @@ if TYPE_CHECKING:
 
 _keys = itertools.count(1 << 40)
 log = Logger(namespace="txvoice.audio.output")
+
+#: Source audio per encoding job.  A response's audio is encoded a slice at a time, in order, so
+#: its first packet goes out once the first slice is encoded, not the whole chunk (an echoed turn
+#: or a synthesized sentence: ~20 ms of Opus encoding per second of audio here), and a barge-in
+#: stops the encoding of what will not be played.
+ENCODE_SLICE_MS = 100
 
 
 class Pacer(Service):
@@ -89,6 +96,11 @@ class ResponseStream:
         self.announce: tuple | None = None
         self.format: AudioFormat | None = None
         self.encoder: ResponseEncoder | None = None
+        self._to_encode: deque[np.ndarray] = deque()  # source PCM slices not yet handed to a worker
+        self._slice_samples = 0
+        self._encoding = False  # one job (a slice or the flush) at a worker
+        self._flush_pending = False  # endResponse seen: flush once the slices are encoded
+        self._submitting = False
         self.passthrough = False
         self.active = False
         self.finished = False  # endResponse seen and the encoder flushed
@@ -118,6 +130,7 @@ class ResponseStream:
             else:
                 self.format = wanted
                 self.encoder = ResponseEncoder(audio_format.sample_rate, wanted)
+                self._slice_samples = max(1, audio_format.sample_rate * ENCODE_SLICE_MS // 1000) * audio_format.channels
         self.announce = (text_content, self.format, metadata)
         self.channel.responseReady(self)
 
@@ -128,15 +141,17 @@ class ResponseStream:
             self._queued(self._sliced(chunk))
             return
         pcm = np.frombuffer(chunk, dtype=np.int16) if isinstance(chunk, (bytes, bytearray)) else chunk
-        assert self.encoder is not None
-        self.channel.server.workers.submit(self.key, self.encoder.encode, pcm, self._queued, self._failed)
+        step = self._slice_samples
+        self._to_encode.extend(pcm[i:i + step] for i in range(0, len(pcm), step))
+        self._encodeNext()
 
     def endResponse(self, summary: dict) -> None:
         if self.done:
             return
         self.summary = dict(summary)
         if self.encoder is not None:
-            self.channel.server.workers.submit(self.key, self.encoder.flush, None, self._flushed, self._failed)
+            self._flush_pending = True
+            self._encodeNext()
         else:
             self._flushed([])
 
@@ -153,6 +168,39 @@ class ResponseStream:
         step = max(width * fmt.channels * fmt.samples_per_frame, width * fmt.channels)
         return [(data[i:i + step], packet_duration_ms(fmt, data[i:i + step])) for i in range(0, len(data), step)]
 
+    def _encodeNext(self) -> None:
+        """Hand the next slice (or, after the last, the flush) to a worker, unless one is there."""
+        if self._submitting:
+            return  # a job delivered inline (no audio threads): the loop below goes on
+        self._submitting = True
+        try:
+            submit = self.channel.server.workers.submit
+            while not self.done and not self._encoding and (self._to_encode or self._flush_pending):
+                self._encoding = True
+                assert self.encoder is not None
+                if self._to_encode:
+                    submit(self.key, self.encoder.encode, self._nextSlice(), self._encoded, self._failed)
+                else:
+                    self._flush_pending = False
+                    submit(self.key, self.encoder.flush, None, self._flushed, self._failed)
+        finally:
+            self._submitting = False
+
+    def _nextSlice(self) -> np.ndarray:
+        """At least one slice's worth of what is waiting (small chunks from a pipeline go together)."""
+        pending = self._to_encode
+        parts = [pending.popleft()]
+        size = len(parts[0])
+        while pending and size < self._slice_samples:
+            parts.append(pending.popleft())
+            size += len(parts[-1])
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def _encoded(self, packets: list[tuple[bytes, float]]) -> None:
+        self._encoding = False
+        self._queued(packets)
+        self._encodeNext()
+
     def _failed(self, failure) -> None:
         log.failure("encoding a response failed", failure)
         self.cancel("encoding_failed")
@@ -165,6 +213,7 @@ class ResponseStream:
             self.pump(self.channel.server.clock.seconds())
 
     def _flushed(self, packets: list[tuple[bytes, float]]) -> None:
+        self._encoding = False
         self.finished = True
         self._queued(packets)
         if self.active and not self.queue:
@@ -212,6 +261,7 @@ class ResponseStream:
         now = self.channel.server.clock.seconds()
         played, source = self.played_ms(now)
         self.queue.clear()
+        self._to_encode.clear()  # not encoded at all: it will not be played
         if self.turn is not None:
             self.turn.cancel()
         info = {"played_ms": round(played, 1), "played_source": source, "sent_ms": round(self.sent_ms, 1)}

@@ -1,0 +1,136 @@
+"""
+A response's audio is encoded a slice at a time: the first packet goes out once the first
+``ENCODE_SLICE_MS`` are encoded, a barge-in stops the encoding, and the packets are the same as
+encoding it all at once.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+from twisted.internet.task import Clock
+
+from txvoice.audio.format import AudioFormat
+from txvoice.audio.ingest import StreamSettings
+from txvoice.audio.output import ResponseEncoder
+from txvoice.audio.workers import AudioWorkers
+from txvoice.server.response import ENCODE_SLICE_MS, Pacer, ResponseStream
+
+OPUS = AudioFormat("opus", 48000, 1, 20)
+PCM16K = AudioFormat("pcm_s16le", 16000, 1, 20)
+SLICE = 16000 * ENCODE_SLICE_MS // 1000
+
+
+class ManualWorkers:
+    """Jobs wait until the test runs them, as on a busy audio thread."""
+
+    def __init__(self) -> None:
+        self.jobs: list[tuple] = []
+
+    def submit(self, key, work, arg=None, deliver=None, fail=None) -> None:
+        self.jobs.append((work, arg, deliver))
+
+    def run_next(self) -> None:
+        work, arg, deliver = self.jobs.pop(0)
+        deliver(work(arg))
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.packets: list[bytes] = []
+        self.ended: list[dict] = []
+
+    def event(self, event_type, data) -> None:
+        pass
+
+    def startResponse(self, text, fmt, metadata) -> None:
+        pass
+
+    def audio(self, packet: bytes) -> None:
+        self.packets.append(packet)
+
+    def endResponse(self, summary: dict) -> None:
+        self.ended.append(summary)
+
+
+def stream(workers, lead_ms: int = 10**9) -> tuple[ResponseStream, Sink, Clock]:
+    clock = Clock()
+    sink = Sink()
+    channel = SimpleNamespace(
+        settings=StreamSettings(response_lead_ms=lead_ms),
+        sink=sink,
+        server=SimpleNamespace(workers=workers, clock=clock),
+        pacer=Pacer(clock),
+        responseDone=lambda s: None,
+    )
+    response = ResponseStream(channel, OPUS, turn_number=1)
+    channel.responseReady = lambda s: s.activate()
+    return response, sink, clock
+
+
+def speech(seconds: float) -> np.ndarray:
+    t = np.arange(int(16000 * seconds)) / 16000
+    rng = np.random.default_rng(7)
+    return (np.sin(2 * np.pi * 180 * t) * 6000 + rng.normal(0, 800, t.size)).astype(np.int16)
+
+
+def test_the_first_packet_goes_out_before_the_rest_is_encoded() -> None:
+    workers = ManualWorkers()
+    response, sink, _ = stream(workers)
+    response.startResponse(None, PCM16K, {})
+    response.audio(speech(1.2))
+    response.endResponse({})
+    assert len(workers.jobs) == 1 and len(workers.jobs[0][1]) == SLICE  # one slice at a worker
+    workers.run_next()
+    # Played while the rest waits (the resampler holds back a few ms of the first slice).
+    assert 1 <= len(sink.packets) <= ENCODE_SLICE_MS // 20
+    while workers.jobs:
+        workers.run_next()
+    assert len(sink.packets) == 60 and sink.ended and not sink.ended[0]["cancelled"]
+
+
+def test_the_packets_are_those_of_encoding_it_all_at_once() -> None:
+    pcm = speech(1.2)
+    whole = ResponseEncoder(16000, OPUS)
+    expected = [p for p, _ in whole.encode(pcm) + whole.flush()]
+    response, sink, _ = stream(AudioWorkers(threads=0))
+    response.startResponse(None, PCM16K, {})
+    for i in range(0, len(pcm), 4000):  # a pipeline's chunks need not fall on slices
+        response.audio(pcm[i:i + 4000])
+    response.endResponse({})
+    assert sink.packets == expected
+
+
+def test_small_chunks_are_encoded_together() -> None:
+    workers = ManualWorkers()
+    response, sink, _ = stream(workers)
+    response.startResponse(None, PCM16K, {})
+    pcm = speech(0.5)
+    for i in range(0, len(pcm), 320):  # 20 ms chunks arrive while the first is encoded
+        response.audio(pcm[i:i + 320])
+    assert [len(job[1]) for job in workers.jobs] == [320]
+    workers.run_next()
+    assert [len(job[1]) for job in workers.jobs] == [SLICE]  # the next 100 ms in one job
+
+
+def test_a_barge_in_stops_the_encoding() -> None:
+    workers = ManualWorkers()
+    response, sink, _ = stream(workers)
+    response.startResponse(None, PCM16K, {})
+    response.audio(speech(10.0))
+    response.endResponse({})
+    workers.run_next()
+    response.cancel("barge_in")
+    workers.run_next()  # the slice already at a worker comes back and is dropped
+    assert not workers.jobs and 1 <= len(sink.packets) <= ENCODE_SLICE_MS // 20
+    assert sink.ended[0]["cancelled"] and sink.ended[0]["reason"] == "barge_in"
+
+
+def test_a_long_response_with_inline_workers() -> None:
+    # Without audio threads every job is delivered inline: a loop, not a recursion per slice.
+    response, sink, _ = stream(AudioWorkers(threads=0))
+    response.startResponse(None, PCM16K, {})
+    response.audio(np.zeros(16000 * 120, dtype=np.int16))  # 120 s: 1,200 slices
+    response.endResponse({})
+    assert len(sink.packets) == 6000 and sink.ended
