@@ -55,6 +55,7 @@ class Sink:
 
 
 def stream(workers, lead_ms: int = 10**9) -> tuple[ResponseStream, Sink, Clock]:
+    """A started response to an Opus client, on a fake channel."""
     clock = Clock()
     sink = Sink()
     channel = SimpleNamespace(
@@ -66,6 +67,7 @@ def stream(workers, lead_ms: int = 10**9) -> tuple[ResponseStream, Sink, Clock]:
     )
     response = ResponseStream(channel, OPUS, turn_number=1)
     channel.responseReady = lambda s: s.activate()
+    response.startResponse(None, PCM16K, {})  # what a pipeline sends: 16 kHz PCM, to encode as Opus
     return response, sink, clock
 
 
@@ -78,7 +80,6 @@ def speech(seconds: float) -> np.ndarray:
 def test_the_first_packet_goes_out_before_the_rest_is_encoded() -> None:
     workers = ManualWorkers()
     response, sink, _ = stream(workers)
-    response.startResponse(None, PCM16K, {})
     response.audio(speech(1.2))
     response.endResponse({})
     assert len(workers.jobs) == 1 and len(workers.jobs[0][1]) == SLICE  # one slice at a worker
@@ -95,7 +96,6 @@ def test_the_packets_are_those_of_encoding_it_all_at_once() -> None:
     whole = ResponseEncoder(16000, OPUS)
     expected = [p for p, _ in whole.encode(pcm) + whole.flush()]
     response, sink, _ = stream(AudioWorkers(threads=0))
-    response.startResponse(None, PCM16K, {})
     for i in range(0, len(pcm), 4000):  # a pipeline's chunks need not fall on slices
         response.audio(pcm[i:i + 4000])
     response.endResponse({})
@@ -105,7 +105,6 @@ def test_the_packets_are_those_of_encoding_it_all_at_once() -> None:
 def test_small_chunks_are_encoded_together() -> None:
     workers = ManualWorkers()
     response, sink, _ = stream(workers)
-    response.startResponse(None, PCM16K, {})
     pcm = speech(0.5)
     for i in range(0, len(pcm), 320):  # 20 ms chunks arrive while the first is encoded
         response.audio(pcm[i:i + 320])
@@ -117,7 +116,6 @@ def test_small_chunks_are_encoded_together() -> None:
 def test_a_barge_in_stops_the_encoding() -> None:
     workers = ManualWorkers()
     response, sink, _ = stream(workers)
-    response.startResponse(None, PCM16K, {})
     response.audio(speech(10.0))
     response.endResponse({})
     workers.run_next()
@@ -130,7 +128,6 @@ def test_a_barge_in_stops_the_encoding() -> None:
 def test_a_long_response_with_inline_workers() -> None:
     # Without audio threads every job is delivered inline: a loop, not a recursion per slice.
     response, sink, _ = stream(AudioWorkers(threads=0))
-    response.startResponse(None, PCM16K, {})
     response.audio(np.zeros(16000 * 120, dtype=np.int16))  # 120 s: 1,200 slices
     response.endResponse({})
     assert len(sink.packets) == 6000 and sink.ended

@@ -14,7 +14,7 @@ from twisted.python.failure import Failure
 from txvoice.config import VoiceConfig
 from txvoice.service.heartbeat import HeartbeatService
 from txvoice.service.reaper import ReaperService
-from txvoice.service.voice import STOP_LIMIT_EXTRA, makeVoiceService
+from txvoice.service.voice import STOP_LIMIT_EXTRA, VoiceService, makeVoiceService
 from wsmemory import MemoryClient, client_frame, memory_server
 
 PING, PONG, CLOSE = 0x9, 0xA, 0x8
@@ -114,16 +114,22 @@ def test_reaper_expires_old_sessions() -> None:
     assert client.closes == [(4002, "session expired")]
 
 
-def test_stop_sends_1001_to_every_session_and_waits() -> None:
+def running_service(sessions: int) -> tuple[MemoryReactorClock, VoiceService, list[MemoryClient]]:
+    """A started server (shutdown_timeout 5 s) on a fake clock with ``sessions`` open sessions."""
     clock = MemoryReactorClock()
     service = makeVoiceService(
         VoiceConfig(listen="tcp:0", audio_threads=0, open_handshake_timeout=0, shutdown_timeout=5, gc_freeze=False),
         reactor=clock,
     )
     service.startService()
-    clients = [MemoryClient(service.server, port=p) for p in (1, 2, 3)]
+    clients = [MemoryClient(service.server, port=p) for p in range(1, sessions + 1)]
     for c in clients:
         c.frames()
+    return clock, service, clients
+
+
+def test_stop_sends_1001_to_every_session_and_waits() -> None:
+    clock, service, clients = running_service(3)
     stopped = []
     service.stopService().addCallback(stopped.append)
     for c in clients:
@@ -145,15 +151,7 @@ def test_stop_sends_1001_to_every_session_and_waits() -> None:
 
 def test_stop_finishes_when_a_session_teardown_raises() -> None:
     # A dialect whose teardown fails must not keep the graceful stop waiting for ever.
-    clock = MemoryReactorClock()
-    service = makeVoiceService(
-        VoiceConfig(listen="tcp:0", audio_threads=0, open_handshake_timeout=0, shutdown_timeout=5, gc_freeze=False),
-        reactor=clock,
-    )
-    service.startService()
-    clients = [MemoryClient(service.server, port=p) for p in (1, 2)]
-    for c in clients:
-        c.frames()
+    clock, service, clients = running_service(2)
 
     def broken_teardown() -> None:
         raise RuntimeError("teardown bug")
@@ -173,14 +171,7 @@ def test_stop_finishes_when_a_session_teardown_raises() -> None:
 def test_a_stop_that_cannot_finish_gives_up_and_says_where() -> None:
     # A connection that is dropped but never reported lost (a bug somewhere): SIGTERM still ends
     # the daemon, shutdown_timeout + STOP_LIMIT_EXTRA after it came, with an error naming the step.
-    clock = MemoryReactorClock()
-    service = makeVoiceService(
-        VoiceConfig(listen="tcp:0", audio_threads=0, open_handshake_timeout=0, shutdown_timeout=5, gc_freeze=False),
-        reactor=clock,
-    )
-    service.startService()
-    client = MemoryClient(service.server, port=1)
-    client.frames()
+    clock, service, (client,) = running_service(1)
     events: list[dict] = []
     globalLogPublisher.addObserver(events.append)
     try:
