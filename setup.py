@@ -14,7 +14,7 @@ setup(
     # txvoice.static (the browser client and demo page) is a data-only package, named here too.
     packages=find_packages(exclude=["tests", "tests.*"]) + ["txvoice.static", "twisted.plugins"],
     package_data={
-        "twisted": ["plugins/txvoice_plugin.py", "plugins/txvoice_engines.py"],
+        "twisted": ["plugins/txvoice_plugin.py", "plugins/txvoice_engines.py", "plugins/txvoice_dialects.py"],
         "txvoice.static": ["*.html", "*.js", "*.css"],
     },
     include_package_data=True,

@@ -7,7 +7,15 @@ protocol code the voice dialects run on.  Off unless ``--echo-path`` is set.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from txvoice.server.base import VoiceServerProtocol
+from txvoice.dialects.registry import websocket_endpoint
+
+if TYPE_CHECKING:  # pragma: no cover
+    from twisted.web.resource import IResource
+
+    from txvoice.server.context import VoiceServer
 
 
 class EchoProtocol(VoiceServerProtocol):
@@ -29,3 +37,8 @@ class EchoProtocol(VoiceServerProtocol):
 
     def messageTooLarge(self, size: int, is_binary: bool) -> None:
         self.closeSession(1009, f"message of {size} bytes exceeds {self.server.config.max_message_size}")
+
+
+def endpoints(server: "VoiceServer") -> dict[str, IResource]:
+    """The echo dialect at ``--echo-path``, off when that is empty (the dialect registry calls this)."""
+    return websocket_endpoint(server.config.echo_path, server, EchoProtocol)

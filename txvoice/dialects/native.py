@@ -7,6 +7,8 @@ Every client message is answered or acted on; every bad input gets an ``error`` 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import base64
 import binascii
 import uuid
@@ -24,6 +26,12 @@ from txvoice.server.base import CLOSE_NORMAL, VoiceServerProtocol
 from txvoice.server.channel import VoiceChannel
 from txvoice.session.resume import AckedIds, ResumeState, new_resume_token
 from txvoice.session.session import SessionState
+from txvoice.dialects.registry import websocket_endpoint
+
+if TYPE_CHECKING:  # pragma: no cover
+    from twisted.web.resource import IResource
+
+    from txvoice.server.context import VoiceServer
 
 RESPONSE_TRANSPORTS = ("binary", "base64")
 
@@ -472,3 +480,8 @@ class NativeVoiceProtocol(VoiceServerProtocol):
 NativeVoiceProtocol._handlers = {
     name[3:]: getattr(NativeVoiceProtocol, name) for name in dir(NativeVoiceProtocol) if name.startswith("on_")
 }
+
+
+def endpoints(server: "VoiceServer") -> dict[str, IResource]:
+    """The native dialect at ``--path``, off when that is empty (the dialect registry calls this)."""
+    return websocket_endpoint(server.config.path, server, NativeVoiceProtocol)

@@ -14,6 +14,8 @@ response messages, so turns are reported (``{"status": "turn_end", ...}``) but a
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import json
 from typing import Any
 
@@ -27,6 +29,12 @@ from txvoice.pipeline.interfaces import IResponseSink
 from txvoice.server.base import VoiceServerProtocol
 from txvoice.server.channel import VoiceChannel
 from txvoice.server.framing import PreparedText
+from txvoice.dialects.registry import websocket_endpoint
+
+if TYPE_CHECKING:  # pragma: no cover
+    from twisted.web.resource import IResource
+
+    from txvoice.server.context import VoiceServer
 
 CHUNK_RECEIVED = b'{"status":"chunk_received"}'
 _CHUNK_RECEIVED = PreparedText(CHUNK_RECEIVED)  # sent once per chunk: framed once
@@ -143,3 +151,8 @@ class VocalProtocol(VoiceServerProtocol):
 
     def messageTooLarge(self, size: int, is_binary: bool) -> None:
         self.sendError("message_too_large", f"chunk of {size} bytes exceeds {self.server.config.max_message_size}")
+
+
+def endpoints(server: "VoiceServer") -> dict[str, IResource]:
+    """The vocal dialect at ``--vocal-path``, off when that is empty (the dialect registry calls this)."""
+    return websocket_endpoint(server.config.vocal_path, server, VocalProtocol)

@@ -10,8 +10,7 @@ it imports the engine only when an engine is made, so listing plugins stays chea
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from types import ModuleType
 from typing import Any
 
@@ -29,6 +28,7 @@ from txvoice.engines.interfaces import (
     ITextToSpeechFactory,
 )
 from txvoice.errors import VoiceError
+from txvoice.plugin import load_target
 
 log = Logger()
 
@@ -97,14 +97,6 @@ def create_engine(kind: str, name: str, options: Mapping[str, Any] | None = None
     return engine
 
 
-def _load(target: str) -> Callable[..., Any]:
-    """Resolve ``"package.module:Attr.attr"``."""
-    moduleName, _, attrPath = target.partition(":")
-    obj: Any = importlib.import_module(moduleName)
-    for part in attrPath.split("."):
-        obj = getattr(obj, part)
-    return obj
-
 
 @implementer(IPlugin, IEngineFactory)
 class EngineFactory:
@@ -122,7 +114,7 @@ class EngineFactory:
 
     def create(self, options: Mapping[str, Any] | None = None) -> Any:
         log.info("creating {kind} engine {name} from {target}", kind=self.kind, name=self.name, target=self.target)
-        return _load(self.target)(dict(options or {}))
+        return load_target(self.target)(dict(options or {}))
 
     def __repr__(self) -> str:
         return f"<EngineFactory {self.kind}:{self.name} -> {self.target}>"

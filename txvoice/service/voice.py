@@ -14,23 +14,19 @@ from __future__ import annotations
 import sys
 
 import txaio
-from autobahn.twisted.resource import WebSocketResource
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.python.usage import UsageError
 
 from txvoice.audio.workers import AudioWorkers
 from txvoice.config import VoiceConfig
-from txvoice.dialects.echo import EchoProtocol
-from txvoice.dialects.native import NativeVoiceProtocol
-from txvoice.dialects.vocal import VocalProtocol
+from txvoice.dialects.registry import DialectPathClash, mount_dialects
 from txvoice.logging import NamespaceLogger
 from txvoice.pipeline.echo import EchoPipeline
 from txvoice.engines.registry import EngineNotFound
 from txvoice.pipeline.interfaces import IVoicePipeline
 from txvoice.pipeline.speech import SpeechPipeline, SpeechService
 from txvoice.server.context import VoiceServer
-from txvoice.server.factory import VoiceServerFactory
 from txvoice.server.web import build_site
 from txvoice.service.heap import freeze_startup_heap
 from txvoice.service.heartbeat import HeartbeatService
@@ -200,11 +196,10 @@ def makeVoiceService(
     workers = AudioWorkers(reactor, threads=config.audio_threads)
     pipeline = pipeline or make_pipeline(config.pipeline, config)
     server = VoiceServer(config, pipeline, workers, reactor)
-    endpoints = {config.path: WebSocketResource(VoiceServerFactory(server, NativeVoiceProtocol))}
-    if config.vocal_path:
-        endpoints[config.vocal_path] = WebSocketResource(VoiceServerFactory(server, VocalProtocol))
-    if config.echo_path:
-        endpoints[config.echo_path] = WebSocketResource(VoiceServerFactory(server, EchoProtocol))
+    try:
+        endpoints = mount_dialects(server)
+    except DialectPathClash as e:
+        raise UsageError(e.message) from None
     site = build_site(server, endpoints)
     processes: WorkerProcesses | None = None
     parent_watch: ParentWatchService | None = None
