@@ -14,7 +14,9 @@ setup(
     # txvoice.static (the browser client and demo page) is a data-only package, named here too.
     packages=find_packages(exclude=["tests", "tests.*"]) + ["txvoice.static", "twisted.plugins"],
     package_data={
-        "twisted": ["plugins/txvoice_plugin.py", "plugins/txvoice_engines.py", "plugins/txvoice_dialects.py"],
+        "twisted": ["plugins/txvoice_plugin.py", "plugins/txvoice_engines.py", "plugins/txvoice_dialects.py",
+                    "plugins/txvoice_pipelines.py"],
+        "txvoice": ["py.typed"],
         "txvoice.static": ["*.html", "*.js", "*.css"],
     },
     include_package_data=True,
@@ -44,6 +46,8 @@ setup(
             "pytest-twisted>=1.14",
             "hypothesis>=6.100",
             "websockets>=13",
+            "mypy>=1.10",
+            "mypy-zope>=1.0",
         ],
         "bench": [
             "aiohttp>=3.9",

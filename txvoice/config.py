@@ -119,11 +119,11 @@ class VoiceConfig:
         """
         import tomllib
 
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
+        with open(path, "rb") as stream:
+            data = tomllib.load(stream)
         if isinstance(data.get("txvoice"), dict):
             data = data["txvoice"]
-        known = {f.name: f for f in fields(cls)}
+        known = {item.name: item for item in fields(cls)}
         changes: dict[str, Any] = {}
         for key, value in data.items():
             name = key.replace("-", "_")
@@ -149,7 +149,7 @@ _FALSE = {"0", "false", "no", "off", ""}
 def parse_value(f: Any, raw: str) -> Any:
     """Convert a string setting to the field's type, with a clear error."""
     default = f.default if f.default is not MISSING else None
-    kind = type(default)
+    kind: type = type(default)
     try:
         if kind is bool:
             low = raw.strip().lower()
@@ -177,3 +177,19 @@ def config_table() -> str:
             f"| `--{f.name.replace('_', '-')}` | `{ENV_PREFIX}{f.name.upper()}` | `{shown}` | {f.metadata['help']} |"
         )
     return "\n".join(rows) + "\n"
+
+
+#: The configuration the running process was started with (set by ``twistd txvoice`` option
+#: parsing), so that twistd's ``--logger`` factories, which twistd calls without arguments, read it.
+_current: VoiceConfig | None = None
+
+
+def set_current_config(config: VoiceConfig | None) -> None:
+    """Remember ``config`` as this process's configuration (``None`` forgets it)."""
+    global _current
+    _current = config
+
+
+def current_config() -> VoiceConfig:
+    """This process's configuration: the one ``twistd txvoice`` parsed, else the ``TXVOICE_*`` environment's."""
+    return _current if _current is not None else VoiceConfig.from_env()

@@ -182,7 +182,7 @@ class NativeVoiceProtocol(VoiceServerProtocol):
         session = self.session
         ttl = self.server.config.resume_ttl
         token = session.attributes.get("resume_token") if session is not None else None
-        if token and ttl > 0:
+        if token and ttl > 0 and session is not None:
             self.server.resume_store.keep(
                 ResumeState(token, session.id, session.user_id, session.tenant, session.conversation_id, self._acked),
                 ttl,
@@ -236,16 +236,18 @@ class NativeVoiceProtocol(VoiceServerProtocol):
         except ProtocolError as e:
             self.sendError(e, e.details.get("message_id"))
             return
-        if env.reliable and env.message_id in self._acked:
+        if env.reliable and env.message_id is not None and env.message_id in self._acked:
             # A re-send of something already handled (its ack was lost): acknowledge, do not redo.
             self.sendEnvelope("ack", {"message_id": env.message_id, "duplicate": True})
             return
         handler = self._handlers[env.type]
+        session = self.session
+        assert session is not None  # text arrives only on an open connection, which has its session
         try:
-            if not self.session.is_authenticated and env.type not in BEFORE_AUTH:
+            if not session.is_authenticated and env.type not in BEFORE_AUTH:
                 raise VoiceError(f"authenticate first: {env.type} needs an authenticated session", code="auth_required")
             handler(self, env)
-            if env.reliable:
+            if env.reliable and env.message_id is not None:
                 self._acked.add(env.message_id)
                 self.sendEnvelope("ack", {"message_id": env.message_id, "duplicate": False})
         except VoiceError as e:
@@ -259,7 +261,7 @@ class NativeVoiceProtocol(VoiceServerProtocol):
         try:
             if channel is None:
                 raise StateError("session is not ready", code="invalid_state")
-            if not self.session.is_authenticated:
+            if self.session is None or not self.session.is_authenticated:
                 raise VoiceError("authenticate first: audio needs an authenticated session", code="auth_required")
             channel.audio(payload, None)
         except VoiceError as e:

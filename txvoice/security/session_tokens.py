@@ -238,8 +238,8 @@ class SessionTokenIssuer:
             self._live.remove(who, digest)
             return failure
 
-        d.addCallbacks(stored, failed)
-        return d
+        issued: defer.Deferred[tuple[str, float]] = d.addCallbacks(stored, failed)
+        return issued
 
     def redeem(self, token: str | None, purpose: str | None = None) -> defer.Deferred[Principal]:
         """

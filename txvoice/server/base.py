@@ -36,7 +36,7 @@ CLOSE_TOKEN_EXPIRED = 4003
 ALLOW, CLOSE = Decision.ALLOW, Decision.CLOSE
 
 
-class VoiceServerProtocol(FastFraming, WebSocketServerProtocol):
+class VoiceServerProtocol(FastFraming, WebSocketServerProtocol):  # type: ignore[misc]  # Autobahn's bases disagree on peer/_transport_details
     """Base of every txvoice dialect (whole binary frames take :mod:`txvoice.server.framing`'s fast lane)."""
 
     # `log` stays Autobahn's level-filtered txaio logger (its hot path logs at debug);
@@ -69,12 +69,13 @@ class VoiceServerProtocol(FastFraming, WebSocketServerProtocol):
         if self.factory.voice.config.write_through:
             install_write_through(self.transport)
 
-    def onConnect(self, request: ConnectionRequest) -> Deferred:
+    def onConnect(self, request: ConnectionRequest) -> Deferred:  # type: ignore[override]  # Autobahn takes a Deferred too
         server = self.server
         if server.shutting_down:
             server.record_refused("shutting_down")
             raise ConnectionDeny(503, "server shutting down")
-        self._closed = Deferred()
+        self._closed: Deferred[None] = Deferred()
+        assert self.transport is not None
         peer = self.transport.getPeer()
         d = server.admission.admit(request, getattr(peer, "host", ""), self.in_protocol_auth)
         return d.addCallback(self._admitted, request)
@@ -236,7 +237,7 @@ class VoiceServerProtocol(FastFraming, WebSocketServerProtocol):
         self._oversize = False
         self._message_length = 0
 
-    def onMessageFrame(self, payload: list[bytes]) -> None:
+    def onMessageFrame(self, payload: list[bytes]) -> None:  # type: ignore[override]  # Autobahn passes the frame's parts
         # The soft size limit: above it the message is discarded (memory freed) and answered with
         # an error, and the connection stays up; Autobahn's hard limit (1009) stays in force above.
         if self._oversize:
@@ -265,7 +266,7 @@ class VoiceServerProtocol(FastFraming, WebSocketServerProtocol):
             if self.trackedTimings:
                 self.trackedTimings.track("onMessage")
             self._onMessage(payload, self.message_is_binary)
-        self.message_data = None
+        self.message_data = None  # type: ignore[assignment]  # as Autobahn's own onMessageEnd does
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         session = self.session
