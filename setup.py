@@ -15,7 +15,7 @@ setup(
     packages=find_packages(exclude=["tests", "tests.*"]) + ["txvoice.static", "twisted.plugins"],
     package_data={
         "twisted": ["plugins/txvoice_plugin.py", "plugins/txvoice_engines.py", "plugins/txvoice_dialects.py"],
-        "txvoice.static": ["*.html", "*.js", "*.css"],
+        "txvoice.static": ["*.html", "*.js", "*.css", "s0/*.js", "s0/*.d.ts", "s0/*.html"],
     },
     include_package_data=True,
     install_requires=[
