@@ -117,7 +117,9 @@ def _page(browser: Browser, errors: list[str], daemon, hosts: list[str]):
     page.add_init_script(WIRE_SPY)
     page.add_init_script(URL_MAP % json.dumps({h: daemon.url for h in hosts}))
     page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
-    page.on("console", lambda m: errors.append(f"console.{m.type}: {m.text}") if m.type == "error" else None)
+    # Chromium reports each refused WebSocket on the console: expected while the server is down.
+    page.on("console", lambda m: errors.append(f"console.{m.type}: {m.text}")
+            if m.type == "error" and "ERR_CONNECTION_REFUSED" not in m.text else None)
     page.goto(f"{daemon.http}/static/s0/demo.html")
     return page
 
@@ -296,7 +298,7 @@ def test_s0_websocket_service_snippet(tmp_path, browser):
     errors: list[str] = []
     try:
         page = _page(browser, errors, daemon, ["wss://example.com/socket"])
-        page.evaluate(SNIPPET_GLOBALS)
+        page.add_script_tag(content=SNIPPET_GLOBALS)
         _run_module(page, _with_module_url(_ws_snippet()) + "window.__ws = ws;\n")
         _wait(page, "() => window.__ws && window.__ws.isConnected", 10, "the snippet to connect")
         _wait(page, "() => window.__messages.filter(m => m.messageType === 'pong').length >= 2", 5, "both answers")
