@@ -17,7 +17,7 @@ setup(
         "twisted": ["plugins/txvoice_plugin.py", "plugins/txvoice_engines.py", "plugins/txvoice_dialects.py",
                     "plugins/txvoice_pipelines.py"],
         "txvoice": ["py.typed"],
-        "txvoice.static": ["*.html", "*.js", "*.css"],
+        "txvoice.static": ["*.html", "*.js", "*.css", "s0/*.js", "s0/*.d.ts", "s0/*.html"],
     },
     include_package_data=True,
     install_requires=[

@@ -8,7 +8,9 @@ PYTHON="${PYTHON:-python3}"
 
 apt_packages=(libopus0 libsoxr0 espeak-ng sox)
 if [ "${1:-}" = "test" ]; then
-  apt_packages+=(ffmpeg gcc zlib1g-dev chromium)
+  apt_packages+=(ffmpeg gcc zlib1g-dev chromium nodejs)
+  # npm for TypeScript (tests/browser/test_browser_s0.py); NodeSource's nodejs already carries it.
+  command -v npm >/dev/null 2>&1 || apt_packages+=(npm)
 fi
 missing=()
 for pkg in "${apt_packages[@]}"; do

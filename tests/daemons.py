@@ -96,9 +96,10 @@ def start_daemon(
     env: dict[str, str] | None = None,
     timeout: float = 20.0,
     twistd_args: tuple[str, ...] = (),
+    port: int | None = None,
 ) -> Daemon:
-    """Start the daemon on a free loopback port and wait until ``/health`` answers."""
-    port = free_port()
+    """Start the daemon on a free loopback port (or ``port``: a restart) and wait until ``/health`` answers."""
+    port = port or free_port()
     log_path = tmp_path / f"twistd-{port}.log"
     # The daemon runs the working tree's code (the installed plugin imports txvoice from here).
     full_env = source_env(**(env or {}))

@@ -198,6 +198,7 @@ def build_site(server: VoiceServer, websockets: Mapping[str, IResource]) -> Site
         static = File(str(STATIC))
         static.contentTypes[".js"] = "text/javascript"
         static.contentTypes[".mjs"] = "text/javascript"
+        static.contentTypes[".ts"] = "text/plain; charset=utf-8"  # s0/index.d.ts: readable, not MPEG-TS
         root.putChild(b"static", static)
     root.putChild(b"metrics", MetricsPage(server))
     root.putChild(b"monitoring", MonitoringResource(server))
