@@ -8,7 +8,7 @@ PYTHON="${PYTHON:-python3}"
 
 apt_packages=(libopus0 libsoxr0 espeak-ng sox)
 if [ "${1:-}" = "test" ]; then
-  apt_packages+=(ffmpeg gcc zlib1g-dev chromium)
+  apt_packages+=(ffmpeg gcc zlib1g-dev chromium nodejs npm)
 fi
 missing=()
 for pkg in "${apt_packages[@]}"; do

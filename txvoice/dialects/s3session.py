@@ -39,7 +39,7 @@ CODEC_FIELDS = ("codec", "format", "encoding")
 class S3Transport(Protocol):
     """One way to a client: the raw socket or a Socket.IO connection (reactor thread)."""
 
-    transport: str  # "voicews" or "socketio"
+    s3_transport: str  # "voicews" or "socketio"
 
     def sendS3(self, message: dict[str, Any]) -> None: ...
 
@@ -140,12 +140,12 @@ class UnifiedSession:
     # transports
 
     def attach(self, transport: S3Transport) -> None:
-        self.transports[transport.transport] = transport
+        self.transports[transport.s3_transport] = transport
         self.session.attributes["transports"] = sorted(self.transports)
 
     def detach(self, transport: S3Transport) -> None:
-        if self.transports.get(transport.transport) is transport:
-            del self.transports[transport.transport]
+        if self.transports.get(transport.s3_transport) is transport:
+            del self.transports[transport.s3_transport]
         self.session.attributes["transports"] = sorted(self.transports)
 
     def message(self, msg_type: str, data: Any = None, **metadata: Any) -> dict[str, Any]:

@@ -19,6 +19,7 @@ socket carries it.  Acks are answered with ``{ok, sessionId}`` or ``{ok: false, 
 from __future__ import annotations
 
 import queue
+import threading
 import urllib.parse
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,7 @@ from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet import reactor as _reactor
+from twisted.internet.defer import Deferred
 from twisted.internet.threads import blockingCallFromThread, deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
@@ -105,8 +107,9 @@ class _EngineIOProtocol(WebSocketServerProtocol):
                 self.environ["HTTP_" + name.upper().replace("-", "_")] = headers[name]
 
     def onOpen(self) -> None:
-        apply_compression_level(self._perMessageCompress, self.factory.bridge.server.config.compression_level)
         bridge: SocketIOVoice = self.factory.bridge
+        apply_compression_level(self._perMessageCompress, bridge.server.config.compression_level)
+        bridge.connections.add(self)
         d = deferToThreadPool(_reactor, bridge.pool, bridge.sio.handle_request, self.environ, _ignore_response)
         d.addErrback(lambda f: log.failure("Engine.IO WebSocket handler failed", f))
         d.addBoth(lambda _: self.closeFromPool())
@@ -116,6 +119,7 @@ class _EngineIOProtocol(WebSocketServerProtocol):
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.gone = True
+        self.factory.bridge.connections.discard(self)
         inbox = getattr(self, "inbox", None)
         if inbox is not None:
             inbox.put(None)
@@ -138,7 +142,7 @@ def _ignore_response(status: str, headers: list, exc_info: Any = None) -> None:
 class _SocketIOTransport:
     """A Socket.IO connection as a transport of a unified session (emits happen on the reactor)."""
 
-    transport = "socketio"
+    s3_transport = "socketio"
 
     def __init__(self, bridge: "SocketIOVoice", sid: str) -> None:
         self.bridge, self.sid = bridge, sid
@@ -166,6 +170,10 @@ class _Client:
         self.transport: _SocketIOTransport | None = None
 
 
+def _daemon_thread(*args: Any, **kwargs: Any) -> threading.Thread:
+    return threading.Thread(*args, daemon=True, **kwargs)
+
+
 class SocketIOVoice:
     """python-socketio's server, namespace ``/voice``, bridged to txvoice's sessions."""
 
@@ -182,6 +190,8 @@ class SocketIOVoice:
         # Engine.IO's threading mode, with its WebSocket transport on Autobahn instead of simple-websocket.
         self.sio.eio._async = {**self.sio.eio._async, "websocket": _EngineIOWebSocket}
         self.pool = ThreadPool(minthreads=1, maxthreads=max(config.socketio_threads, 2), name="txvoice-socketio")
+        self.pool.threadFactory = _daemon_thread
+        self.connections: set[_EngineIOProtocol] = set()
         self.clients: dict[str, _Client] = {}
         sio = self.sio
         sio.on("connect", self._connect, namespace=NAMESPACE)
@@ -198,14 +208,35 @@ class SocketIOVoice:
         self.pool.start()
         _reactor.addSystemEventTrigger("before", "shutdown", self.stop)
 
-    def stop(self) -> None:
-        """Disconnect everyone (ending their long polls), then stop the threads."""
-        try:
-            self.sio.eio.disconnect()
-            self.sio.shutdown()
-        except Exception:
-            log.failure("stopping Socket.IO")
-        self.pool.stop()
+    def stop(self, grace: float = 3.0) -> Deferred:
+        """
+        Close every Engine.IO socket without waiting (ending long polls and WebSocket handlers,
+        which need the reactor to finish), then stop the threads once they are idle (at most
+        ``grace`` seconds; they are daemon threads, so a stuck one cannot keep the process up).
+        """
+        for socket in list(self.sio.eio.sockets.values()):
+            try:
+                socket.close(wait=False)
+            except Exception:
+                log.failure("closing a Socket.IO client")
+        for conn in list(self.connections):
+            conn.inbox.put(None)
+            conn.closeFromPool()
+        if self.sio.eio.service_task_event is not None:
+            self.sio.eio.service_task_event.set()
+        done: Deferred = Deferred()
+        deadline = _reactor.seconds() + grace
+
+        def check() -> None:
+            if self.pool.working and _reactor.seconds() < deadline:
+                _reactor.callLater(0.05, check)
+                return
+            if not self.pool.working:
+                self.pool.stop()
+            done.callback(None)
+
+        check()
+        return done
 
     # Socket.IO handlers (pool threads): hop to the reactor
 

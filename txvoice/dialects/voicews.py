@@ -71,7 +71,7 @@ class VoiceWSProtocol(VoiceServerProtocol):
     """S3's ``/voice-ws``: one raw transport of a :class:`UnifiedSession`."""
 
     dialect = "voicews"
-    transport = "voicews"
+    s3_transport = "voicews"
     unified: UnifiedSession | None = None
     _join_id: str | None = None
     _ping_payload: bytes | None = None
