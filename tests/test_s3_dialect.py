@@ -223,3 +223,10 @@ def test_one_session_across_both_transports(s3) -> None:
         assert ready == {"sessionId": session_id, "joined": True, "transports": ["socketio", "voicews"]}
         vads = [line[2] for line in lines if line[0] == "event" and line[1] == "voice:vad"]
         assert vads and vads[-1]["metadata"]["sequence"] == raw["metadata"]["sequence"]
+    # Per-transport counters carry a `transport` label.
+    request = urllib.request.Request(f"{s3.http}/metrics", headers={"Authorization": f"Bearer {token()}"})
+    with urllib.request.urlopen(request, timeout=5) as r:
+        metrics = r.read().decode()
+    for transport in ("voicews", "socketio"):
+        assert f'txvoice_s3_messages_total{{direction="out",kind="text",transport="{transport}"}}' in metrics, metrics[-3000:]
+    assert 'txvoice_s3_connections{transport="voicews"}' in metrics

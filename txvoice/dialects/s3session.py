@@ -234,6 +234,31 @@ class UnifiedSession:
         self.channel.cancel()
 
 
+TRANSPORTS = ("voicews", "socketio")
+
+
+class _TransportCollector:
+    """``txvoice_s3_messages{transport, direction, kind}`` and ``txvoice_s3_connections{transport}``."""
+
+    def __init__(self, coordinator: "Coordinator") -> None:
+        self.coordinator = coordinator
+
+    def describe(self) -> list:
+        return []
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        messages = CounterMetricFamily("txvoice_s3_messages", "S3 messages by transport",
+                                       labels=["transport", "direction", "kind"])
+        for (transport, direction, kind), n in sorted(self.coordinator.counts.items()):
+            messages.add_metric([transport, direction, kind], n)
+        live = GaugeMetricFamily("txvoice_s3_connections", "S3 sessions reached over each transport now", labels=["transport"])
+        for transport in TRANSPORTS:
+            live.add_metric([transport], sum(transport in u.transports for u in self.coordinator.sessions.values()))
+        return [messages, live]
+
+
 class Coordinator:
     """The unified sessions of one server, by id, so a second transport can join one."""
 
@@ -241,13 +266,22 @@ class Coordinator:
 
     def __init__(self) -> None:
         self.sessions: dict[str, UnifiedSession] = {}
+        #: (transport, direction, kind) -> messages, for the ``transport``-labelled counters.
+        self.counts: dict[tuple[str, str, str], int] = {}
 
     @classmethod
     def of(cls, server: "VoiceServer") -> "Coordinator":
         found = cls._by_server.get(server)
         if found is None:
             found = cls._by_server[server] = cls()
+            registry = getattr(getattr(server, "metrics", None), "registry", None)
+            if registry is not None:
+                registry.register(_TransportCollector(found))
         return found
+
+    def count(self, transport: str, direction: str, kind: str) -> None:
+        key = (transport, direction, kind)
+        self.counts[key] = self.counts.get(key, 0) + 1
 
     def add(self, unified: UnifiedSession) -> None:
         self.sessions[unified.id] = unified

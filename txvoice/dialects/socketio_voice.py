@@ -154,9 +154,11 @@ class _SocketIOTransport:
             log.debug("emit {event} to a gone Socket.IO client", event=event)
 
     def sendS3(self, message: dict[str, Any]) -> None:
+        self.bridge.coordinator.count("socketio", "out", "text")
         self._emit("voice:" + message["type"], message)
 
     def sendS3Audio(self, chunk: bytes) -> None:
+        self.bridge.coordinator.count("socketio", "out", "binary")
         self._emit("voice:audio_data", bytes(chunk))
 
 
@@ -193,6 +195,7 @@ class SocketIOVoice:
         self.pool.threadFactory = _daemon_thread
         self.connections: set[_EngineIOProtocol] = set()
         self.clients: dict[str, _Client] = {}
+        self.coordinator = Coordinator.of(server)
         sio = self.sio
         sio.on("connect", self._connect, namespace=NAMESPACE)
         sio.on("disconnect", self._disconnect, namespace=NAMESPACE)
@@ -317,6 +320,7 @@ class SocketIOVoice:
     def start(self, sid: str, data: Any = None, *rest: Any) -> dict[str, Any]:
         """``voice:start {siteId?, locale?, sessionId?, sampleRate?, channels?, codec?}``."""
         client = self.clients.get(sid)
+        self.coordinator.count("socketio", "in", "text")
         if client is None:
             return {"ok": False, "error": "not connected", "code": "not_connected"}
         data = data if isinstance(data, dict) else {}
@@ -364,6 +368,7 @@ class SocketIOVoice:
         client = self.clients.get(sid)
         if client is None:
             return
+        self.coordinator.count("socketio", "in", "binary")
         if client.unified is None:
             self._ack_error(sid, VoiceError("send voice:start first", code="no_session"))
             return

@@ -90,7 +90,7 @@ class VoiceWSProtocol(VoiceServerProtocol):
         if session.state is SessionState.CONNECTED:
             session.transition(SessionState.AUTHENTICATED)  # --voicews-allow-anonymous
         principal_attributes(session, self.admission.principal if self.admission else None)
-        coordinator = Coordinator.of(self.server)
+        coordinator = self._coordinator = Coordinator.of(self.server)
         joined = coordinator.get(self._join_id)
         if joined is not None:
             # This socket's own session stays out of the registry: the joined one is the session.
@@ -120,10 +120,17 @@ class VoiceWSProtocol(VoiceServerProtocol):
     # S3Transport
 
     def sendS3(self, message: dict[str, Any]) -> None:
+        self._count("out", "text")
         self.sendText(json.dumps(message, separators=(",", ":")).encode("utf-8"))
 
     def sendS3Audio(self, chunk: bytes) -> None:
+        self._count("out", "binary")
         self.sendBinary(chunk)
+
+    def _count(self, direction: str, kind: str) -> None:
+        key = ("voicews", direction, kind)
+        counts = self._coordinator.counts
+        counts[key] = counts.get(key, 0) + 1
 
     # errors
 
@@ -141,6 +148,7 @@ class VoiceWSProtocol(VoiceServerProtocol):
         unified = self.unified
         if unified is None:
             return
+        self._count("in", "binary")
         if payload:
             try:
                 unified.audio_in(payload)
@@ -151,6 +159,7 @@ class VoiceWSProtocol(VoiceServerProtocol):
         unified = self.unified
         if unified is None:
             return
+        self._count("in", "text")
         try:
             try:
                 msg = json.loads(payload)
