@@ -24,6 +24,8 @@ setup(
         "twisted[tls]>=24.7",
         "autobahn>=24.4",
         "txaio>=23.1",
+        "python-socketio>=5.11",  # S3's Socket.IO /voice (its threading mode, hosted on Twisted)
+        "python-engineio>=4.9",
         "zope.interface>=6",
         "numpy>=1.26",
         "opuslib>=3.0.1",

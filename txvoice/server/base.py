@@ -19,6 +19,7 @@ from txvoice.errors import VoiceError
 from txvoice.logging import NamespaceLogger
 from txvoice.security.ratelimit import Decision, TokenBucket
 from txvoice.server.admission import Admission
+from txvoice.server.compression import apply_compression_level
 from txvoice.server.framing import FastFraming, PreparedText
 from txvoice.server.writepath import install_write_through
 from txvoice.session.session import Session, SessionState
@@ -108,6 +109,7 @@ class VoiceServerProtocol(FastFraming, WebSocketServerProtocol):  # type: ignore
         self._message_limiter = server.admission.rate_policy.new_limiter(now)
         rate = server.config.max_audio_bytes_per_second
         self._audio_bucket = TokenBucket(rate, 2 * rate, now) if rate > 0 else _UNLIMITED
+        apply_compression_level(self._perMessageCompress, server.config.compression_level)
         server.registry.add(session)
         server.connection_opened(session)
         if self.admission is not None and self.admission.principal is not None:
