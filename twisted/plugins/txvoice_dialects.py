@@ -14,3 +14,5 @@ vocal = DialectFactory("vocal", "txvoice.dialects.vocal:endpoints",
                        "S2 Vocal: binary chunks, one ack each (--vocal-path)")
 echo = DialectFactory("echo", "txvoice.dialects.echo:endpoints",
                       "Plain echo on the full stack, for the Autobahn testsuite (--echo-path)")
+realtime = DialectFactory("realtime", "txvoice.dialects.realtime:endpoints",
+                          "S4 realtime: call sessions, session_start, sniffed binary audio, server heartbeats (--realtime-path)")
