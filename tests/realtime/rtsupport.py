@@ -61,7 +61,8 @@ class S4Client:
     """One connection to ``/realtime/ws``: JSON messages and binary audio received, in order."""
 
     def __init__(self, daemon, answer_heartbeats: bool = True, path: str = "/realtime/ws") -> None:
-        self.ws = connect(f"ws://127.0.0.1:{daemon.port}{path}", open_timeout=5, max_size=None)
+        self._connection = connect(f"ws://127.0.0.1:{daemon.port}{path}", open_timeout=5, max_size=None)
+        self.ws = self._connection.__enter__()
         self.answer_heartbeats = answer_heartbeats
         self.received: list = []  # dicts (JSON) and bytes (binary), in arrival order
         self.heartbeats = 0
@@ -112,7 +113,7 @@ class S4Client:
         return [m for m in self.received if isinstance(m, dict) and m["type"] == msg_type]
 
     def close(self) -> None:
-        self.ws.close()
+        self._connection.__exit__(None, None, None)
 
 
 def is_type(msg_type: str, **fields):

@@ -115,7 +115,7 @@ class RealtimeSink:
         elif event_type == "ai_response":
             call.send("ai_response", dict(data))
         elif event_type == "processing_started":
-            call.send("processing_status", {"stage": "speech_to_text", "status": "started", **data})
+            call.send("processing_status", {**data, "stage": "speech_to_text", "status": "started"})
         elif event_type == "processing_progress":
             stage = data.get("stage")
             call.send("processing_status", {**data, "stage": STAGES.get(stage, stage), "status": "processing"})
@@ -131,8 +131,8 @@ class RealtimeSink:
             if event_type == "processing_failed":
                 call.send("error", {"code": code, "message": data.get("message", ""), "category": "processing"})
         else:  # vad, turn_start, turn_end, barge_in: the voice-activity side of processing
-            call.send("processing_status", {"stage": "voice_activity", "status": event_type, "event": event_type,
-                                            **data})
+            call.send("processing_status", {**data, "stage": "voice_activity", "status": event_type,
+                                            "event": data.get("event", event_type)})
 
     def startResponse(self, text_content: str | None, audio_format: AudioFormat | None, metadata: dict) -> None:
         self.response_id = "resp_" + uuid.uuid4().hex[:16]
@@ -407,6 +407,7 @@ class RealtimeProtocol(VoiceServerProtocol):
         if heartbeat is not None and self.heartbeat is not None:
             self.heartbeat.reconfigure(heartbeat)
         self.call = call
+        call._flushAudio()
         pending = table.store.pending(call.address)
         self.sendS4("connection_status", {
             "status": "session_started", "callId": call_id, "userId": principal.user_id, "sessionId": session.id,

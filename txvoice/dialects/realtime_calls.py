@@ -63,6 +63,7 @@ class CallSession:
         self.started_at = time.time()
         self._buffer: list[tuple[bytes, bool]] | None = None  # live messages held while the queue drains
         self._expiry: Any = None
+        self._offline_audio: list[bytes] = []  # response audio while offline: queued as one message
         self.ended = False
 
     @property
@@ -81,7 +82,17 @@ class CallSession:
         elif self._buffer is not None:
             self._buffer.append((payload, is_binary))
         elif not self.ended:
-            self.table.store.put(self.address, payload, is_binary)
+            if is_binary:
+                self._offline_audio.append(payload)
+            else:
+                self._flushAudio()
+                self.table.store.put(self.address, payload, False)
+
+    def _flushAudio(self) -> None:
+        """Consecutive audio packets queued offline go in as one binary message (one count, in order)."""
+        if self._offline_audio:
+            audio, self._offline_audio = b"".join(self._offline_audio), []
+            self.table.store.put(self.address, audio, True)
 
     # connections
 
@@ -93,6 +104,7 @@ class CallSession:
         if self._expiry is not None and self._expiry.active():
             self._expiry.cancel()
         self._expiry = None
+        self._flushAudio()
         self.protocol = protocol
         if self.channel is None:
             self.channel = VoiceChannel(self.table.server, protocol.session, protocol.sink_for(self))
@@ -148,6 +160,7 @@ class CallSession:
             return
         self.ended = True
         self.table.remove(self)
+        self._offline_audio = []
         if self.protocol is None and self.channel is not None:
             self.channel.cancel()
         self.table.store.discard(self.address)
