@@ -112,6 +112,31 @@ class S4Client:
     def of_type(self, msg_type: str) -> list[dict]:
         return [m for m in self.received if isinstance(m, dict) and m["type"] == msg_type]
 
+    def pump(self, seconds: float) -> None:
+        """Read (and answer heartbeats) in a thread for ``seconds`` or until ``join()``."""
+        import threading
+
+        self._stop = threading.Event()
+
+        def run() -> None:
+            deadline = time.monotonic() + seconds
+            try:
+                while time.monotonic() < deadline and not self._stop.is_set():
+                    try:
+                        self.recv_one(min(0.05, max(0.01, deadline - time.monotonic())))
+                    except TimeoutError:
+                        pass
+            except Exception:
+                pass
+
+        self._pump = threading.Thread(target=run, daemon=True)
+        self._pump.start()
+
+    def join(self, stop: bool = False) -> None:
+        if stop:
+            self._stop.set()
+        self._pump.join()
+
     def close(self) -> None:
         self._connection.__exit__(None, None, None)
 

@@ -131,8 +131,8 @@ class RealtimeSink:
             if event_type == "processing_failed":
                 call.send("error", {"code": code, "message": data.get("message", ""), "category": "processing"})
         else:  # vad, turn_start, turn_end, barge_in: the voice-activity side of processing
-            call.send("processing_status", {**data, "stage": "voice_activity", "status": event_type,
-                                            "event": data.get("event", event_type)})
+            status = data.get("event", event_type) if event_type == "vad" else event_type
+            call.send("processing_status", {**data, "stage": "voice_activity", "status": status, "event": status})
 
     def startResponse(self, text_content: str | None, audio_format: AudioFormat | None, metadata: dict) -> None:
         self.response_id = "resp_" + uuid.uuid4().hex[:16]
@@ -192,7 +192,7 @@ class RealtimeProtocol(VoiceServerProtocol):
 
     def _sendHeartbeat(self, seq: int, config: HeartbeatConfig) -> None:
         self.sendS4("heartbeat", {"ping": True, "seq": seq, "serverTime": int(self.server.clock.seconds() * 1000),
-                                  **config.as_s4()})
+                                  "interval": round(config.interval * 1000)})
 
     def _heartbeatMissed(self, missed: int) -> None:
         server = self.server

@@ -118,9 +118,11 @@ class AppHeartbeat:
 
     def _beat(self) -> None:
         now = self.clock.seconds()
-        timeout = self.config.timeout
+        # A beat is missed at the first tick at least `timeout` after it was sent; a quarter interval
+        # of slack keeps a tick that fires a little early (timer jitter) from giving it one more.
+        due = self.config.timeout - self.config.interval / 4
         for seq, sent in list(self._outstanding.items()):
-            if now - sent >= timeout - 1e-6:
+            if now - sent >= due:
                 del self._outstanding[seq]
                 self.missed += 1
         if self.missed >= self.config.max_missed:
