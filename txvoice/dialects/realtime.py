@@ -162,7 +162,7 @@ class RealtimeProtocol(VoiceServerProtocol):
 
     @property
     def calls(self) -> CallTable:
-        return self.factory.calls
+        return call_table(self.server)
 
     # lifecycle
 
@@ -517,18 +517,28 @@ RealtimeProtocol._handlers = {
 }
 
 
+def call_table(server: "VoiceServer") -> CallTable:
+    """
+    The server's call sessions (one table per server, made on first use), with its offline store and
+    the ``txvoice_offline_messages_dropped_total`` counter.  Embedding code reaches it as
+    ``server.realtime_calls`` (``updateHeartbeatConfig``, ``sendToUser``, ``sendToCall``).
+    """
+    table = getattr(server, "realtime_calls", None)
+    if table is None:
+        from prometheus_client import Counter
+
+        table = server.realtime_calls = CallTable(server)
+        table.dropped_counter = Counter(
+            "offline_messages_dropped", "Messages for disconnected call sessions or users dropped from the offline "
+            "queue (oldest first), by bound: count, bytes, expired", ["reason"],
+            namespace="txvoice", registry=server.metrics.registry)
+    return table
+
+
 def endpoints(server: "VoiceServer") -> dict[str, IResource]:
     """The realtime dialect at ``--realtime-path``, off when that is empty (the dialect registry calls this)."""
     path = server.config.realtime_path
     if not path:
         return {}
-    factory = VoiceServerFactory(server, RealtimeProtocol)
-    table = factory.calls = CallTable(server)
-    from prometheus_client import Counter
-
-    table.dropped_counter = Counter(
-        "offline_messages_dropped", "Messages for disconnected call sessions or users dropped from the offline "
-        "queue (oldest first), by bound: count, bytes, expired", ["reason"],
-        namespace="txvoice", registry=server.metrics.registry)
-    server.realtime_calls = table  # for embedding code: server.realtime_calls.updateHeartbeatConfig(...)
-    return {path: WebSocketResource(factory)}
+    call_table(server)
+    return {path: WebSocketResource(VoiceServerFactory(server, RealtimeProtocol))}

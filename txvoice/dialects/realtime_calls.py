@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from twisted.internet.defer import Deferred
@@ -21,7 +22,7 @@ from twisted.logger import Logger
 from txvoice.audio.format import AudioFormat
 from txvoice.audio.ingest import StreamSettings
 from txvoice.server.channel import VoiceChannel
-from txvoice.session.appheartbeat import HeartbeatConfig
+from txvoice.session.appheartbeat import HeartbeatConfig, config_heartbeat
 from txvoice.session.offline import IOfflineStore, MemoryOfflineStore
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -175,10 +176,7 @@ class CallTable:
     def __init__(self, server: "VoiceServer", store: IOfflineStore | None = None) -> None:
         self.server = server
         config = server.config
-        self.heartbeat = HeartbeatConfig(
-            interval=config.realtime_heartbeat_interval, timeout=config.realtime_heartbeat_timeout,
-            max_missed=config.realtime_heartbeat_max_missed, enabled=config.realtime_heartbeat,
-        )
+        self.heartbeat = replace(config_heartbeat(config), enabled=config.realtime_heartbeat)
         self.on_heartbeat_config: list[Callable[[HeartbeatConfig], None]] = []
         self.dropped_counter: Any = None
         if store is None:

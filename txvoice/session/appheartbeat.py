@@ -132,3 +132,32 @@ class AppHeartbeat:
         self.seq += 1
         self._outstanding[self.seq] = now
         self.send(self.seq, self.config)
+
+
+def config_heartbeat(config: Any) -> HeartbeatConfig:
+    """The heartbeat the server configuration describes (``--realtime-heartbeat-*``)."""
+    return HeartbeatConfig(interval=config.realtime_heartbeat_interval, timeout=config.realtime_heartbeat_timeout,
+                           max_missed=config.realtime_heartbeat_max_missed, enabled=True)
+
+
+def native_heartbeat(protocol: Any) -> AppHeartbeat:
+    """
+    ``--native-heartbeat``: the same heartbeat on the native protocol, as ``heartbeat`` envelopes
+    ``{ping: true, seq, interval}``; the client answers ``{type: heartbeat, data: {pong: true}}``.
+    """
+    server = protocol.server
+
+    def send(seq: int, config: HeartbeatConfig) -> None:
+        protocol.sendEnvelope("heartbeat", {"ping": True, "seq": seq, "interval": round(config.interval * 1000)})
+
+    def expire(missed: int) -> None:
+        from txvoice.errors import VoiceError
+
+        server.stats.heartbeat_drops += 1
+        server.metrics.heartbeat_drop()
+        protocol.reportError(VoiceError(f"{missed} heartbeats went unanswered", code="heartbeat_timeout"))
+        protocol.closeSession(CLOSE_HEARTBEAT_MISSED, "heartbeat timeout")
+
+    heartbeat = AppHeartbeat(server.clock, config_heartbeat(server.config), send, expire)
+    heartbeat.start()
+    return heartbeat
