@@ -18,3 +18,5 @@ voicews = DialectFactory("voicews", "txvoice.dialects.voicews:endpoints",
                          "S3 raw voice WebSocket: VoiceStreamMessage JSON, binary 20 ms frames, JWT on the upgrade (--voicews-path)")
 socketio = DialectFactory("socketio", "txvoice.dialects.socketio_voice:endpoints",
                           "S3 Socket.IO, namespace /voice, polling and WebSocket (--socketio-path)")
+realtime = DialectFactory("realtime", "txvoice.dialects.realtime:endpoints",
+                          "S4 realtime: call sessions, session_start, sniffed binary audio, server heartbeats (--realtime-path)")

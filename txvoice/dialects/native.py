@@ -25,6 +25,7 @@ from txvoice.protocol.messages import SUBPROTOCOL
 from txvoice.server.base import CLOSE_NORMAL, VoiceServerProtocol
 from txvoice.server.channel import VoiceChannel
 from txvoice.session.resume import AckedIds, ResumeState, new_resume_token
+from txvoice.session.appheartbeat import AppHeartbeat, native_heartbeat
 from txvoice.session.session import SessionState
 from txvoice.dialects.registry import websocket_endpoint
 
@@ -126,6 +127,7 @@ class NativeVoiceProtocol(VoiceServerProtocol):
     in_protocol_auth = True
 
     channel: VoiceChannel | None = None
+    app_heartbeat: AppHeartbeat | None = None  # --native-heartbeat
 
     # lifecycle
 
@@ -141,6 +143,8 @@ class NativeVoiceProtocol(VoiceServerProtocol):
             # Authentication is optional: a new session may stream at once.
             session.transition(SessionState.AUTHENTICATED)
         self.sendEnvelope("connect", self.greeting())
+        if self.server.config.native_heartbeat:
+            self.app_heartbeat = native_heartbeat(self)
 
     def greeting(self) -> dict[str, Any]:
         server = self.server
@@ -177,6 +181,8 @@ class NativeVoiceProtocol(VoiceServerProtocol):
             self.sendError(VoiceError("the audio could not be processed", code="internal_error"), None)
 
     def sessionClosing(self) -> None:
+        if self.app_heartbeat is not None:
+            self.app_heartbeat.stop()
         if self.channel is not None:
             self.channel.cancel()
         session = self.session
@@ -307,6 +313,9 @@ class NativeVoiceProtocol(VoiceServerProtocol):
         session.attributes.pop("ping_sent", None)
         session.attributes["pong_at"] = self.server.clock.seconds()
         session.attributes["missed_pings"] = 0
+        if env.data.get("pong") and self.app_heartbeat is not None:
+            self.app_heartbeat.answered()  # the answer to one of our heartbeats: nothing to say back
+            return
         self.reply(env, "heartbeat", {"server_time": self.server.clock.seconds()})
 
     def on_auth(self, env: Envelope) -> None:
