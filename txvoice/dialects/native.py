@@ -20,7 +20,7 @@ from zope.interface import implementer
 from txvoice.audio.format import CODEC_ALIASES, AudioFormat
 from txvoice.errors import AudioError, ProtocolError, StateError, VoiceError
 from txvoice.pipeline.interfaces import IResponseSink
-from txvoice.protocol.envelope import Envelope, decode_envelope, encode_envelope
+from txvoice.protocol.envelope import Envelope, decode_envelope, encode_envelope, encoded_size
 from txvoice.protocol.messages import SUBPROTOCOL
 from txvoice.server.base import CLOSE_NORMAL, VoiceServerProtocol
 from txvoice.server.channel import VoiceChannel
@@ -35,6 +35,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 RESPONSE_TRANSPORTS = ("binary", "base64")
 
+#: Largest ping ``data`` echoed by a pong (encoded bytes): a pong must not amplify what a client sends.
+MAX_PING_DATA = 4096
+
 #: What a session may send before it has authenticated, when authentication is required (S1).
 BEFORE_AUTH = frozenset({"auth", "ping", "pong", "heartbeat", "connect", "disconnect", "error"})
 
@@ -44,6 +47,7 @@ _CATEGORY = {
     "unknown_type": "protocol",
     "missing_field": "protocol",
     "invalid_field": "protocol",
+    "ping_too_large": "limit",
     "message_too_large": "limit",
     "auth_required": "auth",
     "auth_failed": "auth",
@@ -291,6 +295,10 @@ class NativeVoiceProtocol(VoiceServerProtocol):
         self.sendClose(CLOSE_NORMAL, "client disconnect")
 
     def on_ping(self, env: Envelope) -> None:
+        if env.data and encoded_size(env.data) > MAX_PING_DATA:
+            raise ProtocolError(
+                f"ping data is over {MAX_PING_DATA} bytes; a pong echoes it", code="ping_too_large", field="data"
+            )
         data = dict(env.data)
         data["client_timestamp"] = env.timestamp
         self.reply(env, "pong", data)

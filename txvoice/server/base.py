@@ -291,7 +291,10 @@ class VoiceServerProtocol(FastFraming, WebSocketServerProtocol):
             if not self._audio_bucket.allow(now, size):
                 self.rateLimited(True)
                 return
-            self.binaryReceived(payload)
+            try:
+                self.binaryReceived(payload)
+            except Exception:
+                self.handlerFailed("binary")
         else:
             counters.text_in += 1
             counters.text_bytes_in += size
@@ -303,7 +306,25 @@ class VoiceServerProtocol(FastFraming, WebSocketServerProtocol):
                 else:
                     self.rateLimited(False)
                 return
-            self.textReceived(payload)
+            try:
+                self.textReceived(payload)
+            except Exception:
+                self.handlerFailed("text")
+
+    def handlerFailed(self, kind: str) -> None:
+        """
+        A dialect's handler raised: log it with its traceback, answer one ``internal_error``, keep
+        the connection (an exception escaping into Autobahn would drop it without a close frame).
+        """
+        self.wslog.failure(
+            "handling a {kind} message of {session_id} failed",
+            kind=kind,
+            session_id=self.session.id if self.session is not None else None,
+        )
+        try:
+            self.reportError(VoiceError("internal error handling the message", code="internal_error"))
+        except Exception:
+            self.wslog.failure("reporting an internal error failed")
 
     # sending
 
