@@ -104,6 +104,8 @@ class _NativeResponseSink:
             protocol.session.counters.audio_frames_out += 1
         if self.transport == "binary":
             protocol.sendBinary(chunk)
+        elif protocol.outputCongested():
+            protocol.dropOutput("audio")
         else:
             protocol.sendEnvelope(
                 "voice_stream_chunk",
@@ -139,6 +141,10 @@ class NativeVoiceProtocol(VoiceServerProtocol):
         self._sink = _NativeResponseSink(self)
         self.channel = VoiceChannel(self.server, session, self._sink)
         self.channel.on_chunk_error = self._chunkFailed
+        if self.budget is not None:
+            self.channel.budget = self.budget
+            self.channel.drop_output = self.dropOutput
+            self.budget.add_source(self.channel.queued_bytes)
         self._acked = AckedIds()
         session.attributes["resume_token"] = new_resume_token()
         if not self.server.config.auth_required:
@@ -198,8 +204,24 @@ class NativeVoiceProtocol(VoiceServerProtocol):
     # sending
 
     def sendEnvelope(self, msg_type: str, data: dict[str, Any]) -> None:
+        if msg_type == "metrics" and "reply_to" not in data and self.outputCongested():
+            self.dropOutput("metrics")  # a push, not an answer: dropped while congested
+            return
         session = self.session
         self.sendText(encode_envelope(msg_type, data, session.conversation_id if session else None))
+
+    def outputStateChanged(self, state: str, queued: int) -> None:
+        budget = self.budget
+        assert budget is not None
+        self.sendEnvelope(
+            "status",
+            {"event_type": "output_congested" if state == "congested" else "output_recovered",
+             "queued_bytes": queued, "soft_limit": budget.soft_limit, "hard_limit": budget.hard_limit},
+        )
+
+    def outputExceeded(self) -> None:
+        if self.channel is not None:
+            self.channel.cancel()
 
     def reportError(self, error: VoiceError) -> None:
         self.sendError(error, None)

@@ -93,6 +93,8 @@ class ResponseStream:
         self.turn: Any = None
         self.key = next(_keys)
         self.queue: deque[tuple[bytes, float]] = deque()
+        #: Bytes held for the client: encoded packets queued plus source PCM not yet encoded.
+        self.pending_bytes = 0
         self.announce: tuple | None = None
         self.format: AudioFormat | None = None
         self.encoder: ResponseEncoder | None = None
@@ -141,6 +143,10 @@ class ResponseStream:
             self._queued(self._sliced(chunk))
             return
         pcm = np.frombuffer(chunk, dtype=np.int16) if isinstance(chunk, (bytes, bytearray)) else chunk
+        if self._congested():
+            self.channel.dropOutput("audio")
+            return
+        self.pending_bytes += pcm.nbytes
         step = self._slice_samples
         self._to_encode.extend(pcm[i:i + step] for i in range(0, len(pcm), step))
         self._encodeNext()
@@ -194,6 +200,7 @@ class ResponseStream:
         while pending and size < self._slice_samples:
             parts.append(pending.popleft())
             size += len(parts[-1])
+        self.pending_bytes -= sum(p.nbytes for p in parts)
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def _encoded(self, packets: list[tuple[bytes, float]]) -> None:
@@ -205,9 +212,18 @@ class ResponseStream:
         log.failure("encoding a response failed", failure)
         self.cancel("encoding_failed")
 
+    def _congested(self) -> bool:
+        """The client's output is over its soft mark: response audio is dropped, not queued."""
+        budget = getattr(self.channel, "budget", None)
+        return budget is not None and budget.check() != "normal"
+
     def _queued(self, packets: list[tuple[bytes, float]]) -> None:
         if self.done:
             return
+        if packets and self._congested():
+            self.channel.dropOutput("audio", len(packets))
+            packets = []
+        self.pending_bytes += sum(len(p) for p, _ in packets)
         self.queue.extend(packets)
         if self.active:
             self.pump(self.channel.server.clock.seconds())
@@ -240,6 +256,7 @@ class ResponseStream:
             queue = self.queue
             while queue and self.sent_ms < allowed:
                 packet, ms = queue.popleft()
+                self.pending_bytes -= len(packet)
                 sink.audio(packet)
                 self.sent_ms += ms
                 self.packets += 1
@@ -262,6 +279,7 @@ class ResponseStream:
         played, source = self.played_ms(now)
         self.queue.clear()
         self._to_encode.clear()  # not encoded at all: it will not be played
+        self.pending_bytes = 0
         if self.turn is not None:
             self.turn.cancel()
         info = {"played_ms": round(played, 1), "played_source": source, "sent_ms": round(self.sent_ms, 1)}
