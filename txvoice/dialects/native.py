@@ -304,6 +304,13 @@ class NativeVoiceProtocol(VoiceServerProtocol):
             state = self.server.resume_store.take(token)
             if state is None:
                 greeting.update(resumed=False, resume_error="unknown_or_expired_token")
+            elif state.user_id is not None and self.server.admission.authenticator is not None and not (
+                session.is_authenticated and (session.user_id, session.tenant) == (state.user_id, state.tenant)
+            ):
+                # A resume token is no credential: with keys configured, an authenticated user's
+                # session is taken over only by a connection already authenticated as that user
+                # (the token is used up).
+                greeting.update(resumed=False, resume_error="authentication_required")
             else:
                 session.user_id, session.tenant = state.user_id, state.tenant
                 session.conversation_id = state.conversation_id
