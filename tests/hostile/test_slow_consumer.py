@@ -31,6 +31,8 @@ N = int(os.environ.get("TXVOICE_HOSTILE_CLIENTS", "4"))
 MAX_OUTPUT = 1 << 20  # the default max_output_buffer
 MARGIN = 48 << 20  # Python's allocator, the slow clients' sessions, the latency probe's
 NEAR_BASELINE = 24 << 20
+#: Another session's p99 acknowledgement latency must stay under this (issue #20: 20 ms).
+P99_MS = float(os.environ.get("TXVOICE_HOSTILE_P99_MS", "20"))
 
 
 def rss(pid: int) -> int:
@@ -124,7 +126,7 @@ def test_slow_consumers_cost_a_bounded_amount_and_do_not_slow_others(tmp_path: P
         assert report["dropped_audio"] > 0
         assert peak <= baseline + N * MAX_OUTPUT + MARGIN, report
         assert after <= baseline + NEAR_BASELINE, report
-        assert p99 < 0.020, report
+        assert p99 * 1000 < P99_MS, report
         assert "Traceback" not in daemon.log()
     finally:
         daemon.stop()
