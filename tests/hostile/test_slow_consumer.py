@@ -14,7 +14,6 @@ import os
 import statistics
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -51,37 +50,6 @@ def metric(text: str, name: str) -> float:
     return total
 
 
-class AckProbe(threading.Thread):
-    """A well-behaved session: a reliable ping every 100 ms (under the rate limit), timed until its ack."""
-
-    def __init__(self, url: str, stop: threading.Event) -> None:
-        super().__init__(daemon=True)
-        self.ws = connected(url, subprotocols=["txvoice.v1"], open_timeout=5, max_size=None)
-        self.ws.recv(timeout=5)  # greeting
-        self.stop = stop
-        self.latencies: list[float] = []
-        self.failures: list[str] = []
-
-    def run(self) -> None:
-        n = 0
-        try:
-            while not self.stop.is_set():
-                n += 1
-                mid = f"c{n}"
-                sent = time.perf_counter()
-                self.ws.send(json.dumps({"type": "ping", "message_id": mid, "reliable": True, "data": {"n": n}}))
-                while True:
-                    msg = json.loads(self.ws.recv(timeout=5))
-                    if msg["type"] == "ack" and msg["data"]["message_id"] == mid:
-                        self.latencies.append(time.perf_counter() - sent)
-                        break
-                time.sleep(0.1)
-        except Exception as e:  # noqa: BLE001 - reported by the test
-            self.failures.append(repr(e))
-        finally:
-            self.ws.close()
-
-
 @pytest.mark.slow
 def test_slow_consumers_cost_a_bounded_amount_and_do_not_slow_others(tmp_path: Path) -> None:
     daemon = start_daemon(tmp_path)
@@ -89,9 +57,11 @@ def test_slow_consumers_cost_a_bounded_amount_and_do_not_slow_others(tmp_path: P
         pid = daemon.proc.pid
         time.sleep(1.0)
         baseline = rss(pid)
-        stop = threading.Event()
-        probe = AckProbe(daemon.url, stop)
-        probe.start()
+        # A well-behaved session in its own process: a reliable ping every 100 ms (under the
+        # default rate limit), timed until its ack.
+        probe = subprocess.Popen([sys.executable, str(HERE / "ackprobe.py"), daemon.url, "0.1"],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert probe.stdout.readline().strip() == "ready"
         slow = subprocess.Popen(
             [sys.executable, str(HERE / "slowclients.py"), daemon.url, str(N), str(SECONDS)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -101,12 +71,12 @@ def test_slow_consumers_cost_a_bounded_amount_and_do_not_slow_others(tmp_path: P
             peak = max(peak, rss(pid))
             time.sleep(0.2)
         counts = json.loads(slow.stdout.read().decode().strip().splitlines()[-1])
-        stop.set()
-        probe.join(10)
+        out, _ = probe.communicate("", timeout=15)
+        result = json.loads(out.strip().splitlines()[-1])
         time.sleep(3.0)  # closes and the 2 s close-handshake timeout
         after = rss(pid)
         metrics = urllib.request.urlopen(daemon.http + "/metrics", timeout=5).read().decode()
-        lat = sorted(probe.latencies)
+        lat = sorted(x / 1000.0 for x in result["latencies_ms"])
         p99 = lat[int(len(lat) * 0.99) - 1] if lat else float("inf")
         report = {
             "clients": N, "seconds": SECONDS, "baseline_mb": round(baseline / 2**20, 1),
@@ -117,10 +87,14 @@ def test_slow_consumers_cost_a_bounded_amount_and_do_not_slow_others(tmp_path: P
             "dropped_audio": metric(metrics, 'txvoice_output_dropped_total{kind="audio"}'),
             "congested": metric(metrics, "txvoice_output_congested_total"),
             "overflow_closes": metric(metrics, "txvoice_output_overflow_closes_total"),
+            "reactor_lag_over_10ms": metric(metrics, "txvoice_reactor_lag_seconds_count")
+            - metric(metrics, 'txvoice_reactor_lag_seconds_bucket{le="0.01"}'),
+            "reactor_lag_samples": metric(metrics, "txvoice_reactor_lag_seconds_count"),
+            "load_average": os.getloadavg()[0],
             **counts,
         }
         print("slow-consumer:", json.dumps(report))
-        assert not probe.failures, probe.failures
+        assert result["failure"] is None, result["failure"]
         assert counts["turns"] > N * SECONDS  # they really did stream (about 3 turns a second each)
         assert report["congested"] >= N  # every slow client went over the soft mark
         assert report["dropped_audio"] > 0
