@@ -81,6 +81,8 @@ class VoiceConfig:
     rate_limit_max_requests: int = _opt(1000, "Control (text) messages allowed per window (S4 RATE_LIMIT_MAX_REQUESTS).")
     rate_limit_strikes: int = _opt(50, "Rejected messages within a window after which the connection is closed with 1008.")
     max_audio_bytes_per_second: int = _opt(262144, "Sustained audio bytes per second per connection (bursts of 2 s allowed).")
+    output_buffer_soft_limit: int = _opt(262144, "Bytes waiting for one client (send buffer, paced and queued response audio) above which its response audio and metrics pushes are dropped and it is told once (status output_congested); control replies, acks and errors are never dropped (0: off).")
+    max_output_buffer: int = _opt(1048576, "Bytes waiting for one client above which the connection is closed with 4006 and its queued responses freed: what a slow or non-reading client can cost (0: unbounded).")
     heartbeat_max_missed: int = _opt(2, "Unanswered pings (each ping_timeout long) after which a peer is dropped.")
     # health, alerts, monitoring
     health_max_latency_ms: float = _opt(1000.0, "/health is degraded when the average turn latency exceeds this.")
