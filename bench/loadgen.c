@@ -218,6 +218,7 @@ static double opt_slip_limit_us = 2000;
 static double opt_cpu_limit = 0.9;
 static int opt_prewarm = 0; /* frames the warm-up session sends (0: no warm-up) */
 static double opt_tick_us = 500; /* send-scheduler granularity (0: wake for every frame) */
+static int opt_lazy_reads = 0;   /* --lazy-reads: wake once per tick, not per answer (answers timed up to a tick late) */
 
 /* ------------------------------------------------------------------ payloads */
 
@@ -778,6 +779,21 @@ static void pump(int64_t timeout_ns) {
     for (int i = 0; i < n; i++) on_event(&sess[evs[i].data.u32], evs[i].events);
 }
 
+/* Sleep until ``wake`` (CLOCK_MONOTONIC ns) without waking for answers, then read every answer that
+ * came meanwhile: one wake-up per tick instead of one per answer.  An answer is timed when it is
+ * read, so it is counted up to one tick late (conservative: never early). */
+static void sleep_then_pump(uint64_t wake) {
+    struct timespec ts = {.tv_sec = (time_t)(wake / 1000000000ull), .tv_nsec = (long)(wake % 1000000000ull)};
+    while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR) {
+    }
+    static struct epoll_event evs[1024];
+    int n;
+    do {
+        n = epoll_wait_ns(evs, 1024, 0);
+        for (int i = 0; i < n; i++) on_event(&sess[evs[i].data.u32], evs[i].events);
+    } while (n == 1024);
+}
+
 /* Warm-up: one session sends a few frames and leaves before the measured sessions connect, so
  * what a server loads lazily on its first session is in its baseline, not in the per-session
  * figures.  Prints "PHASE warm" then pauses so the runner can read the baseline; every counter
@@ -827,7 +843,7 @@ static void usage(void) {
             "usage: loadgen --port P --frames FILE [--path /ws/audio?...] [--sessions N] [--duration S]\n"
             "               [--interval-ms 20] [--mode ack|echo] [--no-greeting] [--deflate] [--warmup S]\n"
             "               [--drain S] [--connect-timeout S] [--slip-limit-us 2000] [--cpu-limit 0.9]\n"
-            "               [--prewarm FRAMES] [--tick-us 500]\n"
+            "               [--prewarm FRAMES] [--tick-us 500] [--lazy-reads]\n"
             "Target address is always " TARGET_ADDR ".\n");
     exit(2);
 }
@@ -842,7 +858,7 @@ int main(int argc, char **argv) {
         {"warmup", required_argument, 0, 'w'},      {"drain", required_argument, 0, 'D'},
         {"connect-timeout", required_argument, 0, 'c'}, {"slip-limit-us", required_argument, 0, 's'},
         {"cpu-limit", required_argument, 0, 'C'},   {"prewarm", required_argument, 0, 'P'},
-        {"tick-us", required_argument, 0, 'T'},
+        {"tick-us", required_argument, 0, 'T'},     {"lazy-reads", no_argument, 0, 'L'},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0}};
     int c;
@@ -869,6 +885,7 @@ int main(int argc, char **argv) {
         case 'C': opt_cpu_limit = atof(optarg); break;
         case 'P': opt_prewarm = atoi(optarg); break;
         case 'T': opt_tick_us = atof(optarg); break;
+        case 'L': opt_lazy_reads = 1; break;
         default: usage();
         }
     }
@@ -956,7 +973,8 @@ int main(int argc, char **argv) {
                      * within one tick go out together, one wake-up for all of them. */
                     uint64_t wake = due;
                     if (tick) wake = t0 + (due - t0 + tick - 1) / tick * tick;
-                    pump((int64_t)(wake - t));
+                    if (opt_lazy_reads) sleep_then_pump(wake);
+                    else pump((int64_t)(wake - t));
                     break;
                 }
                 sess_t *s = &sess[i];
@@ -1030,6 +1048,7 @@ int main(int argc, char **argv) {
            "\"greeting_failed\": %llu, \"first_http_status\": %d, \"deflate_negotiated\": %llu, ",
            opt_sessions, connected, (unsigned long long)c_connect_failed, (unsigned long long)c_handshake_failed,
            (unsigned long long)c_greeting_failed, first_http_status, (unsigned long long)c_deflate);
+    printf("\"lazy_reads\": %s, ", opt_lazy_reads ? "true" : "false");
     printf("\"mode\": \"%s\", \"interval_ms\": %.3f, \"tick_us\": %.0f, \"duration_s\": %.3f, \"frames_per_session\": %llu, "
            "\"payloads\": %zu, \"connect_s\": %.3f, \"send_wall_s\": %.3f, \"wall_s\": %.3f, ",
            opt_echo ? "echo" : "ack", opt_interval_ms, opt_tick_us, opt_duration, (unsigned long long)per_session, npayloads,

@@ -148,5 +148,5 @@ def test_other_work_on_the_cores_is_read_from_proc_stat(bench) -> None:
     before = {"busy": {"0": 100, "1": 200}, "loadavg": (1.0, 0, 0), "t": 10.0}
     after = {"busy": {"0": 100 + 2 * bench.CLK_TCK, "1": 200 + bench.CLK_TCK}, "loadavg": (2.0, 0, 0), "t": 12.0}
     m = bench.machine_load(before, after, own_cpu_s=1.0)  # 3 s busy in 2 s, 1 s of it ours
-    assert m == {"others_cores": 1.0, "busy_cores": 1.5, "loadavg_1m": [1.0, 2.0]}
+    assert m == {"others_cores": 1.0, "busy_cores": 1.5, "busy_by_core": {"0": 1.0, "1": 0.5}, "loadavg_1m": [1.0, 2.0]}
     assert bench.parse_cpu_busy("cpu0 1 2 3 4 5 6 7 8 0 0\n", ("0",)) == {"0": 1 + 2 + 3 + 6 + 7}
