@@ -151,6 +151,22 @@ def pinned(cpu: str) -> list[str]:
 #: Prefix for the server and the generator: ["chrt", "-f", "10"] with --realtime (SCHED_FIFO, so other
 #: processes on the shared cores wait for them; the kernel still leaves them 5 % of each second).
 PRIORITY: list[str] = []
+#: --nice N: the server and the generator each start a session of their own, and that session's
+#: autogroup gets nice N.  With autogroups on (/proc/sys/kernel/sched_autogroup_enabled), CFS shares
+#: the CPU between sessions first, so a plain ``nice`` does nothing against other sessions' work.
+AUTOGROUP_NICE: list[int] = []
+
+
+def spawn(argv: list[str], **kwargs: Any) -> subprocess.Popen:
+    """Popen for the server and the generator: in a session of its own with --nice."""
+    if not AUTOGROUP_NICE:
+        return subprocess.Popen(argv, **kwargs)
+    proc = subprocess.Popen(argv, start_new_session=True, **kwargs)
+    try:
+        Path(f"/proc/{proc.pid}/autogroup").write_text(str(AUTOGROUP_NICE[0]))
+    except OSError as e:
+        log(f"bench: warning: could not set the autogroup nice of {proc.pid}: {e}")
+    return proc
 
 
 PINNING = len(_CPUS) >= 2 and shutil.which("taskset") is not None
@@ -253,8 +269,8 @@ class Server:
         env.pop("TXVOICE_LISTEN", None)
         env.update(spec.env(sessions))
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(pinned(SERVER_CPU) + spec.command(self.port, sessions), cwd=str(ROOT), env=env,
-                                     stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = spawn(pinned(SERVER_CPU) + spec.command(self.port, sessions), cwd=str(ROOT), env=env,
+                          stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT)
         self.pid = self.proc.pid  # taskset execs the server: same PID
 
     def wait_ready(self, timeout: float = 30.0) -> None:
@@ -485,7 +501,7 @@ def run_once(spec: ServerSpec, workload: str, n: int, opts: Options, label: str)
             "--slip-limit-us", str(opts.slip_limit_us), "--cpu-limit", str(opts.cpu_limit), "--prewarm", "10",
             "--connect-timeout", str(5.0 + 0.01 * n if opts.quick else 10.0 + 0.01 * n),
         ] + (["--deflate"] if spec.deflate else []) + (["--lazy-reads"] if opts.lazy_reads else [])
-        gen = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        gen = spawn(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         marks: dict[str, tuple[float | None, int | None, float]] = {}
         ticks: dict[str, dict[str, tuple[int, int]]] = {}
         samples: dict[str, dict[str, Any]] = {}
@@ -1009,12 +1025,14 @@ def write_markdown(path: Path, result: dict[str, Any]) -> None:
     primary = cfg["workloads"][0]
     env = result["environment"]
     load = env.get("loadavg_start")
+    nice = f" (both at nice {cfg['nice']})" if cfg.get("nice") is not None else ""
     lines = [
         f"# Voice sessions per core — {env['date']}",
         "",
         f"Workload: each session sends one 20 ms frame every 20 ms ({primary} first; the server decodes to "
         f"16 kHz, runs VAD and acknowledges every frame). Server on CPU {cfg['server_cpu']}, generator on CPU "
-        f"{cfg['generator_cpu']}{' (both SCHED_FIFO, --realtime)' if cfg.get('realtime') else ''}; medians of "
+        f"{cfg['generator_cpu']}{' (both SCHED_FIFO, --realtime)' if cfg.get('realtime') else ''}"
+        f"{nice}; medians of "
         f"{cfg['reps']} repetition(s), {cfg['duration_s']} s per run"
         + (f"; load average {load[0]:.2f} at the start, {env['loadavg_end'][0]:.2f} at the end"
            if load and env.get("loadavg_end") else "")
@@ -1177,6 +1195,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--eager-reads", action="store_true",
                    help="the generator wakes for every answer (exact to the µs, but > 0.9 of its core at 1,000 "
                    "sessions) instead of once per 0.5 ms tick (answers timed up to 0.5 ms late)")
+    p.add_argument("--nice", type=int, default=None, metavar="N",
+                   help="run the server and the generator at this nice value (e.g. -10: other processes on the shared "
+                   "cores get a small share while they are busy; threads of one server keep CFS between them)")
     p.add_argument("--realtime", action="store_true",
                    help="run the server and the generator SCHED_FIFO (chrt -f 10), so other processes on the shared "
                    "cores wait for them (the kernel still leaves them 5 %% of each second)")
@@ -1292,6 +1313,9 @@ def main(argv: list[str] | None = None) -> int:
     raise_fd_limit(max(a.ladder + [a.fixed_n] + a.cpu_n) + 256)
     if a.realtime:
         PRIORITY[:] = ["chrt", "-f", "10"]
+    elif a.nice is not None:
+        PRIORITY[:] = ["nice", "-n", str(a.nice)]
+        AUTOGROUP_NICE[:] = [a.nice]
     if not PINNING:
         log("bench: warning: fewer than 2 CPUs or no taskset: server and generator are not pinned")
 
@@ -1318,7 +1342,7 @@ def main(argv: list[str] | None = None) -> int:
                    "p99_strict_ms": P99_STRICT_MS, "server_cpu": SERVER_CPU, "generator_cpu": GEN_CPU,
                    "warmup_s": opts.warmup, "drain_s": opts.drain, "frame_ms": 20,
                    "slip_limit_ms": a.slip_limit_ms, "generator_cpu_limit": opts.cpu_limit, "cpu_ns": a.cpu_n,
-                   "steal_limit": opts.steal_limit, "steal_retries": opts.steal_retries, "realtime": a.realtime,
+                   "steal_limit": opts.steal_limit, "steal_retries": opts.steal_retries, "realtime": a.realtime, "nice": a.nice,
                    "lazy_reads": opts.lazy_reads,
                    "command": " ".join(["bench/run.py", *(sys.argv[1:] if argv is None else argv)])},
         "environment": env,
