@@ -123,6 +123,8 @@ SERVERS: dict[str, ServerSpec] = {
                    about="txvoice with a 1 ms GIL switch interval (--gil-switch-interval-ms 1), for comparison"),
         ServerSpec("txvoice-buffered", _txvoice_cmd(["--no-write-through"]), env=_txvoice_env,
                    about="txvoice with Twisted's buffered writes (--no-write-through), for comparison"),
+        ServerSpec("txvoice-batch2ms", _txvoice_cmd(["--audio-batch-ms", "2"]), env=_txvoice_env,
+                   about="txvoice holding audio chunks 2 ms before the hop to the audio thread (--audio-batch-ms 2), for comparison"),
         ServerSpec("txvoice-deflate", _txvoice_cmd(["--compression"]), deflate=True, env=_txvoice_env,
                    about="the same with --compression; the generator offers permessage-deflate"),
         ServerSpec("autobahn-echo", lambda port, n: [PY, str(BENCH / "servers" / "autobahn_echo.py"), "--port", str(port)],
@@ -136,6 +138,9 @@ SERVERS: dict[str, ServerSpec] = {
     ]
 }
 REFERENCE = "txvoice"
+#: The table's servers when --servers is not given: txvoice, the floor it stands on, its fastest
+#: Python peer and the limit (the variants are for side-by-side comparisons).
+DEFAULT_SERVERS = ["txvoice", "autobahn-echo", "aiohttp-ingest", LIMIT]
 
 
 def free_port() -> int:
@@ -483,6 +488,8 @@ class Options:
     #: The generator wakes once per 0.5 ms tick, not once per answer (answers timed up to a tick
     #: late): at 1,000 sessions that is ~0.6 of its core instead of > 0.9 (loadgen --lazy-reads).
     lazy_reads: bool = True
+    #: A failed ladder step is run again and passes when 2 of 3 runs pass (--no-votes: one run decides).
+    fail_votes: bool = True
 
 
 def run_once(spec: ServerSpec, workload: str, n: int, opts: Options, label: str) -> dict[str, Any]:
@@ -706,6 +713,27 @@ def measure(plan: Plan, spec: ServerSpec, workload: str, n: int, rep: int, kind:
     return best
 
 
+def vote(plan: Plan, spec: ServerSpec, workload: str, n: int, rep: int, failed: dict[str, Any]) -> dict[str, Any]:
+    """
+    A failed ladder step, run again: it passes when two of three runs pass (a second failure ends
+    it).  On a VM shared with other work one stall fails a run at any N; a server past its capacity
+    fails every time.  The deciding run counts, the others stay in the record as superseded.
+    """
+    runs = [failed]
+    while len(runs) < 3:
+        r = measure(plan, spec, workload, n, rep, "ladder")
+        runs.append(r)
+        if r["discarded"] or sum(not x["passed"] for x in runs) >= 2 or sum(x["passed"] for x in runs) >= 2:
+            break
+    for r in runs[:-1]:
+        r["superseded"] = True
+    last = runs[-1]
+    last["votes"] = f"{sum(x['passed'] for x in runs)} of {len(runs)}"
+    log(f"  [ladder rep {rep}] {spec.name:16s} {workload:6s} N={n:<5d} passed {last['votes']} runs -> "
+        f"{'pass' if last['passed'] else 'FAIL'}")
+    return last
+
+
 def counted(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The runs that give figures: not superseded by a less stolen attempt."""
     return [r for r in runs if not r.get("superseded")]
@@ -749,6 +777,8 @@ def execute(plan: Plan) -> None:
                         if not step["discarded"]:
                             break
                         step = measure(plan, SERVERS[name], primary, n, rep, "ladder")
+                if not step["discarded"] and not step["passed"] and plan.opts.fail_votes and not plan.opts.quick:
+                    step = vote(plan, SERVERS[name], primary, n, rep, step)
                 if step["discarded"]:
                     log(f"  {name}: the generator saturates at N={n}; its ladder stops here (a lower bound)")
                     alive.remove(name)
@@ -938,6 +968,11 @@ def table_lines(result: dict[str, Any]) -> list[str]:
         v = at.get("cpu_us_per_frame")
         return v if v is not None or k != n else s.get(f"cpu_us_per_frame_{primary}")
 
+    def cpu_cell(s: dict[str, Any], k: int) -> str:
+        at = (s.get("at_n") or {}).get(str(k)) or {}
+        overloaded = at.get("runs") and not at.get("passed")
+        return fmt(cpu_at(s, k)) + (" ‡" if overloaded else "")
+
     def max_n(s: dict[str, Any], key: str) -> str:
         v = s.get(key)
         bound = " (≥; generator-bound)" if s.get("ladder_generator_bound") else ""
@@ -960,7 +995,7 @@ def table_lines(result: dict[str, Any]) -> list[str]:
         st = s.get("stolen_median") or {}
         load = (f"{fmt((st.get('server_cpu') or 0) * 100, 1)} % / {fmt((st.get('generator_cpu') or 0) * 100, 1)} % · "
                 f"{fmt(s.get('others_cores_median'), 2)}") if st.get("server_cpu") is not None else "–"
-        row = [f"`{name}`"] + [fmt(cpu_at(s, k)) for k in cpu_ns]
+        row = [f"`{name}`"] + [cpu_cell(s, k) for k in cpu_ns]
         row += [ratio(s.get(f"cpu_us_per_frame_{primary}"), r.get(f"cpu_us_per_frame_{primary}"))]
         row += [fmt(s.get(f"cpu_us_per_frame_{wl}")) for wl in others]
         row += [max_n(s, "max_sessions_p99_50ms"),
@@ -986,7 +1021,9 @@ def table_lines(result: dict[str, Any]) -> list[str]:
                     ratio(r.get("max_sessions_p99_20ms"), s.get("max_sessions_p99_20ms"))]
             lines.append("| " + " | ".join(row) + " |")
     lines += ["", f"CPU µs/frame: server process CPU time (all threads, /proc/PID/stat) over the sending window divided by "
-              f"the frames it acknowledged, at each fixed N (a run of its own per N, pass or fail). Max N: the largest ladder step passed — p99 round trip under "
+              f"the frames it acknowledged, at each fixed N (a run of its own per N; ‡: that run failed — p99 over "
+              f"{P99_LIMIT_MS:g} ms or frames lost — so the server was past its capacity and the figure is its CPU "
+              "per frame answered while overloaded). Max N: the largest ladder step passed — p99 round trip under "
               f"{P99_LIMIT_MS:g} ms (or {P99_STRICT_MS:g} ms) and no frame lost, every smaller step passing too; the median over the repetitions whose ladder ended on a "
               "failed step (a repetition cut short by a generator whose own CPU saturated on a run and its retry only gives a "
               "lower bound: when no repetition measured, the largest such bound is given, marked ≥; otherwise they are noted as 'k of n reps'). "
@@ -1180,7 +1217,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="txvoice benchmark: sessions per core, latency, memory, beside baselines",
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--quick", action="store_true", help="smoke run: tiny N, ~5 s per server; non-zero exit on any gap")
-    p.add_argument("--servers", default=",".join(SERVERS), help=f"comma-separated, from: {', '.join(SERVERS)}")
+    p.add_argument("--servers", default=",".join(DEFAULT_SERVERS),
+                   help=f"comma-separated, from: {', '.join(SERVERS)} [{','.join(DEFAULT_SERVERS)}]")
     p.add_argument("--workloads", default=None, help="comma-separated from opus, pcm16k, pcm48k; the first one runs "
                    "the ladder [default: opus,pcm48k]")
     p.add_argument("--reps", type=int, default=None, help="repetitions (medians are reported) [3; quick: 1]")
@@ -1192,6 +1230,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--steal-limit", type=float, default=STEAL_LIMIT * 100,
                    help="a run with more than this %% of either core stolen is run again, then marked disturbed [10]")
     p.add_argument("--steal-retries", type=int, default=1, help="re-runs of a disturbed run [1; quick: 0]")
+    p.add_argument("--no-votes", action="store_true",
+                   help="a failed ladder step ends the ladder at once (by default it is run again and passes when "
+                   "two of three runs pass: on a shared VM one stall fails a run at any N)")
     p.add_argument("--eager-reads", action="store_true",
                    help="the generator wakes for every answer (exact to the µs, but > 0.9 of its core at 1,000 "
                    "sessions) instead of once per 0.5 ms tick (answers timed up to 0.5 ms late)")
@@ -1323,7 +1364,8 @@ def main(argv: list[str] | None = None) -> int:
     servers = list(a.servers)
     opts = Options(duration=a.duration, warmup=0.3 if a.quick else min(2.0, a.duration / 5), drain=2.0 if a.quick else 3.0,
                    quick=a.quick, slip_limit_us=a.slip_limit_ms * 1000, steal_limit=a.steal_limit / 100,
-                   steal_retries=0 if a.quick else a.steal_retries, lazy_reads=not a.eager_reads)
+                   steal_retries=0 if a.quick else a.steal_retries, lazy_reads=not a.eager_reads,
+                   fail_votes=not a.no_votes)
     plan = Plan(servers=servers, workloads=a.workloads, reps=a.reps, fixed_n=a.fixed_n, ladder=a.ladder, opts=opts,
                 cpu_ns=a.cpu_n)
     env = environment()
@@ -1343,7 +1385,7 @@ def main(argv: list[str] | None = None) -> int:
                    "warmup_s": opts.warmup, "drain_s": opts.drain, "frame_ms": 20,
                    "slip_limit_ms": a.slip_limit_ms, "generator_cpu_limit": opts.cpu_limit, "cpu_ns": a.cpu_n,
                    "steal_limit": opts.steal_limit, "steal_retries": opts.steal_retries, "realtime": a.realtime, "nice": a.nice,
-                   "lazy_reads": opts.lazy_reads,
+                   "lazy_reads": opts.lazy_reads, "fail_votes": opts.fail_votes,
                    "command": " ".join(["bench/run.py", *(sys.argv[1:] if argv is None else argv)])},
         "environment": env,
         "reference": reference,

@@ -150,3 +150,28 @@ def test_other_work_on_the_cores_is_read_from_proc_stat(bench) -> None:
     m = bench.machine_load(before, after, own_cpu_s=1.0)  # 3 s busy in 2 s, 1 s of it ours
     assert m == {"others_cores": 1.0, "busy_cores": 1.5, "busy_by_core": {"0": 1.0, "1": 0.5}, "loadavg_1m": [1.0, 2.0]}
     assert bench.parse_cpu_busy("cpu0 1 2 3 4 5 6 7 8 0 0\n", ("0",)) == {"0": 1 + 2 + 3 + 6 + 7}
+
+
+def test_a_failed_ladder_step_passes_on_two_of_three_runs(bench, monkeypatch) -> None:
+    """One stall on a shared VM fails a run at any N: the step is run again, two of three decide."""
+    outcomes = iter([True, True])  # the two re-runs both pass
+
+    def fake_measure(plan, spec, workload, n, rep, kind):
+        r = step(spec.name, rep, n, passed=next(outcomes))
+        plan.runs.append(r)
+        return r
+
+    monkeypatch.setattr(bench, "measure", fake_measure)
+    p = plan(bench, ["c-limit"], [])
+    first = step("c-limit", 0, 100, passed=False, p99=60)
+    p.runs.append(first)
+    last = bench.vote(p, bench.SERVERS["c-limit"], "opus", 100, 0, first)
+    assert last["passed"] and last["votes"] == "2 of 3" and first["superseded"]
+    assert [r for r in bench.counted(p.runs)] == [last]
+
+    outcomes = iter([False])  # a second failure ends it
+    p = plan(bench, ["c-limit"], [])
+    first = step("c-limit", 0, 100, passed=False, p99=60)
+    p.runs.append(first)
+    last = bench.vote(p, bench.SERVERS["c-limit"], "opus", 100, 0, first)
+    assert not last["passed"] and last["votes"] == "0 of 2"
