@@ -57,6 +57,7 @@ class VoiceConfig:
     compression_threshold: int = _opt(1024, "Smallest JSON message (bytes) that is compressed when deflate is negotiated.")
     compression_level: int = _opt(1, "zlib level for permessage-deflate (1 = fastest).")
     audio_threads: int = _opt(2, "Threads in the audio worker pool.")
+    audio_batch_ms: float = _opt(0.0, "Hold audio chunks this long (ms) before handing them to the audio thread, so one thread hop carries more frames (each hop costs about as much as decoding a frame); 0 hands them over on the next reactor turn. Adds up to this much to every acknowledgement.")
     processes: int = _opt(1, "Server processes sharing the listening port, one per core (0: one per CPU this process may run on). Above 1 the listen description must be tcp: or tcp6:; each process keeps its own sessions, limits and metrics (see doc/operations.md).")
     gil_switch_interval_ms: float = _opt(0.0, "Python's thread switch interval (ms) while serving; 0 keeps Python's 5 ms. Shorter lets the reactor take the GIL back from audio threads sooner.")
     gc_freeze: bool = _opt(True, "Once started, take every object the process holds so far (modules, classes, settings: ~70,000 in the daemon) out of the garbage collector's full collections (gc.freeze), which then walk only what sessions allocate; each was a 25-40 ms reactor stall without it. Process-wide: turn off when embedding txvoice in a process that needs cycles among objects it already holds collected.")
