@@ -49,15 +49,15 @@ def _protocol(monkeypatch) -> tuple[VoiceWSProtocol, list]:
 
 def test_heartbeat_ping_payload_is_fresh_and_must_be_echoed(monkeypatch) -> None:
     proto, sent = _protocol(monkeypatch)
-    attributes = proto.session.attributes
+    beat = proto.session.heartbeat
     proto.sendPing(b"txvoice-hb")
     proto.sendPing(b"txvoice-hb")
     assert len(sent) == 2 and sent[0] != sent[1] and b"txvoice-hb" not in sent
-    attributes.update(ping_sent=1.0, missed_pings=1)
+    beat.ping_sent, beat.missed = 1.0, 1
     proto.onPong(sent[0])  # an old ping's payload: not proof of life
-    assert attributes["missed_pings"] == 1 and "ping_sent" in attributes
+    assert beat.missed == 1 and beat.ping_sent is not None
     proto.onPong(sent[1])
-    assert attributes["missed_pings"] == 0 and "ping_sent" not in attributes
+    assert beat.missed == 0 and beat.ping_sent is None
 
 
 def test_voice_start_formats() -> None:

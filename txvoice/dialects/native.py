@@ -148,7 +148,7 @@ class NativeVoiceProtocol(VoiceServerProtocol):
             self.channel.drop_output = self.dropOutput
             self.budget.add_source(self.channel.queued_bytes)
         self._acked = AckedIds()
-        session.attributes["resume_token"] = new_resume_token()
+        session.resume_token = new_resume_token()
         if not self.server.config.auth_required:
             # Authentication is optional: a new session may stream at once.
             session.transition(SessionState.AUTHENTICATED)
@@ -179,7 +179,7 @@ class NativeVoiceProtocol(VoiceServerProtocol):
             "authenticated": session.is_authenticated,
             "heartbeat": {"ping_interval": config.ping_interval, "ping_timeout": config.ping_timeout},
             "pipeline": server.pipeline.name,
-            "resume_token": session.attributes.get("resume_token"),
+            "resume_token": session.resume_token,
         }
 
     def _chunkFailed(self, failure: Failure) -> None:
@@ -197,7 +197,7 @@ class NativeVoiceProtocol(VoiceServerProtocol):
             self.channel.cancel()
         session = self.session
         ttl = self.server.config.resume_ttl
-        token = session.attributes.get("resume_token") if session is not None else None
+        token = session.resume_token if session is not None else None
         if token and ttl > 0 and session is not None:
             self.server.resume_store.keep(
                 ResumeState(token, session.id, session.user_id, session.tenant, session.conversation_id, self._acked),
@@ -347,9 +347,7 @@ class NativeVoiceProtocol(VoiceServerProtocol):
         """S4's application heartbeat: answered, and counted as proof of life."""
         session = self.session
         assert session is not None
-        session.attributes.pop("ping_sent", None)
-        session.attributes["pong_at"] = self.server.clock.seconds()
-        session.attributes["missed_pings"] = 0
+        session.heartbeat.alive(self.server.clock.seconds())
         if env.data.get("pong") and self.app_heartbeat is not None:
             self.app_heartbeat.answered()  # the answer to one of our heartbeats: nothing to say back
             return
@@ -491,10 +489,14 @@ class NativeVoiceProtocol(VoiceServerProtocol):
         session = self.session
         assert session is not None
         if "subscribe" in env.data:
-            session.attributes["metrics_subscribed"] = env.data["subscribe"]
+            session.metrics_subscribed = bool(env.data["subscribe"])
         data = self.metricsSnapshot()
-        data["subscribed"] = bool(session.attributes.get("metrics_subscribed"))
+        data["subscribed"] = session.metrics_subscribed
         self.reply(env, "metrics", data)
+
+    def pushMetrics(self) -> None:
+        """The periodic push to a subscribed session (``metrics_interval``)."""
+        self.sendEnvelope("metrics", self.metricsSnapshot())
 
     def metricsSnapshot(self) -> dict[str, Any]:
         """The session's counters and the server's real-time figures (``metrics`` messages)."""

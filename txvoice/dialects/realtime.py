@@ -471,8 +471,12 @@ class RealtimeProtocol(VoiceServerProtocol):
     def on_metrics(self, message: dict, data: dict) -> None:
         session = self.session
         if "subscribe" in data:
-            session.attributes["metrics_subscribed"] = bool(data["subscribe"])
-        self.sendS4("metrics", {**self.metricsSnapshot(), "subscribed": bool(session.attributes.get("metrics_subscribed"))})
+            session.metrics_subscribed = bool(data["subscribe"])
+        self.sendS4("metrics", {**self.metricsSnapshot(), "subscribed": session.metrics_subscribed})
+
+    def pushMetrics(self) -> None:
+        """The periodic push to a call session that subscribed (``metrics_interval``)."""
+        self.sendS4("metrics", {**self.metricsSnapshot(), "subscribed": True})
 
     def metricsSnapshot(self) -> dict[str, Any]:
         """S4's connection and processing metrics for this connection and server (also pushed to subscribers)."""

@@ -345,7 +345,7 @@ class SocketIOVoice:
         client.transport = _SocketIOTransport(self, client.sid)
         if joined is None:
             session = client.owned = Session(peer=client.peer, dialect="socketio")
-            session.attributes["ip"] = client.ip
+            session.ip = client.ip
             session.attributes["socketio_sid"] = client.sid
             session.last_activity = server.clock.seconds()
             session.close = lambda code, reason, sid=client.sid: self._closeClient(sid)

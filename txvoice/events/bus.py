@@ -62,7 +62,7 @@ class LocalEventBus:
     ) -> int:
         reached = 0
         for session in self._targets(conversation_id, user_id, session_id):
-            subscriber = session.attributes.get("subscriber")
+            subscriber = session.connection
             if subscriber is None:
                 continue
             try:

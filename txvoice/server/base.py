@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred, succeed
+from zope.interface import implementer
 
 from txvoice.errors import VoiceError
 from txvoice.logging import NamespaceLogger
@@ -23,7 +24,7 @@ from txvoice.server.compression import apply_compression_level
 from txvoice.server.backpressure import CLOSE_OUTPUT_OVERFLOW, CONGESTED, EXCEEDED, NORMAL, OutputBudget, install_budget
 from txvoice.server.framing import FastFraming, PreparedText
 from txvoice.server.writepath import install_write_through
-from txvoice.session.session import Session, SessionState
+from txvoice.session.session import ISessionConnection, Session, SessionState
 
 if TYPE_CHECKING:
     from txvoice.server.context import VoiceServer
@@ -38,6 +39,7 @@ CLOSE_TOKEN_EXPIRED = 4003
 ALLOW, CLOSE = Decision.ALLOW, Decision.CLOSE
 
 
+@implementer(ISessionConnection)
 class VoiceServerProtocol(FastFraming, WebSocketServerProtocol):  # type: ignore[misc]  # Autobahn's bases disagree on peer/_transport_details
     """Base of every txvoice dialect (whole binary frames take :mod:`txvoice.server.framing`'s fast lane)."""
 
@@ -144,7 +146,7 @@ class VoiceServerProtocol(FastFraming, WebSocketServerProtocol):  # type: ignore
         self.admission = admission
         principal = admission.principal
         session = self.session = Session(peer=request.peer, dialect=self.dialect)
-        session.attributes["ip"] = admission.ip
+        session.ip = admission.ip
         session.last_activity = self.server.clock.seconds()
         if principal is not None:
             session.user_id, session.tenant = principal.user_id, principal.tenant
@@ -159,8 +161,8 @@ class VoiceServerProtocol(FastFraming, WebSocketServerProtocol):  # type: ignore
         assert session is not None
         server = self.server
         session.close = self.closeSession
-        session.attributes["subscriber"] = self
-        now = session.attributes["opened_at"] = server.clock.seconds()
+        session.connection = self
+        now = session.opened_at = server.clock.seconds()
         self._message_limiter = server.admission.rate_policy.new_limiter(now)
         rate = server.config.max_audio_bytes_per_second
         self._audio_bucket = TokenBucket(rate, 2 * rate, now) if rate > 0 else _UNLIMITED
@@ -237,9 +239,7 @@ class VoiceServerProtocol(FastFraming, WebSocketServerProtocol):  # type: ignore
     def onPong(self, payload: bytes) -> None:
         session = self.session
         if session is not None:
-            session.attributes.pop("ping_sent", None)
-            session.attributes["missed_pings"] = 0
-            session.attributes["pong_at"] = self.server.clock.seconds()
+            session.heartbeat.alive(self.server.clock.seconds())
 
     def watchExpiry(self, expires_at: float | None) -> None:
         """Tell and close the session when its credentials expire (``token_expired``, 4003)."""
@@ -285,7 +285,10 @@ class VoiceServerProtocol(FastFraming, WebSocketServerProtocol):  # type: ignore
         """A message above ``max_message_size`` was received and discarded."""
 
     def deliverEvent(self, event_type: str, data: dict, conversation_id: str | None) -> None:
-        """A broadcast event addressed to this session (IEventSubscriber)."""
+        """A broadcast event addressed to this session (ISessionConnection); dialects say it their way."""
+
+    def pushMetrics(self) -> None:
+        """The session subscribed to metrics: send them (ISessionConnection); dialects say it their way."""
 
     # receiving
 

@@ -1,5 +1,7 @@
 """
-The state one txvoice server shares between its dialects, services and HTTP routes.
+The state one txvoice server shares between its dialects, services and HTTP routes: the session
+table (registry, conversations, resume store, event bus), admission, and its telemetry
+(:mod:`txvoice.server.telemetry`).
 
 It is deliberately not a service: services (listening, heartbeat, reaper, audio workers) hold a
 reference to it and manage lifecycles; the protocols read it through their factory.
@@ -21,12 +23,10 @@ from txvoice.audio.workers import AudioWorkers
 from txvoice.config import VoiceConfig
 from txvoice.events.bus import IEventBus, LocalEventBus
 from txvoice.pipeline.interfaces import IVoicePipeline
-from txvoice.monitoring.history import MetricsHistory
-from txvoice.monitoring.metrics import Traffic, VoiceMetrics
-from txvoice.monitoring.reactorlag import ReactorLagProbe
 from txvoice.server.admission import AdmissionPolicy
+from txvoice.server.response import Pacer
+from txvoice.server.telemetry import Telemetry
 from txvoice.session.registry import ISessionRegistry, LocalSessionRegistry
-from txvoice.session.session import Session, SessionCounters
 from txvoice.session.resume import IResumeStore, LocalResumeStore
 
 
@@ -41,23 +41,6 @@ class Conversation:
 
     def as_dict(self) -> dict[str, Any]:
         return {"conversation_id": self.id, "started_at": self.started_at, "turns": self.turns, "metadata": self.metadata}
-
-
-@dataclass
-class ServerStats:
-    """Process-wide counters (Prometheus export reads these)."""
-
-    connections_total: int = 0
-    connections_refused: dict[str, int] = field(default_factory=dict)
-    heartbeat_drops: int = 0
-    resumes: int = 0
-    rate_limit_closes: dict[str, int] = field(default_factory=dict)
-    closed_sessions: SessionCounters = field(default_factory=SessionCounters)
-    reaped: dict[str, int] = field(default_factory=dict)
-    errors: dict[str, int] = field(default_factory=dict)
-
-    def count(self, table: dict[str, int], key: str) -> None:
-        table[key] = table.get(key, 0) + 1
 
 
 class VoiceServer:
@@ -81,85 +64,27 @@ class VoiceServer:
         self.bus = bus if bus is not None else LocalEventBus(self.registry)
         self.resume_store = resume_store if resume_store is not None else LocalResumeStore(clock.seconds)
         self.conversations: dict[str, Conversation] = {}
-        self.stats = ServerStats()
         self.started_at = time.time()
         self.version = __version__
         self.shutting_down = False
         #: Which of the server processes sharing the port this is (0: the parent; see --processes).
         self.process_index = 0
         self.process_count = 1
-        self.admission = AdmissionPolicy(config, clock, on_refused=self.record_refused)
-        from txvoice.server.response import Pacer
-
         self.pacer = Pacer(clock)
-        self.barge_in_delays_ms: list[float] = []
-        self.metrics = VoiceMetrics(traffic=self.traffic)
-        self.metrics.watch_pool_batches("audio", lambda: (self.workers.batches, self.workers.items))
-        self.lag = ReactorLagProbe(clock, on_sample=self.metrics.observe_reactor_lag)
-        self.history = MetricsHistory(
-            clock,
-            minutes=config.history_minutes,
-            reactor_lag=self.lag.stats,
-            connection_details=self.connection_details,
-            traffic=self.traffic_totals,
-        )
-
-    # accounting (reactor thread)
-
-    def record_refused(self, reason: str) -> None:
-        self.stats.count(self.stats.connections_refused, reason)
-        self.metrics.connection_refused(reason)
-
-    def record_error(self, code: str) -> None:
-        self.stats.count(self.stats.errors, code)
-        self.metrics.error(code)
-        self.history.error(code)
-
-    def record_latency(self, stage: str, seconds: float) -> None:
-        self.metrics.observe_latency(stage, seconds)
-        self.history.latency(stage, seconds)
-
-    def record_barge_in(self, delay_ms: float | None) -> None:
-        if delay_ms is not None:
-            self.barge_in_delays_ms.append(delay_ms)
-            del self.barge_in_delays_ms[:-1000]
-            self.metrics.observe_latency("barge_in", delay_ms / 1000.0)
-
-    def connection_opened(self, session: Session) -> None:
-        self.stats.connections_total += 1
-        self.metrics.connection_opened()
-        self.history.connection_opened()
-
-    def connection_closed(self, session: Session) -> None:
-        self.stats.closed_sessions.add(session.counters)
-        self.metrics.connection_closed()
-        self.history.connection_closed()
-
-    def session_totals(self) -> SessionCounters:
-        """Counters of every session, live and closed, added up (read at scrape time only)."""
-        total = SessionCounters()
-        total.add(self.stats.closed_sessions)
-        for session in self.registry:
-            total.add(session.counters)
-        return total
-
-    def traffic(self) -> Traffic:
-        t = self.session_totals()
-        return Traffic(
-            messages={("in", "text"): t.text_in, ("in", "binary"): t.binary_in,
-                      ("out", "text"): t.text_out, ("out", "binary"): t.binary_out},
-            message_bytes={("in", "text"): t.text_bytes_in, ("in", "binary"): t.binary_bytes_in,
-                           ("out", "text"): t.text_bytes_out, ("out", "binary"): t.binary_bytes_out},
-            audio_frames={"in": t.audio_frames_in, "out": t.audio_frames_out},
-        )
-
-    def traffic_totals(self) -> tuple[int, int, int, int]:
-        t = self.session_totals()
-        return (t.messages_in, t.bytes_in, t.messages_out, t.bytes_out)
-
-    def connection_details(self, session_id: str) -> dict[str, Any] | None:
-        session = self.registry.get(session_id)
-        return session.as_dict() if session is not None else None
+        telemetry = self.telemetry = Telemetry(config, clock, self.registry, workers)
+        # What reports here reaches the telemetry directly (these are its own bound methods).
+        self.stats, self.metrics, self.lag, self.history = telemetry.stats, telemetry.metrics, telemetry.lag, telemetry.history
+        self.barge_in_delays_ms = telemetry.barge_in_delays_ms
+        self.record_refused = telemetry.record_refused
+        self.record_error = telemetry.record_error
+        self.record_latency = telemetry.record_latency
+        self.record_barge_in = telemetry.record_barge_in
+        self.connection_opened = telemetry.connection_opened
+        self.connection_closed = telemetry.connection_closed
+        self.session_totals = telemetry.session_totals
+        self.traffic = telemetry.traffic
+        self.connection_details = telemetry.connection_details
+        self.admission = AdmissionPolicy(config, clock, on_refused=self.record_refused)
 
     def conversation(self, conversation_id: str | None) -> Conversation:
         """The conversation with this id, created when new (a fresh id when None)."""

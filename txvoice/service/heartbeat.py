@@ -53,29 +53,31 @@ class HeartbeatService(Service):
         config = server.config
         now = server.clock.seconds()
         for session in server.registry:
-            protocol = session.attributes.get("subscriber")
-            if protocol is None:
+            connection = session.connection
+            if connection is None:
                 continue
-            attributes = session.attributes
-            sent = attributes.get("ping_sent")
+            beat = session.heartbeat
+            sent = beat.ping_sent
             if sent is not None:
                 if now - sent > config.ping_timeout:
-                    missed = attributes["missed_pings"] = attributes.get("missed_pings", 0) + 1
+                    beat.missed += 1
+                    missed = beat.missed
                     if missed >= config.heartbeat_max_missed:
                         server.stats.heartbeat_drops += 1
                         server.metrics.heartbeat_drop()
                         self.log.info(
                             "dropping {session_id}: {missed} pings unanswered", session_id=session.id, missed=missed
                         )
-                        attributes.pop("ping_sent", None)
-                        protocol.dropConnection(abort=True)
+                        beat.ping_sent = None
+                        connection.dropConnection(abort=True)
                     else:
-                        attributes["ping_sent"] = now
-                        protocol.sendPing(b"txvoice-hb")
+                        beat.ping_sent = now
+                        connection.sendPing(b"txvoice-hb")
                 continue
             # From the last proof of life (a pong, an application heartbeat), never from the last
             # message: a peer that keeps sending but reads nothing must still be pinged and dropped.
-            since = attributes.get("pong_at", attributes.get("opened_at", session.last_activity))
+            since = beat.pong_at if beat.pong_at is not None else (
+                session.opened_at if session.opened_at is not None else session.last_activity)
             if now - since >= config.ping_interval:
-                session.attributes["ping_sent"] = now
-                protocol.sendPing(b"txvoice-hb")
+                beat.ping_sent = now
+                connection.sendPing(b"txvoice-hb")

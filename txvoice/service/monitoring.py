@@ -47,17 +47,11 @@ class MonitoringService(MultiService):
         return super().stopService()
 
     def subscribers(self) -> list[Any]:
-        return [
-            s.attributes["subscriber"]
-            for s in self.server.registry
-            if s.attributes.get("metrics_subscribed") and "subscriber" in s.attributes
-        ]
+        return [s.connection for s in self.server.registry if s.metrics_subscribed and s.connection is not None]
 
     def pushMetrics(self) -> None:
-        for protocol in self.subscribers():
-            snapshot = getattr(protocol, "metricsSnapshot", None)
-            if snapshot is not None:
-                protocol.sendEnvelope("metrics", snapshot())
+        for connection in self.subscribers():
+            connection.pushMetrics()
 
     def alertChanged(self, event: dict[str, Any]) -> None:
         """A threshold was crossed or cleared: tell monitoring subscribers (S1 PERFORMANCE_ALERT)."""

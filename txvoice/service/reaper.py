@@ -37,7 +37,9 @@ class ReaperService(Service):
         config = server.config
         now = server.clock.seconds()
         for session in server.registry:
-            opened = session.attributes.setdefault("opened_at", now)
+            if session.opened_at is None:
+                session.opened_at = now
+            opened = session.opened_at
             if config.idle_timeout > 0 and now - session.last_activity > config.idle_timeout:
                 self._reap(session, CLOSE_IDLE, "idle timeout", "idle")
             elif config.max_session_age > 0 and now - opened > config.max_session_age:

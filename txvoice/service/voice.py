@@ -182,7 +182,7 @@ class VoiceService(MultiService):
     def closeSessions(self) -> Deferred:
         """Close every session with 1001; drop those still open after ``shutdown_timeout``."""
         server = self.server
-        protocols = [s.attributes["subscriber"] for s in server.registry if "subscriber" in s.attributes]
+        protocols = [s.connection for s in server.registry if s.connection is not None]
         if not protocols:
             return succeed(None)
         self.log.info("closing {count} sessions", count=len(protocols))

@@ -8,6 +8,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from zope.interface import Interface
+
 from txvoice.errors import StateError
 
 
@@ -83,6 +85,43 @@ def new_session_id() -> str:
     return "sess_" + uuid.uuid4().hex
 
 
+@dataclass(slots=True)
+class HeartbeatState:
+    """The WebSocket heartbeat of one connection (``txvoice.service.heartbeat``)."""
+
+    ping_sent: float | None = None  # when the unanswered ping went out
+    pong_at: float | None = None  # the last proof of life (a pong, an application heartbeat)
+    missed: int = 0  # pings unanswered in a row
+
+    def alive(self, now: float) -> None:
+        """The peer answered: nothing is outstanding."""
+        self.ping_sent = None
+        self.pong_at = now
+        self.missed = 0
+
+
+class ISessionConnection(Interface):
+    """What services need of the connection a session lives on, whatever its dialect."""
+
+    def deliverEvent(event_type: str, data: dict, conversation_id: str | None) -> None:
+        """A broadcast event addressed to the session, in the dialect's own words."""
+
+    def pushMetrics() -> None:
+        """Send the session its metrics (it subscribed to them)."""
+
+    def sendPing(payload: bytes) -> None:
+        """A WebSocket ping (the heartbeat)."""
+
+    def dropConnection(abort: bool) -> None:
+        """Drop the connection now, without a close handshake (a dead peer)."""
+
+    def goingAway(reason: str) -> None:
+        """The server is stopping: close with 1001."""
+
+    def whenClosed():
+        """A Deferred that fires once the connection has closed."""
+
+
 @dataclass(slots=True, eq=False)
 class Session:
     """
@@ -103,6 +142,14 @@ class Session:
     last_activity: float = field(default_factory=time.monotonic)
     counters: SessionCounters = field(default_factory=SessionCounters)
     close: Callable[[int, str], None] | None = None
+    #: The connection the session lives on (an :class:`ISessionConnection`), once it is open.
+    connection: Any = None
+    opened_at: float | None = None
+    ip: str | None = None
+    heartbeat: HeartbeatState = field(default_factory=HeartbeatState)
+    metrics_subscribed: bool = False
+    resume_token: str | None = None
+    #: What a dialect keeps about its session beyond these (S3's transports and site ...).
     attributes: dict[str, Any] = field(default_factory=dict)
 
     def transition(self, new_state: SessionState) -> None:
