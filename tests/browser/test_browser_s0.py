@@ -386,7 +386,7 @@ def test_s0_websocket_service_snippet(tmp_path, browser):
         page.evaluate(f"""async () => {{
           const {{ WebSocketService }} = await import('{MODULE}');
           const cb = new WebSocketService({{ url: '{daemon.url}?breaker', reconnectDelay: 100, maxReconnectDelay: 400,
-            maxReconnectAttempts: 30, heartbeatInterval: 0, circuitBreaker: {{ failureThreshold: 3, resetTimeout: 1500 }} }});
+            maxReconnectAttempts: 30, heartbeatInterval: 300, circuitBreaker: {{ failureThreshold: 3, resetTimeout: 1500 }} }});
           window.__cb = cb;
           window.__circuit = [];
           cb.on('circuitStateChange', (e) => window.__circuit.push({{ state: e.state, failures: e.failures, t: performance.now() }}));
@@ -402,6 +402,8 @@ def test_s0_websocket_service_snippet(tmp_path, browser):
         daemon = start_daemon(tmp_path, port=daemon.port)
         _wait(page, "() => window.__circuit.some(e => e.state === 'closed') && window.__cb.isConnected "
                     "&& window.__cb.unacked.size === 0", 20, "the breaker to close")
+        # The heartbeat runs against the real server again (native `heartbeat`, answered with its reply_to).
+        _wait(page, "() => window.__cb.getStats().rttMs !== null", 5, "a heartbeat round trip")
         circuit = page.evaluate("() => window.__circuit")
         opened = page.evaluate("() => window.__opened.filter(o => o.url.includes('breaker'))")
         states = [e["state"] for e in circuit]
