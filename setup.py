@@ -14,7 +14,9 @@ setup(
     # txvoice.static (the browser client and demo page) is a data-only package, named here too.
     packages=find_packages(exclude=["tests", "tests.*"]) + ["txvoice.static", "twisted.plugins"],
     package_data={
-        "twisted": ["plugins/txvoice_plugin.py", "plugins/txvoice_engines.py", "plugins/txvoice_dialects.py"],
+        "twisted": ["plugins/txvoice_plugin.py", "plugins/txvoice_engines.py", "plugins/txvoice_dialects.py",
+                    "plugins/txvoice_pipelines.py"],
+        "txvoice": ["py.typed"],
         "txvoice.static": ["*.html", "*.js", "*.css", "s0/*.js", "s0/*.d.ts", "s0/*.html"],
     },
     include_package_data=True,
@@ -22,6 +24,8 @@ setup(
         "twisted[tls]>=24.7",
         "autobahn>=24.4",
         "txaio>=23.1",
+        "python-socketio>=5.11",  # S3's Socket.IO /voice (its threading mode, hosted on Twisted)
+        "python-engineio>=4.9",
         "zope.interface>=6",
         "numpy>=1.26",
         "opuslib>=3.0.1",
@@ -44,6 +48,8 @@ setup(
             "pytest-twisted>=1.14",
             "hypothesis>=6.100",
             "websockets>=13",
+            "mypy>=1.10",
+            "mypy-zope>=1.0",
         ],
         "bench": [
             "aiohttp>=3.9",

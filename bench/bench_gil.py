@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def ingest(fmt: AudioFormat, payloads: list[bytes]) -> Callable[[], None]:
         def run() -> None:
-            stream = StreamIngest(fmt, StreamSettings(mode="voice_activity"), lambda: None)
+            stream = StreamIngest(fmt, StreamSettings(mode="voice_activity"), answers=False)
             for p in payloads:
                 stream.process((p, None, 0.0))
         return run

@@ -9,7 +9,7 @@ PYTHON="${PYTHON:-python3}"
 apt_packages=(libopus0 libsoxr0 espeak-ng sox)
 if [ "${1:-}" = "test" ]; then
   apt_packages+=(ffmpeg gcc zlib1g-dev chromium nodejs)
-  # npm for TypeScript (tests/browser/test_browser_s0.py); NodeSource's nodejs already carries it.
+  # npm for TypeScript (tests/browser/test_browser_s0.py) and the seeds' Node clients (S3's ws and socket.io-client); NodeSource's nodejs already carries it.
   command -v npm >/dev/null 2>&1 || apt_packages+=(npm)
 fi
 missing=()

@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # Install what is missing (system packages, test dependencies, the Autobahn testsuite's Python 2.7
-# environment), then run the whole suite.  Extra arguments go to pytest.
+# environment), type-check txvoice/ (mypy, configured in pyproject.toml), then run the whole suite.
+# Extra arguments go to pytest (and skip the type check, for a quick run of a few tests).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup-env.sh" test
 cd "$TXVOICE_ROOT"
+if [ "$#" -eq 0 ]; then
+  echo "txvoice: type check (mypy)" >&2
+  "$VENV/bin/mypy" --cache-dir "${XDG_CACHE_HOME:-$HOME/.cache}/txvoice-mypy"
+fi
 exec "$VENV/bin/pytest" "$@"

@@ -43,9 +43,6 @@ def test_two_dialects_on_one_path_is_an_error(monkeypatch):
     import twisted.plugin
 
     monkeypatch.setattr(twisted.plugin, "getPlugins", lambda iface, package=None: [module.a, module.b])
-    import txvoice.dialects.registry as registry
-
-    monkeypatch.setattr(registry, "getPlugins", lambda iface, package=None: [module.a, module.b])
     with pytest.raises(DialectPathClash) as e:
         mount_dialects(server)  # type: ignore[arg-type]
     assert "zz-a" in e.value.message and "zz-b" in e.value.message

@@ -6,8 +6,6 @@ encoding it all at once.
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 from twisted.internet.task import Clock
 
@@ -55,18 +53,14 @@ class Sink:
 
 
 def stream(workers, lead_ms: int = 10**9) -> tuple[ResponseStream, Sink, Clock]:
-    """A started response to an Opus client, on a fake channel."""
+    """A started response to an Opus client, with its collaborators given (no channel needed)."""
     clock = Clock()
     sink = Sink()
-    channel = SimpleNamespace(
-        settings=StreamSettings(response_lead_ms=lead_ms),
-        sink=sink,
-        server=SimpleNamespace(workers=workers, clock=clock),
-        pacer=Pacer(clock),
-        responseDone=lambda s: None,
+    response = ResponseStream(
+        OPUS, turn_number=1, sink=sink, settings=StreamSettings(response_lead_ms=lead_ms),
+        pacer=Pacer(clock), submit=workers.submit, clock=clock,
+        ready=lambda s: s.activate(), done=lambda s: None,
     )
-    response = ResponseStream(channel, OPUS, turn_number=1)
-    channel.responseReady = lambda s: s.activate()
     response.startResponse(None, PCM16K, {})  # what a pipeline sends: 16 kHz PCM, to encode as Opus
     return response, sink, clock
 

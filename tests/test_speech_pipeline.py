@@ -248,7 +248,9 @@ class Harness:
         context = TurnContext("sess_1", "strm_1", AudioFormat("pcm_s16le", 16000, 1, 20), options=options)
         turn = self.pipeline.startTurn(context, sink)
         for _ in range(frames):
-            turn.feed(None, FRAME)
+            deliver = turn.feed(None, FRAME)  # on the worker; what it returns runs on the reactor
+            if deliver is not None:
+                deliver()
             self.clock.advance(0.02)
         return turn, sink
 
@@ -486,7 +488,7 @@ def test_cancel_while_listening_cancels_the_stream() -> None:
     turn, sink = h.turn(frames=3)
     sent = len(sink.calls)
     turn.cancel()
-    turn.feed(None, FRAME)
+    assert turn.feed(None, FRAME) is None
     assert h.stt.streams[0].cancelled and h.stt.streams[0].samples == 3 * 320
     assert turn.finish().called and len(sink.calls) == sent
 

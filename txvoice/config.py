@@ -26,6 +26,20 @@ class VoiceConfig:
     listen: str = _opt("tcp:8765:interface=127.0.0.1", "Twisted endpoint description to listen on (ssl:... gives wss).", "l")
     path: str = _opt("/", "URL path of the native protocol (txvoice.v1) WebSocket endpoint.", "p")
     vocal_path: str = _opt("/ws/audio", "URL path of the Vocal dialect (S2: binary chunks, one ack each); off when empty.")
+    voicews_path: str = _opt("/voice-ws", "URL path of the S3 raw voice WebSocket (VoiceStreamMessage JSON, binary 20 ms frames; JWT on the upgrade always required); off when empty.")
+    voicews_allow_anonymous: bool = _opt(False, "Development only: serve --voicews-path and --socketio-path without a token when no JWT key is configured (S3 otherwise refuses everyone with 401).")
+    voicews_compression: bool = _opt(True, "Negotiate permessage-deflate on --voicews-path and Socket.IO's WebSocket as S3 does (threshold --compression-threshold, level --compression-level), whatever --compression says.")
+    socketio_path: str = _opt("/socket.io", "URL path of the S3 Socket.IO server (namespace /voice; polling and WebSocket transports); off when empty.")
+    socketio_threads: int = _opt(64, "Threads serving Socket.IO (each long-poll request and each Socket.IO WebSocket holds one while open).")
+    realtime_path: str = _opt("/realtime/ws", "URL path of the realtime dialect (S4: call sessions, session_start, binary audio, server heartbeats); off when empty.")
+    realtime_heartbeat: bool = _opt(True, "Send S4 application heartbeats ({type: heartbeat}) on the realtime dialect; a client answers {data: {pong: true}}.")
+    realtime_heartbeat_interval: float = _opt(30.0, "Seconds between application heartbeats (S4 heartbeat.interval; realtime dialect, and native with --native-heartbeat).")
+    realtime_heartbeat_timeout: float = _opt(60.0, "Seconds a heartbeat may stay unanswered before it counts as missed (S4 heartbeat.timeout).")
+    realtime_heartbeat_max_missed: int = _opt(3, "Missed heartbeats in a row after which the connection is closed with code 4004 (S4 heartbeat.maxMissed).")
+    native_heartbeat: bool = _opt(False, "Also send application heartbeats on the native protocol (answered by {type: heartbeat, data: {pong: true}}; close 4004).")
+    offline_queue_max_messages: int = _opt(200, "Messages kept per disconnected call session or user for delivery when it reconnects; the oldest are dropped first.")
+    offline_queue_max_bytes: int = _opt(4194304, "Bytes kept per disconnected call session or user (response audio included); the oldest are dropped first.")
+    offline_queue_max_age: float = _opt(300.0, "Seconds a message is kept for a disconnected call session or user.")
     echo_path: str = _opt("", "URL path of a plain echo WebSocket endpoint on the same stack (Autobahn testsuite); off when empty.")
     pipeline: str = _opt("speech", "Voice pipeline answering turns: 'speech' (STT, agent, TTS) or 'echo' (the turn's own audio).")
     max_connections: int = _opt(1000, "Total concurrent WebSocket connections; more are refused with HTTP 503.")
@@ -61,7 +75,7 @@ class VoiceConfig:
     auth_rate_limit: int = _opt(30, "POST /auth/websocket requests per minute from one client IP (IPv6: per /64), in bursts of as many; more get HTTP 429 with Retry-After (0: unlimited).")
     # admission and limits
     allowed_origins: str = _opt("", "Comma-separated allowed Origins (S4 ALLOWED_ORIGINS); empty allows all. Others get HTTP 403.")
-    max_connections_per_ip: int = _opt(64, "Concurrent connections from one client IP (IPv6: per /64); more get HTTP 429 (0: unlimited).")
+    max_connections_per_ip: int = _opt(128, "Concurrent connections from one client IP (IPv6: per /64); more get HTTP 429 (0: unlimited). 128 lets the seeds' load tests (100 from one host) pass while one address holds at most an eighth of --max-connections.")
     trusted_proxies: str = _opt("", "Comma-separated CIDRs whose X-Forwarded-For is believed; 'unix' believes a proxy that connects over a UNIX socket listener.")
     rate_limit_window_ms: int = _opt(60000, "Window of the control-message rate limit (S4 RATE_LIMIT_WINDOW).")
     rate_limit_max_requests: int = _opt(1000, "Control (text) messages allowed per window (S4 RATE_LIMIT_MAX_REQUESTS).")
@@ -84,7 +98,7 @@ class VoiceConfig:
     tts: str = _opt("espeak", "Text-to-speech engine of the speech pipeline (a plugin name).")
     stt_mode: str = _opt("grammar", "'grammar': recognize only the agent's phrases (exact, fast); 'general': open vocabulary. Streams may override it (options.stt_mode, options.phrase_list).")
     stt_options: str = _opt("", "Options of the STT engine, 'key=value,...'. PocketSphinx: pool_size (decoders loaded at start, default 8; with the general model set it to the speakers expected at once: loading one holds the GIL ~0.4 s), max_idle, phrases, grammar_file, partial_interval_ms, ps_<key>.")
-    agent_options: str = _opt("", "Options of the agent, 'key=value,...' (e.g. 'timezone=Europe/Paris' for rules).")
+    agent_options: str = _opt("", "Options of the agent, 'key=value,...' (e.g. 'timezone=Europe/Paris' for rules; 'site=FILE' gives rules S3's site description, see doc/dialects.md).")
     tts_options: str = _opt("", "Options of the TTS engine, 'key=value,...' (e.g. 'voice=en-gb,rate=160' for espeak).")
     processing_timeout_ms: int = _opt(5000, "Longest a turn may wait from its end to its first reply audio, then between two reply chunks (S4 PROCESSING_TIMEOUT); then processing_failed 'processing_timeout'.")
     max_concurrent_processing: int = _opt(10, "Turns the server processes at once (S4 MAX_CONCURRENT_PROCESSING); later ones wait.")
@@ -119,11 +133,11 @@ class VoiceConfig:
         """
         import tomllib
 
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
+        with open(path, "rb") as stream:
+            data = tomllib.load(stream)
         if isinstance(data.get("txvoice"), dict):
             data = data["txvoice"]
-        known = {f.name: f for f in fields(cls)}
+        known = {item.name: item for item in fields(cls)}
         changes: dict[str, Any] = {}
         for key, value in data.items():
             name = key.replace("-", "_")
@@ -149,7 +163,7 @@ _FALSE = {"0", "false", "no", "off", ""}
 def parse_value(f: Any, raw: str) -> Any:
     """Convert a string setting to the field's type, with a clear error."""
     default = f.default if f.default is not MISSING else None
-    kind = type(default)
+    kind: type = type(default)
     try:
         if kind is bool:
             low = raw.strip().lower()
@@ -177,3 +191,19 @@ def config_table() -> str:
             f"| `--{f.name.replace('_', '-')}` | `{ENV_PREFIX}{f.name.upper()}` | `{shown}` | {f.metadata['help']} |"
         )
     return "\n".join(rows) + "\n"
+
+
+#: The configuration the running process was started with (set by ``twistd txvoice`` option
+#: parsing), so that twistd's ``--logger`` factories, which twistd calls without arguments, read it.
+_current: VoiceConfig | None = None
+
+
+def set_current_config(config: VoiceConfig | None) -> None:
+    """Remember ``config`` as this process's configuration (``None`` forgets it)."""
+    global _current
+    _current = config
+
+
+def current_config() -> VoiceConfig:
+    """This process's configuration: the one ``twistd txvoice`` parsed, else the ``TXVOICE_*`` environment's."""
+    return _current if _current is not None else VoiceConfig.from_env()

@@ -363,8 +363,7 @@ def twistd_observer() -> ILogObserver:
     Observer factory for ``twistd --logger txvoice.logging.twistd_observer txvoice ...``: the
     levels, format and debug mode of the ``txvoice`` options (or ``TXVOICE_*`` variables), to stdout.
     """
-    from txvoice import tap
-    from txvoice.config import VoiceConfig
+    from txvoice.config import current_config
 
-    config = tap.current_config or VoiceConfig.from_env()
+    config = current_config()
     return build_observer(config.log_levels, debug=config.debug, json_lines=config.log_format == "json")

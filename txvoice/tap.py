@@ -8,15 +8,11 @@ from dataclasses import fields
 from twisted.application.service import IService
 from twisted.python import usage
 
-from txvoice.config import VoiceConfig, config_table, parse_value
+from txvoice.config import VoiceConfig, config_table, parse_value, set_current_config
 from txvoice.service.processes import worker_index
 from txvoice.service.voice import makeVoiceService
 
 _FIELDS = {f.name: f for f in fields(VoiceConfig)}
-
-#: The configuration the last parsed Options produced (read by txvoice.logging.twistd_observer,
-#: which twistd calls after parsing the options but before making the service).
-current_config: VoiceConfig | None = None
 
 
 class Options(usage.Options):
@@ -69,8 +65,7 @@ class Options(usage.Options):
             raise usage.UsageError(str(e)) from None
         if self.config.log_format not in ("text", "json"):
             raise usage.UsageError("--log-format must be 'text' or 'json'")
-        global current_config
-        current_config = self.config
+        set_current_config(self.config)
 
 
 def makeService(options: Options) -> IService:

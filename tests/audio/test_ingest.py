@@ -7,24 +7,30 @@ import pytest
 
 from txvoice.audio.codecs import encoder_for
 from txvoice.audio.format import AudioFormat
-from txvoice.audio.ingest import StreamIngest, StreamSettings
+from txvoice.audio.ingest import StreamIngest, StreamSettings, TurnOutput, Voiced
+from txvoice.audio.turns import TurnEnded, TurnStarted
 from txvoice.audio.vad import SpeechStarted, SpeechStopped
 
 
 def _ingest(fmt: AudioFormat, mode: str = "voice_activity") -> StreamIngest:
-    return StreamIngest(fmt, StreamSettings(mode=mode), start_turn=lambda: None, pipeline_rate=16000)
+    return StreamIngest(fmt, StreamSettings(mode=mode), pipeline_rate=16000, answers=False)
+
+
+def _vad(events) -> list[tuple[str, float]]:
+    found = []
+    for event in events or []:
+        if isinstance(event, Voiced):
+            found.append((event.start.kind, event.start.t_ms))
+        elif isinstance(event, SpeechStopped):
+            found.append((event.kind, event.t_ms))
+    return found
 
 
 def _vad_events(ingest: StreamIngest, chunks: list[bytes]) -> list[tuple[str, float]]:
     found = []
     for i, chunk in enumerate(chunks):
-        for kind, event, _ in ingest.process((chunk, i, 0.0)) or []:
-            if kind == "vad":
-                found.append((event.kind, event.t_ms))
-    for kind, event, _ in ingest.end():
-        if kind == "vad":
-            found.append((event.kind, event.t_ms))
-    return found
+        found += _vad(ingest.process((chunk, i, 0.0)))
+    return found + _vad(ingest.end())
 
 
 @pytest.mark.parametrize(
@@ -71,24 +77,44 @@ class _RecordingTurn:
             self.pcm.append(pcm.copy())
 
 
-def test_the_ingest_streams_whole_turns_without_keeping_them(speech):
-    """Each turn reaches the pipeline frame by frame; the turn detector keeps no copy of it."""
+@pytest.mark.parametrize("attach_after_chunks", [0, 3, 40])
+def test_the_ingest_streams_whole_turns_without_keeping_them(speech, attach_after_chunks):
+    """
+    Each turn reaches the pipeline frame by frame, whenever the reactor attaches it (at once, or
+    chunks later: the frames in between are held, then fed in order); the detector keeps no copy.
+    """
     pcm16 = speech(16000)
     fed: list[_RecordingTurn] = []
+    waiting: list[list] = []  # [chunks left, turn number] of turns the "reactor" has not attached yet
 
-    def start_turn() -> _RecordingTurn:
-        fed.append(_RecordingTurn())
-        return fed[-1]
-
-    ingest = StreamIngest(AudioFormat("pcm_s16le", 16000, 1), StreamSettings(mode="voice_activity"), start_turn, 16000)
+    ingest = StreamIngest(AudioFormat("pcm_s16le", 16000, 1), StreamSettings(mode="voice_activity"), 16000)
     raw = pcm16.tobytes()
     ends = []
-    for i in range(0, len(raw), 640):
-        for kind, event, _ in ingest.process((raw[i : i + 640], None, 0.0)) or []:
-            if kind == "turn_end":
+
+    def react(events) -> None:
+        for event in events or []:
+            if isinstance(event, TurnStarted):
+                fed.append(_RecordingTurn())
+                waiting.append([attach_after_chunks, event.turn, fed[-1]])
+            elif isinstance(event, TurnEnded):
                 ends.append(event)
-    ends += [event for kind, event, _ in ingest.end() if kind == "turn_end"]
+            else:
+                assert not isinstance(event, TurnOutput)  # this turn returns nothing to deliver
+
+    def attach_due(flush: bool = False) -> None:
+        for item in list(waiting):
+            item[0] -= 1
+            if item[0] < 0 or flush:
+                waiting.remove(item)
+                react(ingest.attach((item[1], item[2].feed)))
+
+    for i in range(0, len(raw), 640):
+        attach_due()
+        react(ingest.process((raw[i : i + 640], None, 0.0)))
+    react(ingest.end())
+    attach_due(flush=True)
     assert ends and len(fed) == len(ends)
+    assert not ingest.feeds._slots  # nothing held once every turn is attached and ended
     assert ingest.turns._audio.nbytes == 0
     for turn, end in zip(fed, ends):
         streamed = np.concatenate(turn.pcm)

@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 
 try:
-    from numpy.fft import _pocketfft_umath as _pocketfft
+    from numpy.fft import _pocketfft_umath as _pocketfft  # type: ignore[attr-defined]  # private, numpy >= 2
 except ImportError:  # numpy < 2
     _pocketfft = None
 

@@ -199,7 +199,7 @@ class Denoiser:
         np.copyto(head, frame)  # copy-cast, then scale: a mixed-type ufunc allocates a cast buffer
         head *= np.float32(1.0 / 32768.0)
         np.multiply(self._frames, self._win, out=x)
-        np.fft.rfft(x, axis=1, out=spec)
+        np.fft.rfft(x, axis=1, out=spec)  # type: ignore[arg-type]  # numpy's stubs want float64 out= arrays; float32 ones work
         np.square(spec.real, out=p)
         np.square(spec.imag, out=t)
         p += t
@@ -226,7 +226,7 @@ class Denoiser:
             np.square(uj, out=b1)
             np.multiply(b1, p[j], out=clean)
         spec *= u
-        np.fft.irfft(spec, n=n, axis=1, out=x)
+        np.fft.irfft(spec, n=n, axis=1, out=x)  # type: ignore[arg-type]  # numpy's stubs want float64 out= arrays; float32 ones work
         x *= self._win_out
         ola = self._ola
         for j in range(k):
@@ -283,7 +283,7 @@ class AutomaticGainControl:
     def _resize(self, n: int) -> None:
         self._size = n
         self._x = np.zeros(n, np.float32)
-        self._ramp = (np.arange(1, n + 1, dtype=np.float32) / n)
+        self._ramp = (np.arange(1, n + 1, dtype=np.float32) / n).astype(np.float32)
         self._y = np.zeros(n, np.float32)
         self._out = np.zeros(n, np.int16)
         frame_ms = 1000.0 * n / self.sample_rate

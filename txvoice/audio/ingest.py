@@ -129,7 +129,108 @@ class StreamSettings:
         return self.vad or self.mode != "push_to_talk" or self.denoise or self.agc
 
 
-StartTurn = Callable[[], Any]
+#: What a turn's ``feed`` may return: something for the reactor thread to call (a partial
+#: transcript to send ...), carried back in the chunk's results.
+Deliver = Callable[[], None]
+Feed = Callable[[bytes | None, Any], "Deliver | None"]
+
+#: Frames held for a turn the reactor has not attached yet (10 s at 20 ms): past it the oldest go.
+MAX_PENDING_FRAMES = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Voiced:
+    """The VAD confirmed speech (``start``); ``arrival`` is when its first voiced chunk came in."""
+
+    start: SpeechStarted
+    arrival: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class TurnOutput:
+    """What turn ``turn``'s ``feed`` returned, to be called on the reactor thread."""
+
+    turn: int
+    deliver: Deliver
+
+
+#: Everything a chunk's processing reports to the reactor, in order.
+IngestEvent = Voiced | SpeechStopped | TurnStarted | TurnEnded | TurnOutput
+
+
+class _TurnSlot:
+    """
+    One turn's audio on the worker: held from the turn's start until the reactor attaches the
+    pipeline turn (``attach``), then fed to it frame by frame.
+    """
+
+    __slots__ = ("number", "feed", "pending", "ended", "dropped")
+
+    def __init__(self, number: int) -> None:
+        self.number = number
+        self.feed: Feed | None = None
+        self.pending: deque[tuple[bytes | None, Any]] = deque(maxlen=MAX_PENDING_FRAMES)
+        self.ended = False
+        self.dropped = False  # the reactor attached nothing (no pipeline turn): discard its audio
+
+    def push(self, raw: bytes | None, pcm: Any, events: "list[IngestEvent] | None") -> "list[IngestEvent] | None":
+        feed = self.feed
+        if feed is not None:
+            deliver = feed(raw, pcm)
+            if deliver is not None:
+                if events is None:
+                    events = []
+                events.append(TurnOutput(self.number, deliver))
+        elif not self.dropped:
+            # Frames are views into the assembler's buffer: keep a copy until the turn is attached.
+            self.pending.append((raw, None if pcm is None else pcm.copy()))
+        return events
+
+
+class TurnFeeds:
+    """
+    The turns of one stream as the worker sees them: which one audio goes to, and the frames held
+    for turns whose pipeline turn the reactor has not attached yet.  Worker thread only.
+    """
+
+    def __init__(self) -> None:
+        self.current: _TurnSlot | None = None
+        self._slots: dict[int, _TurnSlot] = {}
+
+    def open(self, number: int) -> _TurnSlot:
+        slot = self.current = self._slots[number] = _TurnSlot(number)
+        return slot
+
+    def close(self, number: int) -> None:
+        slot = self._slots.get(number)
+        if slot is not None:
+            slot.ended = True
+            if slot.feed is not None or slot.dropped:
+                del self._slots[number]
+        if self.current is not None and self.current.number == number:
+            self.current = None
+
+    def attach(self, item: "tuple[int, Feed | None]") -> "list[IngestEvent]":
+        """The reactor made turn ``number``'s pipeline turn (``feed``, or None for none): feed it what was held."""
+        number, feed = item
+        slot = self._slots.get(number)
+        if slot is None:
+            return []
+        events: list[IngestEvent] | None = None
+        pending, slot.pending = slot.pending, deque()
+        if feed is None:
+            slot.dropped = True
+        else:
+            for raw, pcm in pending:
+                deliver = feed(raw, pcm)
+                if deliver is not None:
+                    if events is None:
+                        events = []
+                    events.append(TurnOutput(number, deliver))
+            slot.feed = feed
+        if slot.ended:
+            del self._slots[number]
+        return events or []
 
 
 class StreamIngest:
@@ -139,14 +240,15 @@ class StreamIngest:
         self,
         fmt: AudioFormat,
         settings: StreamSettings,
-        start_turn: StartTurn,
         pipeline_rate: int = 16000,
         feed_raw: bool = False,
+        answers: bool = True,
     ) -> None:
         self.format = fmt
         self.settings = settings
-        self.start_turn = start_turn
         self.feed_raw = feed_raw
+        #: Whether turns get audio (a pipeline answers them); when not, turns are only reported.
+        self.answers = answers
         # Opus (and WebM/Opus) decode straight to the pipeline rate; the resampler then passes through.
         self.decoder = decoder_at(fmt, pipeline_rate)
         self.resampler = Resampler(self.decoder.output_rate, pipeline_rate, channels=self.decoder.output_channels)
@@ -165,36 +267,34 @@ class StreamIngest:
             frame_ms=settings.frame_ms,
             keep_audio=False,
         )
-        self.turn: Any = None  # the pipeline turn being fed
+        self.feeds = TurnFeeds()
+        self.attach = self.feeds.attach
         self.chunks = 0
         # (stream time at the end of a chunk, its arrival time): which chunk held the first voiced
         # frame, so a barge-in can report its delay from that chunk's arrival.
         self._arrivals: deque[tuple[float, float]] = deque(maxlen=64)
         self._samples_in = 0
         self._rate_in = self.decoder.output_rate * self.decoder.output_channels
+        #: Events from before the first chunk (push-to-talk's turn opens with the stream), for the
+        #: channel to take at once.
+        self.initial: list[IngestEvent] = []
         if settings.mode == "push_to_talk":
-            self._open(self.turns.start_turn())
+            self.initial = self._handle(self.turns.start_turn(), None) or []
 
-    def _open(self, events) -> None:
-        for event in events:
-            if isinstance(event, TurnStarted):
-                self.turn = self.start_turn()
-                if self.turn is not None and not self.feed_raw:
-                    self.turn.feed(None, event.audio)
-
-    def process(self, item: tuple[bytes, int | None, float]) -> list | None:
+    def process(self, item: tuple[bytes, int | None, float]) -> "list[IngestEvent] | None":
         """One chunk as the client sent it (and when it arrived) -> the events it caused (worker thread)."""
         raw, sequence, arrival = item
         self.chunks += 1
         pcm = self.decoder.decode(raw, sequence)
-        if self.feed_raw and self.turn is not None:
-            self.turn.feed(raw, None)
+        events: list[IngestEvent] | None = None
+        if self.feed_raw and self.feeds.current is not None:
+            events = self.feeds.current.push(raw, None, None)
         if not pcm.size:
-            return None
+            return events
         self._samples_in += pcm.size
         self._arrivals.append((self._samples_in * 1000.0 / self._rate_in, arrival))
         resample = self._resample
-        return self._frames(self.assembler.push(pcm if resample is None else resample(pcm)))
+        return self._frames(self.assembler.push(pcm if resample is None else resample(pcm)), events)
 
     def _arrival_of(self, t_ms: float) -> float | None:
         for end_ms, arrival in self._arrivals:
@@ -202,9 +302,9 @@ class StreamIngest:
                 return arrival
         return None
 
-    def _frames(self, frames: np.ndarray) -> list | None:
-        events: list | None = None
-        denoiser, agc, turns = self.denoiser, self.agc, self.turns
+    def _frames(self, frames: np.ndarray, events: "list[IngestEvent] | None" = None) -> "list[IngestEvent] | None":
+        denoiser, agc, turns, feeds = self.denoiser, self.agc, self.turns, self.feeds
+        fed = not self.feed_raw
         # Indexed, not iterated: iterating a numpy array ends in a formatted IndexError.
         for i in range(len(frames)):
             frame = frames[i]
@@ -213,37 +313,41 @@ class StreamIngest:
             if agc is not None:
                 frame = agc.process(frame)
             produced = turns.push(frame)
-            turn = self.turn
             if produced:
                 # A TurnStarted's audio already ends with this frame.
-                if turn is not None and not self.feed_raw and not any(isinstance(e, TurnStarted) for e in produced):
-                    turn.feed(None, frame)
+                slot = feeds.current
+                if slot is not None and fed and not any(isinstance(e, TurnStarted) for e in produced):
+                    events = slot.push(None, frame, events)
                 events = self._handle(produced, events)
-            elif turn is not None and not self.feed_raw:
-                turn.feed(None, frame)
+            elif fed:
+                slot = feeds.current
+                if slot is not None:
+                    events = slot.push(None, frame, events)
         return events
 
-    def _handle(self, produced, events: list | None) -> list:
+    def _handle(self, produced, events: "list[IngestEvent] | None") -> "list[IngestEvent]":
         if events is None:
             events = []
         for event in produced:
             if isinstance(event, TurnStarted):
-                self.turn = self.start_turn()
-                if self.turn is not None and not self.feed_raw:
-                    self.turn.feed(None, event.audio)
-                events.append(("turn_start", event, self.turn))
+                events.append(event)
+                if self.answers:
+                    slot = self.feeds.open(event.turn)
+                    if not self.feed_raw and len(event.audio):
+                        slot.push(None, event.audio, None)
             elif isinstance(event, TurnEnded):
-                events.append(("turn_end", event, self.turn))
-                self.turn = None
+                # The turn's last frame was pushed above, before its end: it is complete.
+                self.feeds.close(event.turn)
+                events.append(event)
             elif isinstance(event, SpeechStarted):
-                events.append(("vad", event, self._arrival_of(event.t_ms)))
+                events.append(Voiced(event, self._arrival_of(event.t_ms)))
             elif isinstance(event, SpeechStopped):
-                events.append(("vad", event, None))
+                events.append(event)
         return events
 
-    def end(self, _: object = None) -> list:
+    def end(self, _: object = None) -> "list[IngestEvent]":
         """The client ended the stream: flush and close what is open (worker thread)."""
-        events: list | None = None
+        events: list[IngestEvent] | None = None
         try:
             tail = self.decoder.flush()
         except Exception:
@@ -255,8 +359,7 @@ class StreamIngest:
         if rest.size:
             frames.append(rest)
         for pcm in frames:
-            events = self._frames(self.assembler.push(pcm)) or events
+            events = self._frames(self.assembler.push(pcm), events)
         # voice_end is the button released in push-to-talk; in the other modes the stream just ends.
         closing = list(self.turns.end_turn() if self.settings.mode == "push_to_talk" else self.turns.finish())
-        events = self._handle(closing, events) if closing else (events or [])
-        return events
+        return self._handle(closing, events) if closing else (events or [])

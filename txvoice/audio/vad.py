@@ -329,14 +329,14 @@ class VoiceActivityDetector:
                         break
                 self.speech_start_ms = end_ms - (age + 1) * self.frame_ms
                 return SpeechStarted(self.speech_start_ms)
-        elif end_ms - self.last_voice_end_ms >= self.hangover_ms:
+        elif self.last_voice_end_ms is not None and end_ms - self.last_voice_end_ms >= self.hangover_ms:
             self.speaking = False
             return SpeechStopped(self.last_voice_end_ms)
         return None
 
     def finish(self) -> SpeechStopped | None:
         """End of stream: report the end of speech still in progress."""
-        if not self.speaking:
+        if not self.speaking or self.last_voice_end_ms is None:
             return None
         self.speaking = False
         return SpeechStopped(self.last_voice_end_ms)

@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IReactorThreads, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorThreads, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -78,18 +78,19 @@ class AudioWorkers(Service):
     ``threads=0`` runs every item inline on the caller's thread: deterministic tests use it.
     """
 
-    name = "audio-workers"
+    name = "audio-workers"  # type: ignore[assignment]  # Twisted declares Service.name as None
 
     def __init__(self, reactor: IReactorThreads | IReactorTime | None = None, threads: int = 2) -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
 
             reactor = _reactor
-        self._reactor = reactor
+        # Both IReactorThreads and IReactorTime (zope interfaces cannot be intersected in a hint).
+        self._reactor: Any = reactor
         self.threads = threads
         self._shards = [_Shard() for _ in range(max(threads, 1))]
         self._threads: list[threading.Thread] = []
-        self._flush_call = None
+        self._flush_call: IDelayedCall | None = None
         self._calls = 0  # single calls (callInThreadWithCallback) not finished yet
         self._next_call = count()
         self._idle_waiters: list[Deferred] = []
@@ -119,7 +120,7 @@ class AudioWorkers(Service):
         if not self._threads:
             return succeed(None)
         self._flush()
-        idle = Deferred()
+        idle: Deferred[None] = Deferred()
         self._idle_waiters.append(idle)
         self._checkIdle()
 

@@ -118,7 +118,7 @@ class VoiceClientProtocol(WebSocketClientProtocol):
     def connectionMade(self) -> None:
         super().connectionMade()
         try:
-            self.transport.registerProducer(_WriteGate(self), True)
+            self.transport.registerProducer(_WriteGate(self), True)  # type: ignore[union-attr]  # set in connectionMade
         except (AttributeError, RuntimeError):
             pass  # a transport without producer support (or with one already): no back-pressure
 
@@ -190,7 +190,7 @@ class VoiceClientFactory(WebSocketClientFactory):
         headers: dict[str, str] | None = None,
         useragent: str = USER_AGENT,
         reactor: Any = None,
-        protocol: type | None = None,
+        protocol: "type[VoiceClientProtocol] | None" = None,
     ) -> None:
         if not IClientHandler.providedBy(handler):
             raise TypeError(f"{handler!r} does not provide IClientHandler")

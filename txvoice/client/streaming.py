@@ -294,7 +294,7 @@ class AudioStreamer:
 
     def _pump(self) -> Deferred:
         """Send the source, one frame per period (catching up after a late tick)."""
-        self._pumped = finished = Deferred()
+        self._pumped = finished = Deferred[None]()
 
         def tick(count: int) -> None:
             for _ in range(max(1, count) if self.speed else 50):

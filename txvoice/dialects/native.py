@@ -25,6 +25,7 @@ from txvoice.protocol.messages import SUBPROTOCOL
 from txvoice.server.base import CLOSE_NORMAL, VoiceServerProtocol
 from txvoice.server.channel import VoiceChannel
 from txvoice.session.resume import AckedIds, ResumeState, new_resume_token
+from txvoice.session.appheartbeat import AppHeartbeat, native_heartbeat
 from txvoice.session.session import SessionState
 from txvoice.dialects.registry import websocket_endpoint
 
@@ -126,6 +127,7 @@ class NativeVoiceProtocol(VoiceServerProtocol):
     in_protocol_auth = True
 
     channel: VoiceChannel | None = None
+    app_heartbeat: AppHeartbeat | None = None  # --native-heartbeat
 
     # lifecycle
 
@@ -141,6 +143,8 @@ class NativeVoiceProtocol(VoiceServerProtocol):
             # Authentication is optional: a new session may stream at once.
             session.transition(SessionState.AUTHENTICATED)
         self.sendEnvelope("connect", self.greeting())
+        if self.server.config.native_heartbeat:
+            self.app_heartbeat = native_heartbeat(self)
 
     def greeting(self) -> dict[str, Any]:
         server = self.server
@@ -177,12 +181,14 @@ class NativeVoiceProtocol(VoiceServerProtocol):
             self.sendError(VoiceError("the audio could not be processed", code="internal_error"), None)
 
     def sessionClosing(self) -> None:
+        if self.app_heartbeat is not None:
+            self.app_heartbeat.stop()
         if self.channel is not None:
             self.channel.cancel()
         session = self.session
         ttl = self.server.config.resume_ttl
         token = session.attributes.get("resume_token") if session is not None else None
-        if token and ttl > 0:
+        if token and ttl > 0 and session is not None:
             self.server.resume_store.keep(
                 ResumeState(token, session.id, session.user_id, session.tenant, session.conversation_id, self._acked),
                 ttl,
@@ -236,16 +242,18 @@ class NativeVoiceProtocol(VoiceServerProtocol):
         except ProtocolError as e:
             self.sendError(e, e.details.get("message_id"))
             return
-        if env.reliable and env.message_id in self._acked:
+        if env.reliable and env.message_id is not None and env.message_id in self._acked:
             # A re-send of something already handled (its ack was lost): acknowledge, do not redo.
             self.sendEnvelope("ack", {"message_id": env.message_id, "duplicate": True})
             return
         handler = self._handlers[env.type]
+        session = self.session
+        assert session is not None  # text arrives only on an open connection, which has its session
         try:
-            if not self.session.is_authenticated and env.type not in BEFORE_AUTH:
+            if not session.is_authenticated and env.type not in BEFORE_AUTH:
                 raise VoiceError(f"authenticate first: {env.type} needs an authenticated session", code="auth_required")
             handler(self, env)
-            if env.reliable:
+            if env.reliable and env.message_id is not None:
                 self._acked.add(env.message_id)
                 self.sendEnvelope("ack", {"message_id": env.message_id, "duplicate": False})
         except VoiceError as e:
@@ -259,7 +267,7 @@ class NativeVoiceProtocol(VoiceServerProtocol):
         try:
             if channel is None:
                 raise StateError("session is not ready", code="invalid_state")
-            if not self.session.is_authenticated:
+            if self.session is None or not self.session.is_authenticated:
                 raise VoiceError("authenticate first: audio needs an authenticated session", code="auth_required")
             channel.audio(payload, None)
         except VoiceError as e:
@@ -305,6 +313,9 @@ class NativeVoiceProtocol(VoiceServerProtocol):
         session.attributes.pop("ping_sent", None)
         session.attributes["pong_at"] = self.server.clock.seconds()
         session.attributes["missed_pings"] = 0
+        if env.data.get("pong") and self.app_heartbeat is not None:
+            self.app_heartbeat.answered()  # the answer to one of our heartbeats: nothing to say back
+            return
         self.reply(env, "heartbeat", {"server_time": self.server.clock.seconds()})
 
     def on_auth(self, env: Envelope) -> None:

@@ -15,20 +15,16 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from autobahn.twisted.resource import WebSocketResource
-from twisted.logger import Logger
-from twisted.plugin import IPlugin, getPlugins
+from twisted.plugin import IPlugin
 from twisted.web.resource import IResource
 from zope.interface import Attribute, Interface, implementer
 
 from txvoice.errors import VoiceError
-from txvoice.plugin import load_target
+from txvoice.plugin import load_target, plugins_by_name
 from txvoice.server.factory import VoiceServerFactory
 
 if TYPE_CHECKING:  # pragma: no cover
     from txvoice.server.context import VoiceServer
-
-log = Logger()
-
 
 class IDialectFactory(Interface):
     """A plugin that mounts one wire dialect on the daemon's web site."""
@@ -67,17 +63,7 @@ class DialectFactory:
 
 def dialect_factories(package: ModuleType | None = None) -> dict[str, IDialectFactory]:
     """Every dialect plugin in ``package`` (default ``twisted.plugins``), by name; the first of a name wins."""
-    if package is None:
-        import twisted.plugins as package  # noqa: PLW0127 -- the default plugin package
-    found: dict[str, IDialectFactory] = {}
-    for factory in getPlugins(IDialectFactory, package):
-        name = str(factory.name)
-        if name in found:
-            log.warn("duplicate dialect {name}: keeping {kept!r}, ignoring {ignored!r}",
-                     name=name, kept=found[name], ignored=factory)
-            continue
-        found[name] = factory
-    return found
+    return plugins_by_name(IDialectFactory, package, "dialect")
 
 
 def mount_dialects(server: "VoiceServer", package: ModuleType | None = None) -> dict[str, IResource]:

@@ -57,7 +57,13 @@ def pumpSynthesis(
     if threadpool is None:
         threadpool = reactor.getThreadPool()
     stopped = False
-    current: list[ISynthesis] = [] if callable(synthesis) and not ISynthesis.providedBy(synthesis) else [synthesis]
+    # An ISynthesis, or a zero-argument callable that makes one (zope interfaces make callable() useless here).
+    maker: Callable[[], Any] | None = None
+    current: list[Any] = []
+    if callable(synthesis) and not ISynthesis.providedBy(synthesis):
+        maker = synthesis
+    else:
+        current.append(synthesis)
 
     def onReactor(item: Any) -> None:
         if not stopped:
@@ -65,7 +71,8 @@ def pumpSynthesis(
 
     def work() -> int:
         if not current:
-            current.append(synthesis())
+            assert maker is not None
+            current.append(maker())
             if stopped:
                 current[0].cancel()
         samples = 0

@@ -22,6 +22,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from txvoice.engines.interfaces import AgentContext, AgentReply, IAgent, Tool, ToolError, ToolRegistry
+from txvoice.engines.site_tools import SiteDescription, SiteTools
 
 _PUNCTUATION = re.compile(r"[^\w' ]+")
 
@@ -105,6 +106,9 @@ ECHO_EXAMPLES = (
 )
 
 
+NAVIGATE = re.compile(r"^(?:please )?(?:go to|take me to|navigate to) (?:the )?(?P<page>[\w ]+?)(?: page)?$")
+
+
 def _phraseRule(phrases: tuple[str, ...]) -> re.Pattern[str]:
     return re.compile("^(?:" + "|".join(re.escape(p) for p in phrases) + ")$")
 
@@ -117,7 +121,7 @@ class RulesAgent:
     log = Logger()
 
     def __init__(self, *, now: Callable[[], datetime] | None = None, tz: tzinfo | str | None = None,
-                 max_turns: int = 20, max_conversations: int = 1000) -> None:
+                 max_turns: int = 20, max_conversations: int = 1000, site: SiteDescription | None = None) -> None:
         self.tz = ZoneInfo(tz) if isinstance(tz, str) else tz
         self._now = now or (lambda: datetime.now(timezone.utc))
         self.memory = ConversationMemory(max_turns, max_conversations)
@@ -126,6 +130,10 @@ class RulesAgent:
             "get_time", self._getTime, "The current date and time, optionally in an IANA time zone.",
             {"timezone": {"type": "string", "description": "IANA zone, e.g. Europe/Paris"}},
         ))
+        # S3's website tools (search_site, navigate_to_page, get_site_info), offline.
+        self.site = site if site is not None else SiteDescription.load(None)
+        for tool in SiteTools(self.site).tools():
+            self.tools.register(tool)
         self._rules: list[tuple[str, re.Pattern[str], Callable[[re.Match[str], AgentContext], Any]]] = [
             ("greeting", _phraseRule(GREETINGS + VARIANTS["greeting"]), self._greet),
             ("help", _phraseRule(HELP + VARIANTS["help"]), self._help),
@@ -135,19 +143,25 @@ class RulesAgent:
             ("recall_assistant", _phraseRule(RECALL_ASSISTANT), self._recallAssistant),
             ("thanks", _phraseRule(THANKS + VARIANTS["thanks"]), lambda m, c: "You're welcome."),
             ("goodbye", _phraseRule(GOODBYE + VARIANTS["goodbye"]), lambda m, c: "Goodbye! Talk to you soon."),
+            ("navigate", NAVIGATE, self._navigate),
+            ("search", re.compile(r"^(?:search|search the site|search this site) for (?P<query>.+)$"), self._search),
+            ("site_info", re.compile(r"^tell me about (?:this site|the site|your (?P<topic>[\w ]+))$"), self._siteInfo),
             ("echo", re.compile(r"^(?:repeat after me|say)\s+(?P<words>.+)$"), lambda m, c: m.group("words")),
         ]
 
     @classmethod
     def fromOptions(cls, options: Mapping[str, Any]) -> "RulesAgent":
-        """Options: ``timezone`` (IANA name), ``max_turns``, ``max_conversations``."""
+        """Options: ``timezone`` (IANA name), ``max_turns``, ``max_conversations``, ``site`` (site description file)."""
         return cls(tz=options.get("timezone"), max_turns=int(options.get("max_turns", 20)),
-                   max_conversations=int(options.get("max_conversations", 1000)))
+                   max_conversations=int(options.get("max_conversations", 1000)),
+                   site=SiteDescription.load(options.get("site") or None))
 
     def phrases(self) -> list[str]:
         fixed = GREETINGS + HELP + TIME + DATE + RECALL_USER + RECALL_ASSISTANT + THANKS + GOODBYE
         echoes = tuple(f"{prefix} {example}" for prefix in ECHO_PREFIXES for example in ECHO_EXAMPLES)
-        return list(fixed + echoes)
+        site = tuple(f"{verb} the {page.name} page" for page in self.site.pages for verb in ("go to", "take me to"))
+        site += ("tell me about this site",) + tuple(f"tell me about your {topic}" for topic in self.site.info)
+        return list(fixed + echoes + site)
 
     def respond(self, text: str, context: AgentContext) -> Deferred:
         return Deferred.fromCoroutine(self._respond(text, context))
@@ -206,6 +220,20 @@ class RulesAgent:
     async def _date(self, match: re.Match[str], context: AgentContext) -> str:
         now = await self.tools.call("get_time", {}, context)
         return f"Today is {now['date']}."
+
+    async def _navigate(self, match: re.Match[str], context: AgentContext) -> str:
+        page = await self.tools.call("navigate_to_page", {"page": match.group("page")}, context)
+        return f"Opening the {page['title']} page."
+
+    async def _search(self, match: re.Match[str], context: AgentContext) -> str:
+        found = await self.tools.call("search_site", {"query": match.group("query")}, context)
+        titles = [r["title"] for r in found["results"]]
+        return f"I found: {', '.join(titles)}." if titles else "I found nothing about that."
+
+    async def _siteInfo(self, match: re.Match[str], context: AgentContext) -> str:
+        topic = match.group("topic")
+        info = await self.tools.call("get_site_info", {"topic": topic} if topic else {}, context)
+        return _sentence(info["text"])
 
     def _recallUser(self, match: re.Match[str], context: AgentContext) -> str:
         last = self.memory.last(context.key, "user")

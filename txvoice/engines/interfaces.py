@@ -297,7 +297,8 @@ class ToolRegistry:
             error = ToolError(f"unknown tool {name!r}; available: {', '.join(self.names()) or 'none'}", tool=name)
         elif unknown := set(arguments) - set(tool.parameters):
             error = ToolError(f"tool {name!r} has no argument(s) {sorted(unknown)}", tool=name)
-        if error is not None:
+        if error is not None or tool is None:
+            error = error or ToolError(f"unknown tool {name!r}", tool=name)
             if context is not None:
                 context.emit("tool_error", name=name, error=error.message)
             return fail(error)

@@ -15,7 +15,7 @@ from types import ModuleType
 from typing import Any
 
 from twisted.logger import Logger
-from twisted.plugin import IPlugin, getPlugins
+from twisted.plugin import IPlugin
 from zope.interface import Interface, alsoProvides, implementer
 
 from txvoice.engines.interfaces import (
@@ -28,7 +28,7 @@ from txvoice.engines.interfaces import (
     ITextToSpeechFactory,
 )
 from txvoice.errors import VoiceError
-from txvoice.plugin import load_target
+from txvoice.plugin import load_target, plugins_by_name
 
 log = Logger()
 
@@ -55,18 +55,7 @@ def _factoryInterface(kind: str) -> type[Interface]:
 
 def engine_factories(kind: str, package: ModuleType | None = None) -> dict[str, IEngineFactory]:
     """Every factory of ``kind`` found in ``package`` (default ``twisted.plugins``), by name; the first of a name wins."""
-    iface = _factoryInterface(kind)
-    if package is None:
-        import twisted.plugins as package  # noqa: PLW0127 -- the default plugin package
-    found: dict[str, IEngineFactory] = {}
-    for factory in getPlugins(iface, package):
-        name = str(factory.name)
-        if name in found:
-            log.warn("duplicate {kind} engine {name}: keeping {kept!r}, ignoring {ignored!r}",
-                     kind=kind, name=name, kept=found[name], ignored=factory)
-            continue
-        found[name] = factory
-    return found
+    return plugins_by_name(_factoryInterface(kind), package, f"{kind} engine")
 
 
 def engine_names(kind: str, package: ModuleType | None = None) -> list[str]:

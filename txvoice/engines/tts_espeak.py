@@ -25,7 +25,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 from twisted.logger import Logger
@@ -39,6 +39,12 @@ _VOICE = re.compile(r"^[A-Za-z0-9_+][A-Za-z0-9_+\-./]*$")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _MIN_WPM, _MAX_WPM = 80, 500
 
+
+
+def _piped(stream: "IO[bytes] | None") -> "IO[bytes]":
+    """A pipe of a process started with ``subprocess.PIPE`` for it (so never None)."""
+    assert stream is not None
+    return stream
 
 class SynthesisError(VoiceError):
     """The synthesizer failed (bad voice, missing program ...)."""
@@ -159,13 +165,14 @@ class EspeakSynthesis:
         if not text.strip():
             self.finished_at = self.started_at
             return
-        self.process = subprocess.Popen(
+        self.process = process = subprocess.Popen(
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0,
             close_fds=True, start_new_session=True,
         )
+        stdin = _piped(process.stdin)
         try:
-            self.process.stdin.write(text.encode("utf-8"))
-            self.process.stdin.close()
+            stdin.write(text.encode("utf-8"))
+            stdin.close()
         except BrokenPipeError:
             pass  # the process died at once; __iter__ reports why
 
@@ -185,8 +192,14 @@ class EspeakSynthesis:
         finally:
             self._reap()
 
+    @property
+    def _running(self) -> "subprocess.Popen[bytes]":
+        """The espeak-ng process (there is one whenever the text was not empty)."""
+        assert self.process is not None
+        return self.process
+
     def _chunks(self) -> Iterator[np.ndarray]:
-        fd = self.process.stdout.fileno()
+        fd = _piped(self._running.stdout).fileno()
         buffer = b""
         nativeRate = None
         while nativeRate is None:  # the WAV header, to the start of the data chunk
@@ -242,31 +255,33 @@ class EspeakSynthesis:
     def _failIfBroken(self) -> None:
         if self.cancelled:
             return
-        code = self.process.wait()
+        code = self._running.wait()
         if code != 0:
-            err = self.process.stderr.read().decode("utf-8", "replace").strip()
+            err = _piped(self._running.stderr).read().decode("utf-8", "replace").strip()
             raise SynthesisError(f"espeak-ng failed ({code}): {err or 'no message'}", returncode=code)
 
     def _reap(self) -> None:
-        for pipe in (self.process.stdout, self.process.stderr):
-            pipe.close()
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait()
+        process = self._running
+        for pipe in (process.stdout, process.stderr):
+            _piped(pipe).close()
+        if process.poll() is None:
+            process.kill()
+        process.wait()
 
     def cancel(self) -> None:
         self.cancelled = True
-        if self.process is None or self.process.poll() is not None:
+        process = self.process
+        if process is None or process.poll() is not None:
             return
         try:
-            self.process.kill()
+            process.kill()
         except ProcessLookupError:
             pass
-        self.log.debug("cancelled synthesis pid {pid}", pid=self.process.pid)
+        self.log.debug("cancelled synthesis pid {pid}", pid=process.pid)
         with self._lock:
             iterating = self._iterating
             self._iterating = True  # nobody iterates it from now on
         if not iterating:
-            self.process.wait(timeout=1)
-            for pipe in (self.process.stdout, self.process.stderr):
-                pipe.close()
+            process.wait(timeout=1)
+            for pipe in (process.stdout, process.stderr):
+                _piped(pipe).close()

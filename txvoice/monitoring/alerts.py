@@ -19,6 +19,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
+from twisted.python.failure import Failure
 from twisted.logger import Logger
 
 __all__ = ["THRESHOLD_METRICS", "ALERT_EVENT", "ALERT_CLEARED_EVENT", "AlertManager"]
@@ -36,6 +37,10 @@ ALERT_EVENT = "performance_alert"
 ALERT_CLEARED_EVENT = "performance_alert_cleared"
 
 
+def _log_listener_failure(failure: Failure, listener: object) -> None:
+    log.failure("alert listener {listener!r} failed", failure, listener=listener)
+
+
 @dataclass
 class _Threshold:
     name: str
@@ -51,7 +56,7 @@ class _Threshold:
 class AlertManager(Service):
     """Evaluate thresholds periodically and notify listeners of state changes."""
 
-    name = "txvoice-alerts"
+    name = "txvoice-alerts"  # type: ignore[assignment]  # Twisted declares Service.name as None
 
     def __init__(
         self,
@@ -188,8 +193,7 @@ class AlertManager(Service):
             try:
                 result = listener(dict(event))
                 if isinstance(result, Deferred):
-                    result.addErrback(log.failure, "alert listener {listener!r} failed",
-                                      listener=listener)
+                    result.addErrback(_log_listener_failure, listener)
             except Exception:
                 log.failure("alert listener {listener!r} failed", listener=listener)
         return event

@@ -118,7 +118,7 @@ class MetricsHistory(Service):
     buckets.  Start it (``startService``) for the ticks to run.
     """
 
-    name = "txvoice-metrics-history"
+    name = "txvoice-metrics-history"  # type: ignore[assignment]  # Twisted declares Service.name as None
 
     def __init__(
         self,

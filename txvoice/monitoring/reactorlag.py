@@ -35,7 +35,7 @@ def percentile(sorted_values: list[float], fraction: float) -> float:
 class ReactorLagProbe(Service):
     """Samples reactor lag; ``stats()`` gives p50/p99/max in seconds over the window."""
 
-    name = "txvoice-reactor-lag"
+    name = "txvoice-reactor-lag"  # type: ignore[assignment]  # Twisted declares Service.name as None
 
     def __init__(
         self,
@@ -73,7 +73,7 @@ class ReactorLagProbe(Service):
         return super().stopService()
 
     def _tick(self, count: int) -> None:
-        assert self._loop is not None
+        assert self._loop is not None and self._loop.starttime is not None
         self._intervals += count
         scheduled = self._loop.starttime + (self._intervals - count + 1) * self.interval
         lag = self._clock.seconds() - scheduled

@@ -66,5 +66,10 @@ class EchoPipeline:
     decodes = False
     pipeline_rate = 16000
 
+    @classmethod
+    def fromConfig(cls, config: object = None) -> "EchoPipeline":
+        """The ``echo`` pipeline plugin's maker: it has no settings."""
+        return cls()
+
     def startTurn(self, context: TurnContext, sink: IResponseSink) -> ITurn:
         return EchoTurn(context, sink, self.pipeline_rate)

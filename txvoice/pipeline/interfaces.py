@@ -1,13 +1,14 @@
 """
 The contract between a session and whatever answers its voice turns.
 
-A session opens one :class:`ITurn` per voice stream (``voice_start`` ... ``voice_end``).  Audio is
-fed on the audio worker pool, in arrival order; the response goes out through an
-:class:`IResponseSink` that the session provides, on the reactor thread.
+A session opens one :class:`ITurn` per turn its stream's ingest finds (per stream in push-to-talk),
+on the reactor thread.  Audio is fed on the audio worker pool, in arrival order; the response goes
+out through an :class:`IResponseSink` that the session provides, on the reactor thread.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,12 +51,16 @@ class IResponseSink(Interface):
 class ITurn(Interface):
     """One voice turn in a pipeline."""
 
-    def feed(raw: bytes | None, pcm) -> None:
+    def feed(raw: bytes | None, pcm):
         """
         Audio arrived (called on the audio worker pool, in order).  Either ``raw``, a chunk
         exactly as the client sent it (push-to-talk streams of a pipeline that does not decode),
         or ``pcm``, one frame of decoded ``numpy.int16`` mono audio at the pipeline rate (a view
         valid only during the call: copy what you keep).
+
+        Return ``None``, or a callable for the reactor thread (to send a partial transcript, say):
+        it goes back with the chunk's results and is called there, in order.  That is a turn's
+        only way back to the reactor while it is fed.
         """
 
     def finish():
@@ -77,6 +82,29 @@ class IVoicePipeline(Interface):
 
     def startTurn(context: TurnContext, sink: IResponseSink) -> ITurn:
         """
-        Open a turn.  Called on the audio worker thread (turns start where speech is found), so
-        it must only build objects: no reactor calls, no blocking.
+        Open a turn (reactor thread, when the ingest finds a turn's start).  Build objects only:
+        anything slow (loading a model) belongs in the first ``feed``, on the worker.
+        """
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineHost:
+    """
+    What the daemon gives a pipeline that runs as a service: its reactor, the audio worker pool
+    (short blocking engine calls), and where latencies (seconds, by stage) and error codes go.
+    """
+
+    reactor: Any
+    workers: Any
+    record_latency: Callable[[str, float], None]
+    record_error: Callable[[str], None]
+
+
+class IServicePipeline(IVoicePipeline):
+    """A pipeline with a life of its own in the daemon (thread pools, engines to load at start)."""
+
+    def makeService(host: PipelineHost):
+        """
+        The pipeline's service (an ``IService``), wired to ``host``; the daemon starts it with the
+        others and stops it once every session is closed, before the audio threads.
         """

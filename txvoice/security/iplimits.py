@@ -166,7 +166,7 @@ def parse_trusted_proxies(value: str | Iterable[str] | None) -> tuple[_Network |
     return tuple(_proxy(item.strip()) for item in items if item.strip())
 
 
-def _trusted(addr: _Address, proxies: Sequence[_Network]) -> bool:
+def _trusted(addr: _Address, proxies: Sequence[_Network | _UnixSocketPeers]) -> bool:
     return any(addr.version == net.version and addr in net for net in proxies)
 
 
@@ -194,21 +194,22 @@ def _header_values(headers: Mapping[Any, Any] | None, name: str) -> list[str]:
     return out
 
 
-def _networks(value: Sequence[_Network] | str | Iterable[str] | None) -> tuple[_Network, ...]:
+def _networks(value: Sequence[_Network | _UnixSocketPeers] | str | Iterable[str] | None) -> tuple[_Network | _UnixSocketPeers, ...]:
     if not value:
         return ()
     if isinstance(value, str):
         return parse_trusted_proxies(value)
     items = tuple(value)
-    if all(isinstance(n, (ipaddress.IPv4Network, ipaddress.IPv6Network, _UnixSocketPeers)) for n in items):
-        return items  # type: ignore[return-value]
+    networks = tuple(n for n in items if isinstance(n, (ipaddress.IPv4Network, ipaddress.IPv6Network, _UnixSocketPeers)))
+    if len(networks) == len(items):
+        return networks
     return parse_trusted_proxies(str(n) for n in items)
 
 
 def client_ip(
     peer_host: str,
     headers: Mapping[Any, Any] | None,
-    trusted_proxies: Sequence[_Network] | str | Iterable[str] | None,
+    trusted_proxies: Sequence[_Network | _UnixSocketPeers] | str | Iterable[str] | None,
 ) -> str:
     """
     The client's address: ``peer_host`` unless that is a trusted proxy, in which case the

@@ -9,6 +9,7 @@ the store (Redis later) yields nothing usable.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -41,6 +42,7 @@ from txvoice.security.jwt_auth import extract_token
 __all__ = [
     "DEFAULT_TTL",
     "WEBSOCKET_PURPOSE",
+    "BINDING_CLAIM",
     "SessionTokenStoreFull",
     "TooManySessionTokens",
     "MemorySessionTokenStore",
@@ -53,6 +55,9 @@ log = Logger(namespace="txvoice.auth")
 DEFAULT_TTL = 60.0
 WEBSOCKET_PURPOSE = "websocket"
 _MAX_TOKEN_LENGTH = 256
+#: The claim of a session token's principal that holds what the token was bound to (S4's body).
+BINDING_CLAIM = "txvoice_binding"
+_MAX_BODY = 8192
 
 
 class SessionTokenStoreFull(VoiceError):
@@ -238,8 +243,8 @@ class SessionTokenIssuer:
             self._live.remove(who, digest)
             return failure
 
-        d.addCallbacks(stored, failed)
-        return d
+        issued: defer.Deferred[tuple[str, float]] = d.addCallbacks(stored, failed)
+        return issued
 
     def redeem(self, token: str | None, purpose: str | None = None) -> defer.Deferred[Principal]:
         """
@@ -275,6 +280,44 @@ def _json(request: Any, status: int, body: dict[str, Any]) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode("utf-8")
 
 
+def _read_body(request: Any) -> dict[str, Any]:
+    """S4's JSON body (``{}`` when there is none); ValueError when it is not a JSON object."""
+    content = getattr(request, "content", None)
+    if content is None:
+        return {}
+    content.seek(0)
+    raw = content.read(_MAX_BODY + 1)
+    if not raw.strip():
+        return {}
+    if len(raw) > _MAX_BODY:
+        raise ValueError(f"the body is larger than {_MAX_BODY} bytes")
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        raise ValueError("the body is not JSON") from None
+    if not isinstance(body, dict):
+        raise ValueError("the body must be a JSON object")
+    for key in ("token", "userId", "callId"):
+        if body.get(key) is not None and not isinstance(body[key], str):
+            raise ValueError(f"{key} must be a string")
+    return body
+
+
+def _bind(principal: Principal, binding: dict[str, Any]) -> Principal:
+    """The principal a bound session token stands for: the JWT's user, with what it is bound to."""
+    user = binding.get("userId")
+    if user is not None and user != principal.user_id:
+        raise UserMismatch(f"userId {user!r} is not the user the token was issued to")
+    return dataclasses.replace(principal, claims={**principal.claims, BINDING_CLAIM: dict(binding)})
+
+
+class UserMismatch(AuthError):
+    """S4's body names another user than its JWT (HTTP 403)."""
+
+    code = "user_mismatch"
+    http_status = 403
+
+
 def _error_body(code: str, message: str) -> dict[str, Any]:
     return {"error": {"code": code, "message": message}}
 
@@ -283,7 +326,10 @@ class AuthWebSocketResource(Resource):
     """
     ``POST /auth/websocket``: ``Authorization: Bearer <JWT>`` in, JSON
     ``{"token", "expires_in", "ws_url_hint"?}`` out; 401 JSON on failure, 405 for other
-    methods.  With an ``origins`` policy (:class:`txvoice.security.origins.OriginPolicy`) it
+    methods.  S4's form is a JSON body ``{token, userId, callId}`` (``token``: the JWT, used when
+    no header is sent); the answer then also has S4's ``sessionToken`` / ``expiresIn`` and the
+    token is bound to ``userId`` (which must be the JWT's user: 403 ``user_mismatch``) and
+    ``callId``: its principal carries them in the ``txvoice_binding`` claim.  With an ``origins`` policy (:class:`txvoice.security.origins.OriginPolicy`) it
     also refuses foreign browser origins (403) and answers CORS pre-flights.  With a
     ``throttle`` (request -> seconds to wait, 0 to go on) a request over its client's rate gets
     429 ``rate_limited`` with ``Retry-After`` before any credential is checked.
@@ -348,21 +394,33 @@ class AuthWebSocketResource(Resource):
                 return _json(request, 429, _error_body(
                     "rate_limited", f"too many token requests from this address; retry in {retry_after} s"))
         headers = dict(request.requestHeaders.getAllRawHeaders())
-        token = extract_token(headers, None)  # header only: never a JWT in a URL
+        token = extract_token(headers, None)  # header or body only: never a JWT in a URL
+        try:
+            body = _read_body(request)
+        except ValueError as e:
+            return _json(request, 400, _error_body("invalid_body", str(e)))
+        if token is None and isinstance(body.get("token"), str) and body["token"]:
+            token = body["token"]
+        binding = {k: body[k] for k in ("userId", "callId") if body.get(k) is not None}
         gone: list[bool] = []
         request.notifyFinish().addErrback(lambda _: gone.append(True))
 
         d = self._authenticator.authenticate(Credentials(token=token))
+        if binding:
+            d.addCallback(_bind, binding)
         d.addCallback(self._issuer.issue)
-        d.addCallbacks(self._issued, self._failed, errbackArgs=(request,), callbackArgs=(request,))
+        d.addCallbacks(self._issued, self._failed, errbackArgs=(request,), callbackArgs=(request, binding if body else None))
         d.addCallback(self._respond, request, gone)
         d.addErrback(lambda f: log.failure("writing /auth/websocket response failed", f))
         return NOT_DONE_YET
 
-    def _issued(self, result: tuple[str, float], request: Any) -> bytes:
+    def _issued(self, result: tuple[str, float], request: Any, binding: dict[str, Any] | None) -> bytes:
         token, expires_at = result
         expires_in = max(0, round(expires_at - self._issuer.seconds()))
         body: dict[str, Any] = {"token": token, "expires_in": expires_in}
+        if binding is not None:
+            # S4's body form: its spelling too (sessionToken, expiresIn in seconds) and the binding.
+            body.update(sessionToken=token, expiresIn=expires_in, **binding)
         if self._ws_url_hint:
             body["ws_url_hint"] = self._ws_url_hint
         return _json(request, 200, body)

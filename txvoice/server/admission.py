@@ -121,15 +121,14 @@ class AdmissionPolicy:
             except ConnectionRefused as e:
                 raise self._refuse(e.code, e.http_status, e.message) from None
             token = extract_token(request.headers, request.params)
-        except ConnectionDeny as deny:
+        except ConnectionDeny as refused:
             d: Deferred = Deferred()
-            d.errback(Failure(deny))
+            d.errback(Failure(refused))
             return d
         if token is None or self.authenticator is None:
             if self.config.auth_required and not in_protocol_auth:
                 lease.release()
-                deny = self._refuse("auth_failed", 401, "token_missing: authentication required")
-                return _failed(deny)
+                return _failed(self._refuse("auth_failed", 401, "token_missing: authentication required"))
             return succeed(Admission(ip, lease, None))
 
         def accepted(principal: Principal) -> Admission:

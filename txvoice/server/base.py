@@ -19,6 +19,7 @@ from txvoice.errors import VoiceError
 from txvoice.logging import NamespaceLogger
 from txvoice.security.ratelimit import Decision, TokenBucket
 from txvoice.server.admission import Admission
+from txvoice.server.compression import apply_compression_level
 from txvoice.server.framing import FastFraming, PreparedText
 from txvoice.server.writepath import install_write_through
 from txvoice.session.session import Session, SessionState
@@ -36,7 +37,7 @@ CLOSE_TOKEN_EXPIRED = 4003
 ALLOW, CLOSE = Decision.ALLOW, Decision.CLOSE
 
 
-class VoiceServerProtocol(FastFraming, WebSocketServerProtocol):
+class VoiceServerProtocol(FastFraming, WebSocketServerProtocol):  # type: ignore[misc]  # Autobahn's bases disagree on peer/_transport_details
     """Base of every txvoice dialect (whole binary frames take :mod:`txvoice.server.framing`'s fast lane)."""
 
     # `log` stays Autobahn's level-filtered txaio logger (its hot path logs at debug);
@@ -69,12 +70,13 @@ class VoiceServerProtocol(FastFraming, WebSocketServerProtocol):
         if self.factory.voice.config.write_through:
             install_write_through(self.transport)
 
-    def onConnect(self, request: ConnectionRequest) -> Deferred:
+    def onConnect(self, request: ConnectionRequest) -> Deferred:  # type: ignore[override]  # Autobahn takes a Deferred too
         server = self.server
         if server.shutting_down:
             server.record_refused("shutting_down")
             raise ConnectionDeny(503, "server shutting down")
-        self._closed = Deferred()
+        self._closed: Deferred[None] = Deferred()
+        assert self.transport is not None
         peer = self.transport.getPeer()
         d = server.admission.admit(request, getattr(peer, "host", ""), self.in_protocol_auth)
         return d.addCallback(self._admitted, request)
@@ -107,6 +109,7 @@ class VoiceServerProtocol(FastFraming, WebSocketServerProtocol):
         self._message_limiter = server.admission.rate_policy.new_limiter(now)
         rate = server.config.max_audio_bytes_per_second
         self._audio_bucket = TokenBucket(rate, 2 * rate, now) if rate > 0 else _UNLIMITED
+        apply_compression_level(self._perMessageCompress, server.config.compression_level)
         server.registry.add(session)
         server.connection_opened(session)
         if self.admission is not None and self.admission.principal is not None:
@@ -236,7 +239,7 @@ class VoiceServerProtocol(FastFraming, WebSocketServerProtocol):
         self._oversize = False
         self._message_length = 0
 
-    def onMessageFrame(self, payload: list[bytes]) -> None:
+    def onMessageFrame(self, payload: list[bytes]) -> None:  # type: ignore[override]  # Autobahn passes the frame's parts
         # The soft size limit: above it the message is discarded (memory freed) and answered with
         # an error, and the connection stays up; Autobahn's hard limit (1009) stays in force above.
         if self._oversize:
@@ -265,7 +268,7 @@ class VoiceServerProtocol(FastFraming, WebSocketServerProtocol):
             if self.trackedTimings:
                 self.trackedTimings.track("onMessage")
             self._onMessage(payload, self.message_is_binary)
-        self.message_data = None
+        self.message_data = None  # type: ignore[assignment]  # as Autobahn's own onMessageEnd does
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         session = self.session

@@ -13,11 +13,14 @@ from __future__ import annotations
 import itertools
 import uuid
 from collections import deque
+from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any, Callable
 
 from txvoice.audio.format import AudioFormat
-from txvoice.audio.ingest import StreamIngest, StreamSettings
-from txvoice.audio.vad import SpeechStarted
+from txvoice.audio.ingest import StreamIngest, StreamSettings, TurnFeeds, TurnOutput, Voiced
+from txvoice.audio.turns import TurnEnded, TurnStarted
+from txvoice.audio.vad import SpeechStarted, SpeechStopped
 from txvoice.errors import StateError
 from txvoice.logging import NamespaceLogger
 from txvoice.pipeline.interfaces import IResponseSink, TurnContext
@@ -31,44 +34,60 @@ _stream_keys = itertools.count()
 
 
 class TurnHandle:
-    """A pipeline turn with the response stream it writes to (``feed`` is the turn's own, bound)."""
+    """
+    A pipeline turn and the response it writes to, owned by the reactor.  The turn is finished
+    once it has ended (``TurnEnded``) and the worker has fed it everything held for it (attached).
+    """
 
-    __slots__ = ("turn", "response", "feed")
+    __slots__ = ("number", "turn", "response", "attached", "ended")
 
-    def __init__(self, turn: Any, response: ResponseStream) -> None:
+    def __init__(self, number: int, turn: Any, response: ResponseStream) -> None:
+        self.number = number
         self.turn = turn
         self.response = response
-        self.feed = turn.feed
+        self.attached = False
+        self.ended = False
 
     def cancel(self) -> None:
         self.turn.cancel()
 
 
+@dataclass(frozen=True, slots=True)
+class TurnClosed:
+    """Push-to-talk without analysis: the stream's one turn ended with the stream (no detector event)."""
+
+    turn: int
+
+
 class RawIngest:
     """Push-to-talk without analysis: chunks go to the turn untouched (no decoding at all)."""
 
-    def __init__(self, start_turn: Callable[[], Any]) -> None:
-        self.turn = start_turn()
+    def __init__(self, answers: bool) -> None:
+        self.feeds = TurnFeeds()
+        self.attach = self.feeds.attach
         self.chunks = 0
+        self.initial: list = []
+        if answers:
+            self.feeds.open(1)
 
-    def process(self, item: tuple) -> None:
+    def process(self, item: tuple) -> list | None:
         self.chunks += 1
-        if self.turn is not None:
-            self.turn.feed(item[0], None)
+        slot = self.feeds.current
+        return slot.push(item[0], None, None) if slot is not None else None
 
     def end(self, _: object = None) -> list:
-        turn, self.turn = self.turn, None
-        return [("turn_end", None, turn)]
-
-
-def _no_turn() -> None:
-    return None
+        slot = self.feeds.current
+        if slot is None:
+            return []
+        self.feeds.close(slot.number)
+        return [TurnClosed(slot.number)]
 
 
 class VoiceStream:
     """One open voice stream (``voice_start`` ... ``voice_end``)."""
 
-    __slots__ = ("id", "format", "key", "frames", "bytes", "options", "settings", "ingest", "turns")
+    __slots__ = ("id", "format", "key", "frames", "bytes", "options", "settings", "ingest", "turns", "handles",
+                 "respond", "cancelled", "chunk_done")
 
     def __init__(self, stream_id: str, fmt: AudioFormat, settings: StreamSettings, options: dict[str, Any]) -> None:
         self.id = stream_id
@@ -80,6 +99,11 @@ class VoiceStream:
         self.settings = settings
         self.ingest: Any = None
         self.turns = 0
+        #: Pipeline turns by the ingest's turn number, from their start until they are finished.
+        self.handles: dict[int, TurnHandle] = {}
+        self.respond = True  # turns are answered (False: only detected and reported)
+        self.cancelled = False  # dropped (disconnect): open no more turns for it
+        self.chunk_done: Callable[[Any], None] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {"stream_id": self.id, "format": self.format.as_dict(), "mode": self.settings.mode,
@@ -131,15 +155,24 @@ class VoiceChannel:
         pipeline = self.server.pipeline
         stream = VoiceStream(stream_id or "strm_" + uuid.uuid4().hex[:16], fmt, settings, options)
         self.settings = settings
-        start_turn = self._turnOpener(stream) if respond else _no_turn
         if settings.decodes or pipeline.decodes or not settings.wants_input_format(fmt):
             stream.ingest = StreamIngest(
-                fmt, settings, start_turn, pipeline.pipeline_rate,
+                fmt, settings, pipeline.pipeline_rate,
                 # The echo of raw chunks only when the reply goes out in the input's own format.
                 feed_raw=not pipeline.decodes and settings.mode == "push_to_talk" and settings.wants_input_format(fmt),
+                answers=respond,
             )
         else:
-            stream.ingest = RawIngest(start_turn)
+            stream.ingest = RawIngest(answers=respond)
+        stream.respond = respond
+        stream.chunk_done = partial(self._chunkDone, stream)
+        if isinstance(stream.ingest, RawIngest) and respond:
+            self._openTurn(stream, 1, attach_now=True)
+        # Push-to-talk's turn opens with the stream (and is not announced: the stream's ack says it):
+        # nothing is at a worker yet, so it is attached here.
+        for event in stream.ingest.initial:
+            if isinstance(event, TurnStarted) and respond:
+                self._openTurn(stream, event.turn, attach_now=True)
         if on_chunk is not None:
             self.on_chunk = on_chunk
         if on_chunk_error is not None:
@@ -148,26 +181,40 @@ class VoiceChannel:
         self.session.transition(SessionState.STREAMING)
         return stream
 
-    def _turnOpener(self, stream: VoiceStream) -> Callable[[], Any]:
-        """What the ingest calls (on the worker) to open a pipeline turn."""
-        session, pipeline = self.session, self.server.pipeline
-
-        def open_turn() -> Any:
-            stream.turns += 1
-            response = ResponseStream(self, stream.format, stream.turns)
-            context = TurnContext(
-                session_id=session.id,
-                stream_id=stream.id,
-                input_format=stream.format,
-                user_id=session.user_id,
-                conversation_id=session.conversation_id,
-                options=stream.options,
+    def _openTurn(self, stream: VoiceStream, number: int, attach_now: bool = False) -> None:
+        """A turn began: make its response and pipeline turn here, then let the worker feed it."""
+        session = self.session
+        stream.turns += 1
+        server = self.server
+        response = ResponseStream(
+            stream.format, stream.turns, sink=self.sink, settings=stream.settings, pacer=self.pacer,
+            submit=server.workers.submit, clock=server.clock, ready=self.responseReady, done=self.responseDone,
+        )
+        context = TurnContext(
+            session_id=session.id,
+            stream_id=stream.id,
+            input_format=stream.format,
+            user_id=session.user_id,
+            conversation_id=session.conversation_id,
+            options=stream.options,
+        )
+        turn = server.pipeline.startTurn(context, response)
+        response.turn = turn
+        handle = stream.handles[number] = TurnHandle(number, turn, response)
+        if attach_now:
+            self._attached(stream, handle, stream.ingest.attach((number, turn.feed)))
+        else:
+            server.workers.submit(
+                stream.key, stream.ingest.attach, (number, turn.feed),
+                lambda events: self._attached(stream, handle, events), self._chunkFailed,
             )
-            turn = pipeline.startTurn(context, response)
-            response.turn = turn
-            return TurnHandle(turn, response)
 
-        return open_turn
+    def _attached(self, stream: VoiceStream, handle: TurnHandle, events: list | None) -> None:
+        handle.attached = True
+        if events:
+            self._dispatch(stream, events)
+        if handle.ended:
+            self._finishTurn(stream, handle)
 
     def audio(self, raw: bytes, sequence: int | None = None) -> None:
         """A chunk of audio for the active stream (hot path: no hop here, just queue it)."""
@@ -179,12 +226,12 @@ class VoiceChannel:
         self.session.counters.audio_frames_in += 1
         self.server.workers.submit(
             stream.key, stream.ingest.process, (raw, sequence, self.server.clock.seconds()),
-            self._chunkDone, self._chunkFailed,
+            stream.chunk_done, self._chunkFailed,
         )
 
-    def _chunkDone(self, events: list | None) -> None:
+    def _chunkDone(self, stream: VoiceStream, events: list | None) -> None:
         if events:
-            self.handleEvents(events)
+            self._dispatch(stream, events)
         if self.on_chunk is not None:
             self.on_chunk(events)
 
@@ -207,36 +254,60 @@ class VoiceChannel:
         stream = self.active(stream_id)
         self.stream = None
         self.session.transition(SessionState.AUTHENTICATED)
-        self.server.workers.submit(stream.key, stream.ingest.end, None, self.handleEvents, self._chunkFailed)
+        self.server.workers.submit(stream.key, stream.ingest.end, None, partial(self._dispatch, stream),
+                                   self._chunkFailed)
         return stream
 
-    # events from the ingest (reactor thread)
+    # events from the ingest (reactor thread): the one lane from the workers back here
 
-    def handleEvents(self, events: list) -> None:
+    def _dispatch(self, stream: VoiceStream, events: list) -> None:
+        """What a chunk's processing reported (typed events, in order), handled on the reactor."""
         sink = self.sink
-        for kind, event, payload in events:
-            if kind == "vad":
+        for event in events:
+            if isinstance(event, TurnOutput):
+                event.deliver()
+            elif isinstance(event, Voiced):
+                start = event.start
+                sink.event("vad", {"event": start.kind, "stream_time_ms": round(start.t_ms, 1)})
+                if self.playing is not None or self.responses:
+                    self.bargeIn(start, event.arrival)
+            elif isinstance(event, SpeechStopped):
                 sink.event("vad", {"event": event.kind, "stream_time_ms": round(event.t_ms, 1)})
-                if isinstance(event, SpeechStarted) and (self.playing is not None or self.responses):
-                    self.bargeIn(event, payload)
-            elif kind == "turn_start":
+            elif isinstance(event, TurnStarted):
                 sink.event("turn_start", {"turn": event.turn, "stream_time_ms": round(event.t_ms, 1)})
-            elif kind == "turn_end":
-                if event is not None:
-                    sink.event(
-                        "turn_end",
-                        {"turn": event.turn, "reason": event.reason, "start_ms": round(event.start_ms, 1),
-                         "end_ms": round(event.t_ms, 1), "duration_ms": round(event.t_ms - event.start_ms, 1)},
-                    )
-                self._finishTurn(payload)
+                if stream.respond and not stream.cancelled:
+                    self._openTurn(stream, event.turn)
+            elif isinstance(event, TurnEnded):
+                sink.event(
+                    "turn_end",
+                    {"turn": event.turn, "reason": event.reason, "start_ms": round(event.start_ms, 1),
+                     "end_ms": round(event.t_ms, 1), "duration_ms": round(event.t_ms - event.start_ms, 1)},
+                )
+                self._turnEnded(stream, event.turn)
+            elif isinstance(event, TurnClosed):
+                self._turnEnded(stream, event.turn)
 
-    def _finishTurn(self, handle: TurnHandle | None) -> None:
+    def _turnEnded(self, stream: VoiceStream, number: int) -> None:
+        handle = stream.handles.get(number)
         if handle is None:
             return
+        handle.ended = True
+        if handle.attached:
+            self._finishTurn(stream, handle)
+
+    def handleEvents(self, events: list) -> None:
+        """The active stream's events (for callers that drive the channel by hand, as tests do)."""
+        if self.stream is not None:
+            self._dispatch(self.stream, events)
+
+    def _finishTurn(self, stream: VoiceStream, handle: TurnHandle) -> None:
+        stream.handles.pop(handle.number, None)
         self.session.counters.turns += 1
         if self.session.conversation_id is not None:
             self.server.conversation(self.session.conversation_id).turns += 1
         response = handle.response
+        if response.done:
+            return  # cancelled (barge-in, disconnect) before it ended
         self.open_turns.append(response)
         d = handle.turn.finish()
 
@@ -300,8 +371,12 @@ class VoiceChannel:
     def cancel(self) -> None:
         """Drop the active stream and stop every response (disconnect)."""
         stream, self.stream = self.stream, None
-        if stream is not None and stream.ingest.turn is not None:
-            stream.ingest.turn.cancel()
+        if stream is not None:
+            stream.cancelled = True
+            for handle in list(stream.handles.values()):
+                handle.cancel()
+                handle.response.cancel("disconnected")
+            stream.handles.clear()
         for response in [self.playing, *self.responses, *self.open_turns]:
             if response is not None:
                 response.cancel("disconnected")

@@ -1,3 +1,6 @@
+# FastFraming is a mixin over Autobahn's WebSocketProtocol: the attributes and methods it uses come
+# from the class it is mixed into, which mypy cannot see from here.
+# mypy: disable-error-code="attr-defined, misc, has-type"
 """
 A fast lane through Autobahn's frame machinery for what a voice connection carries most: small,
 whole, masked binary frames from the client, and plain writes to it.

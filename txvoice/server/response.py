@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -27,7 +28,10 @@ from txvoice.audio.output import ResponseEncoder, output_format, packet_duration
 from txvoice.pipeline.interfaces import IResponseSink
 
 if TYPE_CHECKING:
-    from txvoice.server.channel import VoiceChannel
+    from txvoice.audio.ingest import StreamSettings
+
+#: The audio workers' ``submit``: ``(key, work, argument, deliver, fail)``, in order per key.
+Submit = Callable[..., None]
 
 _keys = itertools.count(1 << 40)
 log = Logger(namespace="txvoice.audio.output")
@@ -42,7 +46,7 @@ ENCODE_SLICE_MS = 100
 class Pacer(Service):
     """One timer for every response being sent: each tick releases what has come due."""
 
-    name = "pacer"
+    name = "pacer"  # type: ignore[assignment]  # Twisted declares Service.name as None
 
     def __init__(self, clock, tick: float = 0.01) -> None:
         self.clock = clock
@@ -83,11 +87,36 @@ class Pacer(Service):
 
 @implementer(IResponseSink)
 class ResponseStream:
-    """One turn's response: queued, encoded, paced.  Reactor thread except the constructor."""
+    """
+    One turn's response: queued, encoded, paced.  Reactor thread only.
 
-    def __init__(self, channel: "VoiceChannel", input_format: AudioFormat, turn_number: int) -> None:
-        # May be built on a worker thread (the ingest opens turns there): touch nothing shared.
-        self.channel = channel
+    Its collaborators are given, not looked up: ``sink`` (the dialect's, where the client's
+    messages go), the stream's ``settings`` (output format, lead), the ``pacer``, ``submit``
+    (the audio workers' ordered job queue, for encoding), the ``clock``, and two callbacks to its
+    owner: ``ready(response)`` once it is announced (queue it for playing) and ``done(response)``
+    when it is finished or cancelled.
+    """
+
+    def __init__(
+        self,
+        input_format: AudioFormat,
+        turn_number: int,
+        *,
+        sink: IResponseSink,
+        settings: "StreamSettings",
+        pacer: Pacer,
+        submit: Submit,
+        clock: IReactorTime,
+        ready: Callable[["ResponseStream"], None],
+        done: Callable[["ResponseStream"], None],
+    ) -> None:
+        self.sink = sink
+        self.settings = settings
+        self.pacer = pacer
+        self.submit = submit
+        self.clock = clock
+        self._ready = ready
+        self._done = done
         self.input_format = input_format
         self.turn_number = turn_number
         self.turn: Any = None
@@ -117,12 +146,12 @@ class ResponseStream:
 
     def event(self, event_type: str, data: dict) -> None:
         if not self.done:
-            self.channel.sink.event(event_type, data)
+            self.sink.event(event_type, data)
 
     def startResponse(self, text_content: str | None, audio_format: AudioFormat | None, metadata: dict) -> None:
         if self.done:
             return
-        settings = self.channel.settings
+        settings = self.settings
         if audio_format is not None:
             wanted = output_format(self.input_format, settings.output_codec, settings.output_sample_rate)
             if audio_format == self.input_format and settings.wants_input_format(self.input_format):
@@ -132,7 +161,7 @@ class ResponseStream:
                 self.encoder = ResponseEncoder(audio_format.sample_rate, wanted)
                 self._slice_samples = max(1, audio_format.sample_rate * ENCODE_SLICE_MS // 1000) * audio_format.channels
         self.announce = (text_content, self.format, metadata)
-        self.channel.responseReady(self)
+        self._ready(self)
 
     def audio(self, chunk: bytes | np.ndarray) -> None:
         if self.done or self.format is None:
@@ -174,7 +203,7 @@ class ResponseStream:
             return  # a job delivered inline (no audio threads): the loop below goes on
         self._submitting = True
         try:
-            submit = self.channel.server.workers.submit
+            submit = self.submit
             while not self.done and not self._encoding and (self._to_encode or self._flush_pending):
                 self._encoding = True
                 assert self.encoder is not None
@@ -210,23 +239,23 @@ class ResponseStream:
             return
         self.queue.extend(packets)
         if self.active:
-            self.pump(self.channel.server.clock.seconds())
+            self.pump(self.clock.seconds())
 
     def _flushed(self, packets: list[tuple[bytes, float]]) -> None:
         self._encoding = False
         self.finished = True
         self._queued(packets)
         if self.active and not self.queue:
-            self.pump(self.channel.server.clock.seconds())
+            self.pump(self.clock.seconds())
 
     def activate(self) -> None:
         """Our turn to play: announce, then let the pacer send."""
         self.active = True
         text, fmt, metadata = self.announce or (None, None, {})
-        self.channel.sink.startResponse(text, fmt, metadata)
-        self.response_id = getattr(self.channel.sink, "response_id", None)
-        self.channel.pacer.add(self)
-        self.pump(self.channel.server.clock.seconds())
+        self.sink.startResponse(text, fmt, metadata)
+        self.response_id = getattr(self.sink, "response_id", None)
+        self.pacer.add(self)
+        self.pump(self.clock.seconds())
 
     def pump(self, now: float) -> None:
         """Send what has come due: audio up to ``lead_ms`` ahead of real time."""
@@ -235,8 +264,8 @@ class ResponseStream:
         if self.queue and self.started_at is None:
             self.started_at = now
         if self.started_at is not None:
-            allowed = (now - self.started_at) * 1000.0 + self.channel.settings.response_lead_ms
-            sink = self.channel.sink
+            allowed = (now - self.started_at) * 1000.0 + self.settings.response_lead_ms
+            sink = self.sink
             queue = self.queue
             while queue and self.sent_ms < allowed:
                 packet, ms = queue.popleft()
@@ -258,7 +287,7 @@ class ResponseStream:
         """Stop now (barge-in, disconnect): drop what is queued and close the response."""
         if self.done:
             return {}
-        now = self.channel.server.clock.seconds()
+        now = self.clock.seconds()
         played, source = self.played_ms(now)
         self.queue.clear()
         self._to_encode.clear()  # not encoded at all: it will not be played
@@ -272,12 +301,12 @@ class ResponseStream:
         if self.done:
             return
         self.done = True
-        self.channel.pacer.discard(self)
+        self.pacer.discard(self)
         if self.active:
             summary = {**self.summary, "cancelled": cancelled, "duration_ms": round(self.sent_ms, 1),
                        "packets": self.packets, **extra}
             if reason is not None:
                 summary["reason"] = reason
-            self.channel.sink.endResponse(summary)
-        self.channel.responseDone(self)
+            self.sink.endResponse(summary)
+        self._done(self)
         self.whenDone.callback(cancelled)

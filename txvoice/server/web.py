@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
-from autobahn.twisted.resource import WebSocketResource
-from twisted.web.resource import Resource
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 from twisted.web.static import File
 
@@ -107,12 +107,13 @@ class MonitoringResource(JSONResource):
 
     def document(self, request: Request) -> tuple[dict[str, Any], int]:
         voice = self.voice
-        path = [p for p in request.postpath if p]
+        path = [p for p in request.postpath or [] if p]
         if not path:
             return voice.history.get_real_time_metrics(), 200
         if path == [b"history"]:
             try:
-                minutes = int(request.args.get(b"minutes", [b"60"])[0])
+                args: dict[bytes, list[bytes]] = request.args or {}
+                minutes = int(args.get(b"minutes", [b"60"])[0])
             except ValueError:
                 return {"error": {"code": "invalid_field", "message": "minutes must be an integer"}}, 400
             return {"minutes": voice.history.get_historical_metrics(minutes=max(1, minutes))}, 200
@@ -156,7 +157,7 @@ class UpgradeOrResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, websocket: WebSocketResource, fallback: Resource) -> None:
+    def __init__(self, websocket: IResource, fallback: Resource) -> None:
         super().__init__()
         self.websocket = websocket
         self.fallback = fallback
@@ -172,7 +173,7 @@ def _segments(path: str) -> list[bytes]:
     return [p.encode("utf-8") for p in path.strip("/").split("/") if p]
 
 
-def mount(root: Resource, path: str, resource: Resource) -> None:
+def mount(root: Resource, path: str, resource: IResource) -> None:
     """Put ``resource`` at ``path`` below ``root``, creating intermediate resources."""
     segments = _segments(path)
     if not segments:
@@ -188,7 +189,7 @@ def mount(root: Resource, path: str, resource: Resource) -> None:
     node.putChild(segments[-1], resource)
 
 
-def build_site(server: VoiceServer, websockets: dict[str, WebSocketResource]) -> Site:
+def build_site(server: VoiceServer, websockets: Mapping[str, IResource]) -> Site:
     """The Site: each WebSocket endpoint at its path, ``/health`` and an index."""
     root = Resource()
     index = IndexResource(server)
@@ -210,10 +211,8 @@ def build_site(server: VoiceServer, websockets: dict[str, WebSocketResource]) ->
             admission.authenticator, admission.issuer, None, admission.origins, admission.throttle_token_request
         ))
         root.putChild(b"auth", auth)
-    for path, resource in websockets.items():
-        if not _segments(path):
-            resource = UpgradeOrResource(resource, index)
-        mount(root, path, resource)
+    for path, endpoint in websockets.items():
+        mount(root, path, endpoint if _segments(path) else UpgradeOrResource(endpoint, index))
     if b"" not in root.children:
         root.putChild(b"", index)
     site = Site(root)

@@ -22,7 +22,7 @@ class HeartbeatService(Service):
     dropped (S4: interval, timeout, maxMissed).  A pong or an application ``heartbeat`` resets it.
     """
 
-    name = "heartbeat"
+    name = "heartbeat"  # type: ignore[assignment]  # Twisted declares Service.name as None
     log = NamespaceLogger(namespace="txvoice.network.heartbeat")
 
     def __init__(self, server: VoiceServer) -> None:

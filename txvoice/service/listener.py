@@ -25,7 +25,7 @@ def listening_address(address: IAddress) -> str:
 class ListenerService(Service):
     """Listens while running; ``whenListening`` fires with the port (tests listen on ``tcp:0``)."""
 
-    name = "listener"
+    name = "listener"  # type: ignore[assignment]  # Twisted declares Service.name as None
     log = NamespaceLogger(namespace="txvoice.network")
 
     def __init__(self, reactor, description: str, site: Site) -> None:
@@ -35,8 +35,8 @@ class ListenerService(Service):
         self.port: IListeningPort | None = None
         self.whenListening: Deferred = Deferred()
 
-    def listen(self) -> Deferred:
-        """Start listening; fire with the IListeningPort (subclasses adopt a socket instead)."""
+    def listen(self) -> "Deferred[IListeningPort] | IListeningPort":
+        """Start listening: the IListeningPort, or a Deferred of it (subclasses adopt a socket instead)."""
         return serverFromString(self.reactor, self.description).listen(self.site)
 
     def startService(self) -> None:

@@ -16,7 +16,7 @@ from txvoice.server.context import VoiceServer
 
 
 class MonitoringService(MultiService):
-    name = "monitoring"
+    name = "monitoring"  # type: ignore[assignment]  # Twisted declares Service.name as None
     log = NamespaceLogger(namespace="txvoice.monitoring")
 
     def __init__(self, server: VoiceServer) -> None:

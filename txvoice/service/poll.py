@@ -67,5 +67,5 @@ def install_lean_poll(reactor: Any) -> bool:
         return False
     if type(reactor).doIteration is not EPollReactor.doPoll or "doIteration" in vars(reactor):
         return False  # someone else changed the iteration already
-    reactor.doIteration = types.MethodType(_lean_do_poll, reactor)
+    reactor.doIteration = types.MethodType(_lean_do_poll, reactor)  # type: ignore[method-assign]  # the point
     return True

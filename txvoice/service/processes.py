@@ -70,7 +70,8 @@ from twisted.logger import (
 from twisted.python.failure import Failure
 from twisted.web.server import Site
 
-from txvoice.config import ENV_PREFIX, VoiceConfig
+from txvoice.config import ENV_PREFIX, VoiceConfig, current_config
+from txvoice.logging import level_predicate
 from txvoice.service.listener import ListenerService
 
 #: In a worker: the listening socket, and the pipe on which it says it is listening.
@@ -296,7 +297,7 @@ class ParentWatchService(Service):
     the usual case, and twistd would log a ReactorNotRunning traceback for the second one.
     """
 
-    name = "parent-watch"
+    name = "parent-watch"  # type: ignore[assignment]  # Twisted declares Service.name as None
 
     def __init__(self, reactor, fd: int = 0, signals: bool = True) -> None:
         self.reactor = reactor
@@ -344,10 +345,7 @@ def worker_log_observer() -> ILogObserver:
     ``twistd --logger`` factory of a worker: its events, filtered by its levels, as JSON lines
     on stdout, which its parent reads and logs.
     """
-    from txvoice import tap
-    from txvoice.logging import level_predicate
-
-    config = tap.current_config or VoiceConfig.from_env()
+    config = current_config()
     return FilteringLogObserver(
         jsonFileLogObserver(sys.stdout, recordSeparator=""),
         [level_predicate(config.log_levels, debug=config.debug)],
@@ -375,7 +373,7 @@ def worker_argv(reactor: Any) -> list[str]:
 
     module = type(reactor).__module__
     for installable in getReactorTypes():
-        if installable.moduleName == module:
+        if getattr(installable, "moduleName", None) == module:  # a Twisted Reactor plugin's attribute
             argv.append(f"--reactor={installable.shortName}")
             break
     return argv + ["txvoice"]
@@ -416,6 +414,7 @@ class WorkerProtocol(ProcessProtocol):
         self._buffers: dict[int, bytes] = {1: b"", 2: b"", CONTROL_FD: b""}
 
     def connectionMade(self) -> None:
+        assert self.transport is not None
         self.pid = self.transport.pid
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
@@ -481,7 +480,7 @@ class WorkerProcesses(Service):
     socket of any worker that is not listening.
     """
 
-    name = "processes"
+    name = "processes"  # type: ignore[assignment]  # Twisted declares Service.name as None
 
     def __init__(
         self,
@@ -542,7 +541,7 @@ class WorkerProcesses(Service):
         self.listeners.close()  # the workers hold their own; the parent no longer needs any
         if not waits:
             return succeed(None)
-        done = Deferred()
+        done: Deferred[None] = Deferred()
         remaining = [len(waits)]
 
         def ended(_: object) -> None:

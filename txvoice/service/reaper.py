@@ -11,7 +11,7 @@ from txvoice.server.context import VoiceServer
 
 
 class ReaperService(Service):
-    name = "reaper"
+    name = "reaper"  # type: ignore[assignment]  # Twisted declares Service.name as None
     log = NamespaceLogger(namespace="txvoice.session")
 
     def __init__(self, server: VoiceServer) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 
 import txaio
-from twisted.application.service import MultiService, Service
+from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.python.usage import UsageError
 
@@ -22,10 +22,9 @@ from txvoice.audio.workers import AudioWorkers
 from txvoice.config import VoiceConfig
 from txvoice.dialects.registry import DialectPathClash, mount_dialects
 from txvoice.logging import NamespaceLogger
-from txvoice.pipeline.echo import EchoPipeline
 from txvoice.engines.registry import EngineNotFound
-from txvoice.pipeline.interfaces import IVoicePipeline
-from txvoice.pipeline.speech import SpeechPipeline, SpeechService
+from txvoice.pipeline.interfaces import IServicePipeline, IVoicePipeline, PipelineHost
+from txvoice.pipeline.registry import PipelineNotFound, create_pipeline
 from txvoice.server.context import VoiceServer
 from txvoice.server.web import build_site
 from txvoice.service.heap import freeze_startup_heap
@@ -49,6 +48,18 @@ from txvoice.service.reaper import ReaperService
 #: How much longer than ``shutdown_timeout`` a stop may take before it gives up waiting: the
 #: worker processes' own bound (``shutdown_timeout`` + SIGKILL after ``STOP_GRACE`` + its wait) and some.
 STOP_LIMIT_EXTRA = 3 * STOP_GRACE
+
+#: The order a daemon stops in.  Each phase starts when the one before has finished (the worker
+#: processes are told at once and waited for last).  "closing sessions" is the service's own step.
+STOP_PHASES = (
+    "closing the listener",
+    "closing sessions",
+    "stopping the timers",
+    "stopping the other services",
+    "stopping the pipeline",
+    "stopping the audio threads",
+    "waiting for the worker processes",
+)
 
 
 class VoiceService(MultiService):
@@ -76,9 +87,33 @@ class VoiceService(MultiService):
         self.parent_watch = parent_watch
         #: While stopping: the step the stop is in (named in the error if it has to give up).
         self.stopping: str | None = None
-        extra = [s for s in (processes, parent_watch) if s is not None]
-        for child in (self.workers, self.pacer, self.monitoring, self.heartbeat, self.reaper, *extra, self.listener):
-            child.setServiceParent(self)
+        #: Which stop phase each child belongs to (see ``STOP_PHASES``); children added without
+        #: one (``setServiceParent``) stop in "stopping the other services".
+        self.phaseOf: dict[int, str] = {}
+        self.addChild(self.workers, "stopping the audio threads")
+        for timer in (self.pacer, self.monitoring, self.heartbeat, self.reaper):
+            self.addChild(timer, "stopping the timers")
+        if processes is not None:
+            self.addChild(processes, "waiting for the worker processes")
+        if parent_watch is not None:
+            self.addChild(parent_watch, "closing the listener")
+        self.addChild(self.listener, "closing the listener")
+
+    def addChild(self, service: IService, phase: str) -> None:
+        """Add a child service that stops in ``phase`` (one of ``STOP_PHASES``)."""
+        if phase not in STOP_PHASES:
+            raise ValueError(f"unknown stop phase {phase!r}; phases: {', '.join(STOP_PHASES)}")
+        self.phaseOf[id(service)] = phase
+        service.setServiceParent(self)
+
+    def _inPhase(self, phase: str) -> list[IService]:
+        """The children that stop in ``phase``, last added first (as MultiService stops them)."""
+        other = phase == "stopping the other services"
+        return [s for s in reversed(list(self))
+                if self.phaseOf.get(id(s)) == phase or (other and id(s) not in self.phaseOf)]
+
+    def _stopPhase(self, phase: str) -> Deferred:
+        return DeferredList([maybeDeferred(s.stopService) for s in self._inPhase(phase)])
 
     def startService(self) -> None:
         interval = self.server.config.gil_switch_interval_ms
@@ -95,19 +130,17 @@ class VoiceService(MultiService):
         super().startService()
 
     def stopService(self) -> Deferred:
+        """Stop the children phase by phase, in ``STOP_PHASES`` order, each phase once the last is done."""
         Service.stopService(self)
         self.server.shutting_down = True
         self.stopping = "closing the listener"
         # Worker processes stop (SIGTERM, then their own graceful stop) while this one does.
-        workers_stopped = maybeDeferred(self.processes.stopService) if self.processes is not None else succeed(None)
-        if self.parent_watch is not None:
-            self.parent_watch.stopService()
-        d = maybeDeferred(self.listener.stopService)
+        workers_stopped = self._stopPhase("waiting for the worker processes")
+        d = self._stopPhase("closing the listener")
         self._then(d, "closing sessions", self.closeSessions)
         d.addErrback(lambda f: self.log.failure("closing sessions failed", f))
-        services = (self.heartbeat, self.reaper, self.monitoring, self.pacer)
-        self._then(d, "stopping the timers", lambda: DeferredList([maybeDeferred(s.stopService) for s in services]))
-        self._then(d, "stopping the audio threads", self.workers.stopService)
+        for phase in STOP_PHASES[2:-1]:
+            self._then(d, phase, lambda phase=phase: self._stopPhase(phase))
         self._then(d, "waiting for the worker processes", lambda: workers_stopped)
         d.addErrback(lambda f: self.log.failure("stopping the worker processes failed", f))
         return self._bounded(d)
@@ -128,7 +161,7 @@ class VoiceService(MultiService):
         so this only catches a bug, and SIGTERM must end the daemon even then.
         """
         limit = self.server.config.shutdown_timeout + STOP_LIMIT_EXTRA
-        done = Deferred()
+        done: Deferred[None] = Deferred()
 
         def give_up() -> None:
             self.log.error("still {stage} {limit:g} s after the stop began: stopping without it",
@@ -192,7 +225,7 @@ def makeVoiceService(
     count = process_count(config.processes)
     shared = parse_tcp_listen(config.listen) if count > 1 and worker is None else None
     # Autobahn logs every connection at debug level through txaio; keep that off the hot path.
-    txaio.set_global_log_level("info")
+    txaio.set_global_log_level("info")  # type: ignore[attr-defined]  # set by txaio.use_twisted()
     workers = AudioWorkers(reactor, threads=config.audio_threads)
     pipeline = pipeline or make_pipeline(config.pipeline, config)
     server = VoiceServer(config, pipeline, workers, reactor)
@@ -216,10 +249,12 @@ def makeVoiceService(
     else:
         listener = ListenerService(reactor, config.listen, site)
     service = VoiceService(server, listener, processes, parent_watch)
-    if isinstance(pipeline, SpeechPipeline):
+    if IServicePipeline.providedBy(pipeline):
         # Latency metrics, error counts, the audio worker pool and the reactor are the server's.
-        pipeline.bind(server, reactor)
-        SpeechService(pipeline, reactor).setServiceParent(service)
+        pipeline_service = pipeline.makeService(PipelineHost(
+            reactor=reactor, workers=workers, record_latency=server.record_latency, record_error=server.record_error,
+        ))
+        service.addChild(pipeline_service, "stopping the pipeline")
     return service
 
 
@@ -228,13 +263,9 @@ def make_pipeline(name: str, config: VoiceConfig | None = None) -> IVoicePipelin
     The pipeline called ``name``, with the engines ``config`` names; an unknown pipeline or engine
     is a usage error that lists the names there are.
     """
-    if name == "echo":
-        return EchoPipeline()
-    if name == "speech":
-        try:
-            return SpeechPipeline.fromConfig(config or VoiceConfig())
-        except EngineNotFound as e:
-            raise UsageError(e.message) from None
-        except ValueError as e:
-            raise UsageError(str(e)) from None
-    raise UsageError(f"unknown pipeline {name!r}; available: echo, speech")
+    try:
+        return create_pipeline(name, config or VoiceConfig())
+    except (EngineNotFound, PipelineNotFound) as e:
+        raise UsageError(e.message) from None
+    except ValueError as e:
+        raise UsageError(str(e)) from None

@@ -132,4 +132,6 @@ class Session:
             "conversation_id": self.conversation_id,
             "created_at": self.created_at,
             "counters": self.counters.as_dict(),
+            # S3's sessions: which transports reach it (voicews, socketio) and the JWT's siteId.
+            **{k: self.attributes[k] for k in ("transports", "site_id") if k in self.attributes},
         }

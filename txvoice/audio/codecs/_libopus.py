@@ -234,7 +234,7 @@ class EncoderState:
         self.channels = channels
         weakref.finalize(self, _lib.opus_encoder_destroy, st)
 
-    def encode(self, pcm: ctypes.c_void_p, samples: int, out: ctypes.c_void_p, max_bytes: int) -> int:
+    def encode(self, pcm: ctypes.c_void_p, samples: int, out: "ctypes.c_void_p | ctypes.Array[ctypes.c_char]", max_bytes: int) -> int:
         """Encode ``samples`` per channel at ``pcm`` into ``out``: bytes written or an error code."""
         return _opus_encode(self._st, pcm, samples, out, max_bytes)
 

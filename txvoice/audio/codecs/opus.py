@@ -12,7 +12,7 @@ import ctypes
 import numpy as np
 from zope.interface import implementer
 
-from txvoice.audio.codecs import _libopus
+import txvoice.audio.codecs._libopus as _libopus
 from txvoice.audio.codecs._libopus import OPUS_RATES, DecoderState, EncoderState, error_name, packet_samples
 from txvoice.audio.codecs.pcm import PcmFramer, as_pcm, empty_pcm
 from txvoice.audio.format import AudioFormat

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from zope.interface import implementer
 
-from txvoice.audio.codecs import _libopus
+import txvoice.audio.codecs._libopus as _libopus
 from txvoice.audio.codecs._libopus import DecoderState
 from txvoice.audio.codecs.opus import check_opus_rate, invalid_packet
 from txvoice.audio.codecs.pcm import empty_pcm
@@ -215,7 +215,8 @@ class WebmDemuxer:
 
     def _do_resync(self) -> bool:
         buf = self._buf
-        candidates = [i for i in (buf.find(_EBML_MAGIC, self._off), buf.find(self._resync, self._off)) if i >= 0]
+        resync = self._resync or _EBML_MAGIC
+        candidates = [i for i in (buf.find(_EBML_MAGIC, self._off), buf.find(resync, self._off)) if i >= 0]
         if not candidates:
             self._off = max(self._off, len(buf) - 3)
             return False
@@ -278,6 +279,8 @@ class WebmDemuxer:
                 self._off += header_len
                 self._skip = size
                 continue
+            if size is None:  # only masters may have an unknown size, and they are handled above
+                raise WebmError(f"element {element:#x} has an unknown size")
             if size > limit:
                 raise WebmError(f"element {element:#x} of {size} bytes exceeds {limit}")
             if len(buf) - self._off < header_len + size:

@@ -1,0 +1,241 @@
+"""
+The call sessions of the realtime dialect (S4): a call outlives its connection.
+
+A call session (one ``callId``, one user) owns the voice channel and the response sink.  While a
+connection serves it, what the sink writes goes out at once; when the connection drops, the turn
+being answered goes on and what it writes is queued in the :class:`IOfflineStore` (bounded), and
+the call is kept for ``resume_ttl`` seconds.  A ``session_start`` for the same call and user on a
+new connection takes it over: the queue is handed over first, in order and once, then live
+messages follow.  Messages for a user with no connection at all are queued under ``user:<id>``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from txvoice.audio.format import AudioFormat
+from txvoice.audio.ingest import StreamSettings
+from txvoice.server.channel import VoiceChannel
+from txvoice.session.appheartbeat import HeartbeatConfig, config_heartbeat
+from txvoice.session.offline import IOfflineStore, MemoryOfflineStore
+
+if TYPE_CHECKING:  # pragma: no cover
+    from txvoice.dialects.realtime import RealtimeProtocol
+    from txvoice.server.context import VoiceServer
+
+log = Logger(namespace="txvoice.session.calls")
+
+
+def envelope(msg_type: str, call_id: str | None, data: dict[str, Any]) -> bytes:
+    """S4's envelope ``{type, callId, timestamp (ms), data}`` as JSON bytes."""
+    return json.dumps({"type": msg_type, "callId": call_id or "", "timestamp": int(time.time() * 1000),
+                       "data": data}, separators=(",", ":"), default=str).encode("utf-8")
+
+
+def user_address(user_id: str) -> str:
+    return "user:" + user_id
+
+
+def call_address(call_id: str) -> str:
+    return "call:" + call_id
+
+
+class CallSession:
+    """One call: its user, channel, audio settings and the connection serving it (None: offline)."""
+
+    def __init__(self, table: "CallTable", call_id: str, user_id: str, tenant: str | None) -> None:
+        self.table = table
+        self.call_id = call_id
+        self.user_id = user_id
+        self.tenant = tenant
+        self.protocol: "RealtimeProtocol | None" = None
+        self.channel: VoiceChannel | None = None
+        self.fallback_format = AudioFormat()
+        self.settings = StreamSettings()
+        self.options: dict[str, Any] = {}
+        self.max_chunk_size = 0
+        self.detected: str | None = None  # the container found in the first bytes
+        self.started_at = time.time()
+        self._buffer: list[tuple[bytes, bool]] | None = None  # live messages held while the queue drains
+        self._expiry: Any = None
+        self._offline_audio: list[bytes] = []  # response audio while offline: queued as one message
+        self.ended = False
+
+    @property
+    def address(self) -> str:
+        return call_address(self.call_id)
+
+    # output: live, buffered (draining) or queued (offline)
+
+    def send(self, msg_type: str, data: dict[str, Any]) -> None:
+        self.write(envelope(msg_type, self.call_id, data), False)
+
+    def write(self, payload: bytes, is_binary: bool) -> None:
+        protocol = self.protocol
+        if protocol is not None and self._buffer is None:
+            protocol.writeOut(payload, is_binary)
+        elif self._buffer is not None:
+            self._buffer.append((payload, is_binary))
+        elif not self.ended:
+            if is_binary:
+                self._offline_audio.append(payload)
+            else:
+                self._flushAudio()
+                self.table.store.put(self.address, payload, False)
+
+    def _flushAudio(self) -> None:
+        """Consecutive audio packets queued offline go in as one binary message (one count, in order)."""
+        if self._offline_audio:
+            audio, self._offline_audio = b"".join(self._offline_audio), []
+            self.table.store.put(self.address, audio, True)
+
+    # connections
+
+    def attach(self, protocol: "RealtimeProtocol") -> Deferred:
+        """
+        Serve the call from ``protocol``: fires with the queued messages' count once they have been
+        written to it (live messages produced meanwhile follow them).
+        """
+        if self._expiry is not None and self._expiry.active():
+            self._expiry.cancel()
+        self._expiry = None
+        self._flushAudio()
+        self.protocol = protocol
+        if self.channel is None:
+            self.channel = VoiceChannel(self.table.server, protocol.session, protocol.sink_for(self))
+        else:
+            self.channel.session = protocol.session
+        self._buffer = []
+        d = self.table.store.take(self.address)
+        d.addCallback(self._drained, protocol)
+        return d
+
+    def _drained(self, queued: list, protocol: "RealtimeProtocol") -> int:
+        buffered, self._buffer = self._buffer or [], None
+        if self.protocol is not protocol:
+            # Taken over (or dropped) while the store answered: requeue, in order.
+            for message in queued:
+                self.write(message.payload, message.is_binary)
+            for payload, is_binary in buffered:
+                self.write(payload, is_binary)
+            return 0
+        for message in queued:
+            protocol.writeOut(message.payload, message.is_binary)
+        for payload, is_binary in buffered:
+            protocol.writeOut(payload, is_binary)
+        return len(queued)
+
+    def detach(self, protocol: "RealtimeProtocol") -> None:
+        """The connection dropped: finish the turn in progress offline, keep the call ``resume_ttl``."""
+        if self.protocol is not protocol:
+            return
+        self.protocol = None
+        if self._buffer is not None:
+            for payload, is_binary in self._buffer:
+                self.table.store.put(self.address, payload, is_binary)
+            self._buffer = None
+        channel = self.channel
+        if channel is not None and channel.stream is not None:
+            try:
+                channel.end()  # the last turn is answered (into the queue)
+            except Exception:
+                log.failure("ending the stream of call {call_id} failed", call_id=self.call_id)
+        ttl = self.table.server.config.resume_ttl
+        if ttl > 0:
+            self._expiry = self.table.server.clock.callLater(ttl, self.end)
+        else:
+            self.end()
+
+    def end(self) -> None:
+        """The call is over (``session_end``, or not resumed in time): stop it and forget its queue."""
+        if self._expiry is not None and self._expiry.active():
+            self._expiry.cancel()
+        self._expiry = None
+        if self.ended:
+            return
+        self.ended = True
+        self.table.remove(self)
+        self._offline_audio = []
+        if self.protocol is None and self.channel is not None:
+            self.channel.cancel()
+        self.table.store.discard(self.address)
+        sweep = getattr(self.table.store, "sweep", None)
+        if sweep is not None:
+            sweep()  # expired messages of users who never came back
+
+
+class CallTable:
+    """The calls of one server's realtime endpoint, by ``callId``; also its offline store and heartbeat settings."""
+
+    def __init__(self, server: "VoiceServer", store: IOfflineStore | None = None) -> None:
+        self.server = server
+        config = server.config
+        self.heartbeat = replace(config_heartbeat(config), enabled=config.realtime_heartbeat)
+        self.on_heartbeat_config: list[Callable[[HeartbeatConfig], None]] = []
+        self.dropped_counter: Any = None
+        if store is None:
+            store = MemoryOfflineStore(
+                server.clock.seconds, max_messages=config.offline_queue_max_messages,
+                max_bytes=config.offline_queue_max_bytes, max_age=config.offline_queue_max_age,
+                on_drop=self._dropped,
+            )
+        self.store = store
+        self.calls: dict[str, CallSession] = {}
+        self.resumes = 0
+        self.queued_delivered = 0
+
+    def _dropped(self, reason: str, count: int) -> None:
+        if self.dropped_counter is not None:
+            self.dropped_counter.labels(reason).inc(count)
+
+    def get(self, call_id: str) -> CallSession | None:
+        return self.calls.get(call_id)
+
+    def open(self, call_id: str, user_id: str, tenant: str | None) -> CallSession:
+        call = self.calls[call_id] = CallSession(self, call_id, user_id, tenant)
+        return call
+
+    def remove(self, call: CallSession) -> None:
+        if self.calls.get(call.call_id) is call:
+            del self.calls[call.call_id]
+
+    def __iter__(self) -> Iterator[CallSession]:
+        return iter(list(self.calls.values()))
+
+    def __len__(self) -> int:
+        return len(self.calls)
+
+    def updateHeartbeatConfig(self, **s4: Any) -> HeartbeatConfig:
+        """S4's ``server.updateHeartbeatConfig({interval, timeout, maxMissed, enabled})`` (ms): every connection, now."""
+        self.heartbeat = self.heartbeat.updated(s4)
+        for listener in list(self.on_heartbeat_config):
+            listener(self.heartbeat)
+        return self.heartbeat
+
+    def sendToUser(self, user_id: str, msg_type: str, data: dict[str, Any]) -> int:
+        """
+        Send a message to every connected call of ``user_id``; queue it under the user when none is
+        connected (delivered at the user's next ``session_start``).  Returns the calls reached.
+        """
+        reached = 0
+        for call in self:
+            if call.user_id == user_id and call.protocol is not None:
+                call.send(msg_type, data)
+                reached += 1
+        if not reached:
+            self.store.put(user_address(user_id), envelope(msg_type, None, data), False)
+        return reached
+
+    def sendToCall(self, call_id: str, msg_type: str, data: dict[str, Any]) -> bool:
+        """Send to a call, live or queued while it is offline; False when there is no such call."""
+        call = self.calls.get(call_id)
+        if call is None:
+            return False
+        call.send(msg_type, data)
+        return True
