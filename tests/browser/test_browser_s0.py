@@ -22,7 +22,6 @@ from __future__ import annotations
 import ast
 import fnmatch
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -34,6 +33,7 @@ from pathlib import Path
 import pytest
 
 from daemons import ROOT, start_daemon
+from nodejs import CACHE as NODE_CACHE  # the suite's one npm cache outside the tree (~/.cache/txvoice-node)
 from test_browser_demo import PHRASE, WIRE_SPY, Browser, _install, _normalize, _signal_speech
 
 # The seed, verbatim, kept beside this test (the shared original is checked against it when present).
@@ -41,7 +41,6 @@ SEED = Path(__file__).with_name("s0_seed.md")
 SHARED_SEED = Path("/work/shared/seeds/000_124d6a6fa9c4162c.txt")
 S0_DIR = ROOT / "txvoice" / "static" / "s0"
 MODULE = "/static/s0/index.js"
-NODE_CACHE = Path(os.environ.get("TXVOICE_NODE_CACHE", Path.home() / ".cache" / "txvoice-node"))
 TYPESCRIPT = "typescript@5.9"
 
 # The seed's example snippets, in the order the seed gives them (TS_BLOCKS[3] is the WebSocketService example).
@@ -308,6 +307,7 @@ def _pongs(page, payload_key: str) -> list[dict]:
             and payload_key in m["data"]["payload"]]
 
 
+@pytest.mark.slow
 def test_s0_websocket_service_snippet(tmp_path, browser):
     """The seed's WebSocketService example, reconnection across a server restart, and the circuit breaker."""
     daemon = start_daemon(tmp_path)
@@ -433,6 +433,7 @@ def test_s0_websocket_service_snippet(tmp_path, browser):
 # ------------------------------------------------------------------------------------------ audio
 
 
+@pytest.mark.slow
 def test_s0_audio_streaming_transcript(tmp_path, browser):
     """The seed's createAudioStreaming snippet; started, it streams the fake microphone and gets a transcript."""
     daemon = start_daemon(tmp_path, "--pipeline", "speech", timeout=60)
