@@ -17,7 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNNER = ROOT / "bench" / "run.py"
-SERVERS = ["txvoice", "txvoice-deflate", "autobahn-echo", "aiohttp-ingest"]
+SERVERS = ["txvoice", "txvoice-deflate", "autobahn-echo", "aiohttp-ingest", "c-limit"]
 FIGURES = [
     "cpu_us_per_frame_opus",
     "p50_ms",

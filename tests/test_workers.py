@@ -160,3 +160,30 @@ def test_a_raising_result_callback_is_logged_and_the_thread_keeps_serving():
         yield workers.stopService().addTimeout(5, reactor)  # a dead thread would never finish
     failures = [e["log_failure"] for e in logged if "log_failure" in e]
     assert any(f.check(RuntimeError) for f in failures)
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_batch_delay_lets_items_that_arrive_meanwhile_share_one_hop():
+    """--audio-batch-ms: the first item waits batch_delay; those submitted in that time join its batch."""
+    results = {}
+    for delay in (0.0, 0.08):
+        workers = AudioWorkers(reactor, threads=1, batch_delay=delay)
+        workers.startService()
+        done: list[tuple[int, float]] = []
+        start = reactor.seconds()
+
+        def deliver(n, done=done):
+            done.append((n, reactor.seconds() - start))
+
+        workers.submit(1, lambda n: n, 0, deliver)
+        yield deferLater(reactor, 0.02, lambda: None)
+        workers.submit(2, lambda n: n, 1, deliver)  # another stream, 20 ms later
+        workers.submit(1, lambda n: n, 2, deliver)
+        yield deferLater(reactor, 0.25, lambda: None)
+        yield workers.stopService()
+        results[delay] = (workers.batches, done)
+    batches, done = results[0.0]
+    assert batches == 2 and [n for n, _ in done] == [0, 1, 2]
+    batches, done = results[0.08]
+    assert batches == 1 and [n for n, _ in done] == [0, 1, 2]  # one hop for all three, in order
+    assert done[0][1] >= 0.075  # the first waited for the others

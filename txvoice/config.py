@@ -57,6 +57,7 @@ class VoiceConfig:
     compression_threshold: int = _opt(1024, "Smallest JSON message (bytes) that is compressed when deflate is negotiated.")
     compression_level: int = _opt(1, "zlib level for permessage-deflate (1 = fastest).")
     audio_threads: int = _opt(2, "Threads in the audio worker pool.")
+    audio_batch_ms: float = _opt(0.0, "Hold audio chunks this long (ms) before handing them to the audio thread, so one thread hop carries more frames (each hop costs about as much as decoding a frame); 0 hands them over on the next reactor turn. Adds up to this much to every acknowledgement.")
     processes: int = _opt(1, "Server processes sharing the listening port, one per core (0: one per CPU this process may run on). Above 1 the listen description must be tcp: or tcp6:; each process keeps its own sessions, limits and metrics (see doc/operations.md).")
     gil_switch_interval_ms: float = _opt(0.0, "Python's thread switch interval (ms) while serving; 0 keeps Python's 5 ms. Shorter lets the reactor take the GIL back from audio threads sooner.")
     gc_freeze: bool = _opt(True, "Once started, take every object the process holds so far (modules, classes, settings: ~70,000 in the daemon) out of the garbage collector's full collections (gc.freeze), which then walk only what sessions allocate; each was a 25-40 ms reactor stall without it. Process-wide: turn off when embedding txvoice in a process that needs cycles among objects it already holds collected.")
@@ -81,6 +82,8 @@ class VoiceConfig:
     rate_limit_max_requests: int = _opt(1000, "Control (text) messages allowed per window (S4 RATE_LIMIT_MAX_REQUESTS).")
     rate_limit_strikes: int = _opt(50, "Rejected messages within a window after which the connection is closed with 1008.")
     max_audio_bytes_per_second: int = _opt(262144, "Sustained audio bytes per second per connection (bursts of 2 s allowed).")
+    output_buffer_soft_limit: int = _opt(262144, "Bytes waiting for one client (send buffer, paced and queued response audio) above which its response audio and metrics pushes are dropped and it is told once (status output_congested); control replies, acks and errors are never dropped (0: off).")
+    max_output_buffer: int = _opt(1048576, "Bytes waiting for one client above which the connection is closed with 4006 and its queued responses freed: what a slow or non-reading client can cost (0: unbounded).")
     heartbeat_max_missed: int = _opt(2, "Unanswered pings (each ping_timeout long) after which a peer is dropped.")
     # health, alerts, monitoring
     health_max_latency_ms: float = _opt(1000.0, "/health is degraded when the average turn latency exceeds this.")

@@ -65,6 +65,16 @@ class AudioFormat:
         frame_duration_ms: float = 20.0,
     ) -> "AudioFormat":
         """Build a format from client input, raising :class:`UnsupportedFormat` when it is not served."""
+        # Client input: a list or a dict where a number belongs must be a clear error, not a TypeError.
+        if not isinstance(sample_rate, int) or isinstance(sample_rate, bool):
+            raise UnsupportedFormat(f"sample_rate must be an integer, not {type(sample_rate).__name__}",
+                                    code="unsupported_sample_rate")
+        if not isinstance(channels, int) or isinstance(channels, bool):
+            raise UnsupportedFormat(f"channels must be 1 or 2, not {type(channels).__name__}",
+                                    code="unsupported_channels")
+        if not isinstance(frame_duration_ms, (int, float)) or isinstance(frame_duration_ms, bool):
+            raise UnsupportedFormat(f"frame_duration_ms must be a number, not {type(frame_duration_ms).__name__}",
+                                    code="unsupported_frame_duration")
         canonical = canonical_codec(codec)
         if sample_rate not in CODEC_RATES[canonical]:
             raise UnsupportedFormat(

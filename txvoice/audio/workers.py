@@ -76,11 +76,15 @@ class AudioWorkers(Service):
     Bounded audio threads with ordered, batched hand-off.
 
     ``threads=0`` runs every item inline on the caller's thread: deterministic tests use it.
+    ``batch_delay`` (seconds, ``--audio-batch-ms``) holds the first item of a batch that long so
+    the items that arrive meanwhile share its hop.
     """
 
     name = "audio-workers"  # type: ignore[assignment]  # Twisted declares Service.name as None
 
-    def __init__(self, reactor: IReactorThreads | IReactorTime | None = None, threads: int = 2) -> None:
+    def __init__(
+        self, reactor: IReactorThreads | IReactorTime | None = None, threads: int = 2, batch_delay: float = 0.0
+    ) -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
 
@@ -88,6 +92,8 @@ class AudioWorkers(Service):
         # Both IReactorThreads and IReactorTime (zope interfaces cannot be intersected in a hint).
         self._reactor: Any = reactor
         self.threads = threads
+        #: Seconds an item waits for others before its shard hands the batch over (0: the next turn).
+        self.batch_delay = batch_delay
         self._shards = [_Shard() for _ in range(max(threads, 1))]
         self._threads: list[threading.Thread] = []
         self._flush_call: IDelayedCall | None = None
@@ -119,6 +125,8 @@ class AudioWorkers(Service):
         super().stopService()
         if not self._threads:
             return succeed(None)
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
         self._flush()
         idle: Deferred[None] = Deferred()
         self._idle_waiters.append(idle)
@@ -177,7 +185,7 @@ class AudioWorkers(Service):
             return
         self._shards[key % len(self._shards)].pending.append((work, arg, deliver, fail))
         if self._flush_call is None:
-            self._flush_call = self._reactor.callLater(0, self._flush)
+            self._flush_call = self._reactor.callLater(self.batch_delay, self._flush)
 
     def _flush(self) -> None:
         self._flush_call = None

@@ -20,7 +20,7 @@ from zope.interface import implementer
 from txvoice.audio.format import CODEC_ALIASES, AudioFormat
 from txvoice.errors import AudioError, ProtocolError, StateError, VoiceError
 from txvoice.pipeline.interfaces import IResponseSink
-from txvoice.protocol.envelope import Envelope, decode_envelope, encode_envelope
+from txvoice.protocol.envelope import Envelope, decode_envelope, encode_envelope, encoded_size
 from txvoice.protocol.messages import SUBPROTOCOL
 from txvoice.server.base import CLOSE_NORMAL, VoiceServerProtocol
 from txvoice.server.channel import VoiceChannel
@@ -36,6 +36,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 RESPONSE_TRANSPORTS = ("binary", "base64")
 
+#: Largest ping ``data`` echoed by a pong (encoded bytes): a pong must not amplify what a client sends.
+MAX_PING_DATA = 4096
+
 #: What a session may send before it has authenticated, when authentication is required (S1).
 BEFORE_AUTH = frozenset({"auth", "ping", "pong", "heartbeat", "connect", "disconnect", "error"})
 
@@ -45,6 +48,7 @@ _CATEGORY = {
     "unknown_type": "protocol",
     "missing_field": "protocol",
     "invalid_field": "protocol",
+    "ping_too_large": "limit",
     "message_too_large": "limit",
     "auth_required": "auth",
     "auth_failed": "auth",
@@ -101,6 +105,8 @@ class _NativeResponseSink:
             protocol.session.counters.audio_frames_out += 1
         if self.transport == "binary":
             protocol.sendBinary(chunk)
+        elif protocol.outputCongested():
+            protocol.dropOutput("audio")
         else:
             protocol.sendEnvelope(
                 "voice_stream_chunk",
@@ -137,6 +143,10 @@ class NativeVoiceProtocol(VoiceServerProtocol):
         self._sink = _NativeResponseSink(self)
         self.channel = VoiceChannel(self.server, session, self._sink)
         self.channel.on_chunk_error = self._chunkFailed
+        if self.budget is not None:
+            self.channel.budget = self.budget
+            self.channel.drop_output = self.dropOutput
+            self.budget.add_source(self.channel.queued_bytes)
         self._acked = AckedIds()
         session.attributes["resume_token"] = new_resume_token()
         if not self.server.config.auth_required:
@@ -200,8 +210,24 @@ class NativeVoiceProtocol(VoiceServerProtocol):
     # sending
 
     def sendEnvelope(self, msg_type: str, data: dict[str, Any]) -> None:
+        if msg_type == "metrics" and "reply_to" not in data and self.outputCongested():
+            self.dropOutput("metrics")  # a push, not an answer: dropped while congested
+            return
         session = self.session
         self.sendText(encode_envelope(msg_type, data, session.conversation_id if session else None))
+
+    def outputStateChanged(self, state: str, queued: int) -> None:
+        budget = self.budget
+        assert budget is not None
+        self.sendEnvelope(
+            "status",
+            {"event_type": "output_congested" if state == "congested" else "output_recovered",
+             "queued_bytes": queued, "soft_limit": budget.soft_limit, "hard_limit": budget.hard_limit},
+        )
+
+    def outputExceeded(self) -> None:
+        if self.channel is not None:
+            self.channel.cancel()
 
     def reportError(self, error: VoiceError) -> None:
         self.sendError(error, None)
@@ -286,6 +312,13 @@ class NativeVoiceProtocol(VoiceServerProtocol):
             state = self.server.resume_store.take(token)
             if state is None:
                 greeting.update(resumed=False, resume_error="unknown_or_expired_token")
+            elif state.user_id is not None and self.server.admission.authenticator is not None and not (
+                session.is_authenticated and (session.user_id, session.tenant) == (state.user_id, state.tenant)
+            ):
+                # A resume token is no credential: with keys configured, an authenticated user's
+                # session is taken over only by a connection already authenticated as that user
+                # (the token is used up).
+                greeting.update(resumed=False, resume_error="authentication_required")
             else:
                 session.user_id, session.tenant = state.user_id, state.tenant
                 session.conversation_id = state.conversation_id
@@ -299,6 +332,10 @@ class NativeVoiceProtocol(VoiceServerProtocol):
         self.sendClose(CLOSE_NORMAL, "client disconnect")
 
     def on_ping(self, env: Envelope) -> None:
+        if env.data and encoded_size(env.data) > MAX_PING_DATA:
+            raise ProtocolError(
+                f"ping data is over {MAX_PING_DATA} bytes; a pong echoes it", code="ping_too_large", field="data"
+            )
         data = dict(env.data)
         data["client_timestamp"] = env.timestamp
         self.reply(env, "pong", data)

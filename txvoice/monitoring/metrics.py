@@ -151,6 +151,17 @@ class VoiceMetrics:
         self.heartbeat_drops = Counter("heartbeat_drops",
                                        "Connections dropped for missed heartbeats",
                                        namespace=ns, registry=r)
+        self.output_dropped = Counter("output_dropped",
+                                      "Messages to congested clients dropped (over output_buffer_soft_limit), by kind",
+                                      ["kind"], namespace=ns, registry=r)
+        self.output_congested = Counter("output_congested",
+                                        "Times a connection went over output_buffer_soft_limit",
+                                        namespace=ns, registry=r)
+        self.output_overflow_closes = Counter("output_overflow_closes",
+                                              "Connections closed (4006) for going over max_output_buffer",
+                                              namespace=ns, registry=r)
+        self._dropped_audio = self.output_dropped.labels("audio")
+        self._dropped_metrics = self.output_dropped.labels("metrics")
         self.stage_latency = Histogram("stage_latency_seconds", "Latency per pipeline stage",
                                        ["stage"], buckets=LATENCY_BUCKETS, namespace=ns,
                                        registry=r)
@@ -203,6 +214,11 @@ class VoiceMetrics:
     def heartbeat_drop(self) -> None:
         """A connection was closed for missing heartbeats."""
         self.heartbeat_drops.inc()
+
+    def output_drop(self, kind: str) -> None:
+        """A droppable message (``audio`` or ``metrics``) was not sent to a congested client."""
+        (self._dropped_audio if kind == "audio" else self._dropped_metrics if kind == "metrics"
+         else self.output_dropped.labels(kind)).inc()
 
     # Per message ----------------------------------------------------------------------------
 

@@ -11,7 +11,65 @@ from txvoice.errors import ProtocolError
 from txvoice.protocol.messages import CLIENT_TYPES, validate_data
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
-_loads = json.loads
+_dumps_ascii = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), allow_nan=False).encode
+
+#: Integers a client may send: what a 64-bit signed field holds (JSON peers agree on no more).
+MAX_INT = 2**63 - 1
+
+
+class _NotJSON(ValueError):
+    """A number Python's parser accepts but JSON does not have (NaN, Infinity, an overflow)."""
+
+
+def _refuse_constant(name: str) -> None:
+    raise _NotJSON(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value - value != 0.0:  # inf or nan
+        raise _NotJSON(f"number {text[:32]} is out of range")
+    return value
+
+
+def _bounded_int(text: str) -> int:
+    value = int(text)
+    if len(text) > 18 and not -MAX_INT - 1 <= value <= MAX_INT:
+        raise _NotJSON(f"integer {text[:32]}... is out of range")
+    return value
+
+
+# Python's json accepts NaN, Infinity and -Infinity and turns 1e999 into inf: none of them can be
+# written back (allow_nan=False) nor are they JSON, so they are refused where they are read.
+_loads = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float, parse_int=_bounded_int).decode
+
+
+def _lone_surrogate(obj: Any, path: str) -> str | None:
+    """The path of the first string (or key) holding an unpaired surrogate, else None."""
+    if isinstance(obj, str):
+        return None if obj.isascii() or _encodable(obj) else path
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            where = f"{path}.{key}" if path else key
+            if not _encodable(key):
+                return path or "key"
+            found = _lone_surrogate(value, where)
+            if found is not None:
+                return found
+    elif isinstance(obj, list):
+        for value in obj:
+            found = _lone_surrogate(value, path)
+            if found is not None:
+                return found
+    return None
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class Envelope:
@@ -53,11 +111,25 @@ def decode_envelope(payload: bytes | str) -> Envelope:
     client's message id whenever it could be read.
     """
     try:
-        obj = _loads(payload)
+        # Strict UTF-8 (json.loads would let encoded surrogates through with 'surrogatepass').
+        text = payload.decode("utf-8") if not isinstance(payload, str) else payload
+        obj = _loads(text)
     except (ValueError, UnicodeDecodeError, RecursionError) as e:
-        raise ProtocolError(f"message is not valid JSON: {e}", code="invalid_json") from None
+        raise ProtocolError(f"message is not valid JSON: {_safe(e)}", code="invalid_json") from None
     if not isinstance(obj, dict):
         raise ProtocolError("message must be a JSON object", code="invalid_message")
+    if "\\u" in text or (isinstance(payload, str) and not _encodable(text)):
+        # Only a \uD8xx escape (or a str payload) can carry an unpaired surrogate, which no reply
+        # and no log line could write: refuse it before any handler sees it.
+        where = _lone_surrogate(obj, "")
+        if where is not None:
+            mid = obj.get("message_id")
+            raise ProtocolError(
+                f"{where[:64]} holds an unpaired UTF-16 surrogate",
+                code="invalid_field",
+                field=where[:64] if _encodable(where) else "data",
+                message_id=mid if isinstance(mid, str) and _encodable(mid) else None,
+            )
     message_id = _message_id_of(obj)
     if "message_id" in obj and obj["message_id"] is not None and message_id is None:
         raise ProtocolError("message_id must be a string", code="invalid_field", field="message_id")
@@ -97,6 +169,16 @@ def decode_envelope(payload: bytes | str) -> Envelope:
     return Envelope(msg_type, data, message_id, timestamp, conversation_id, reliable)
 
 
+def _safe(error: BaseException) -> str:
+    """An exception's text, writable whatever it quotes."""
+    return str(error).encode("utf-8", "backslashreplace").decode("utf-8")[:200]
+
+
+def encoded_size(value: Any) -> int:
+    """Bytes ``value`` takes in a server message (how big an echo of it would be)."""
+    return len(_dumps(value).encode("utf-8"))
+
+
 def new_message_id() -> str:
     """A fresh server-side message id."""
     return uuid.uuid4().hex
@@ -109,13 +191,18 @@ def encode_envelope(
     message_id: str | None = None,
     timestamp: float | None = None,
 ) -> bytes:
-    """Build one server message as UTF-8 JSON bytes."""
-    return _dumps(
-        {
-            "type": msg_type,
-            "data": data if data is not None else {},
-            "message_id": message_id or new_message_id(),
-            "timestamp": time.time() if timestamp is None else timestamp,
-            "conversation_id": conversation_id,
-        }
-    ).encode("utf-8")
+    """Build one server message as UTF-8 JSON bytes (always valid UTF-8: see below)."""
+    obj = {
+        "type": msg_type,
+        "data": data if data is not None else {},
+        "message_id": message_id or new_message_id(),
+        "timestamp": time.time() if timestamp is None else timestamp,
+        "conversation_id": conversation_id,
+    }
+    text = _dumps(obj)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate from somewhere other than a client message (the envelope refuses
+        # those): \u-escaped it is still valid JSON and valid UTF-8.
+        return _dumps_ascii(obj).encode("ascii")

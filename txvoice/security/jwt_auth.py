@@ -10,6 +10,7 @@ are tried, never how a key is used, so ``alg: none`` and the HS/RS key-confusion
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -153,6 +154,17 @@ def _map_pyjwt_error(e: jwt.PyJWTError) -> AuthError:
     return _fail("authentication failed", AUTH_FAILED)
 
 
+_TIME_CLAIMS = ("exp", "nbf", "iat")
+_MAX_NUMERIC_DATE = 1e13  # some 300,000 years: later is no time, and 10**400 would not fit a float
+
+
+def _is_numeric_date(value: Any) -> bool:
+    """A JSON number that is a time (not a bool, not a string, finite, within a float's reach)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return abs(value) <= _MAX_NUMERIC_DATE and (isinstance(value, int) or math.isfinite(value))
+
+
 def _as_credentials(credentials: Credentials | str | None) -> Credentials:
     if isinstance(credentials, Credentials):
         return credentials
@@ -282,6 +294,12 @@ class JWTAuthenticator:
         return self._principal(claims)
 
     def _principal(self, claims: Mapping[str, Any]) -> Principal:
+        for name in _TIME_CLAIMS:
+            # PyJWT reads these with int(), so "exp": "1796560030" passes its checks; RFC 7519
+            # says NumericDate, a JSON number, and the expiry timer needs one: anything else is
+            # malformed, never "no expiry".
+            if name in claims and not _is_numeric_date(claims[name]):
+                raise _fail(f"claim {name!r} must be a number", TOKEN_MALFORMED)
         user_id = claims.get(self._user_claim)
         if not isinstance(user_id, str) or not user_id:
             raise _fail(f"claim {self._user_claim!r} must be a non-empty string", TOKEN_MALFORMED)
@@ -295,7 +313,7 @@ class JWTAuthenticator:
             user_id=user_id,
             tenant=tenant,
             claims=dict(claims),
-            expires_at=float(exp) if isinstance(exp, (int, float)) else None,
+            expires_at=float(exp) if exp is not None else None,
         )
 
 

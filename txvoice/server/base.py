@@ -20,6 +20,7 @@ from txvoice.logging import NamespaceLogger
 from txvoice.security.ratelimit import Decision, TokenBucket
 from txvoice.server.admission import Admission
 from txvoice.server.compression import apply_compression_level
+from txvoice.server.backpressure import CLOSE_OUTPUT_OVERFLOW, CONGESTED, EXCEEDED, NORMAL, OutputBudget, install_budget
 from txvoice.server.framing import FastFraming, PreparedText
 from txvoice.server.writepath import install_write_through
 from txvoice.session.session import Session, SessionState
@@ -56,6 +57,7 @@ class VoiceServerProtocol(FastFraming, WebSocketServerProtocol):  # type: ignore
     _message_length = 0
     _lost_early = False
     _expiry_call = None
+    budget: OutputBudget | None = None
 
     @property
     def server(self) -> "VoiceServer":
@@ -67,8 +69,61 @@ class VoiceServerProtocol(FastFraming, WebSocketServerProtocol):  # type: ignore
         super().connectionMade()
         # Above the soft limit a message takes Autobahn's path, where onMessageFrame discards it.
         self.fastFrameLimit = self.factory.voice.config.max_message_size
-        if self.factory.voice.config.write_through:
+        config = self.factory.voice.config
+        if config.write_through:
             install_write_through(self.transport)
+        if config.max_output_buffer > 0 or config.output_buffer_soft_limit > 0:
+            budget = OutputBudget(
+                self.transport, config.output_buffer_soft_limit, config.max_output_buffer, self._outputStateChanged
+            )
+            if install_budget(self.transport, budget):
+                self.budget = budget
+
+    # output backpressure (txvoice.server.backpressure)
+
+    def outputCongested(self) -> bool:
+        """True while droppable output (response audio, metrics pushes) is to be dropped."""
+        budget = self.budget
+        if budget is None or not budget.watching():
+            return False
+        return budget.check() is not NORMAL
+
+    def dropOutput(self, kind: str) -> None:
+        """Count a droppable message not sent to a congested client."""
+        self.server.metrics.output_drop(kind)
+
+    def _outputStateChanged(self, state: str, queued: int) -> None:
+        # Called from inside a transport write (pauseProducing): act on the next turn, so no
+        # frame is written in the middle of another.
+        self.server.clock.callLater(0, self._outputStateActed, state, queued)
+
+    def _outputStateActed(self, state: str, queued: int) -> None:
+        budget = self.budget
+        session_id = self.session.id if self.session is not None else None
+        if state == EXCEEDED:
+            self.server.metrics.output_overflow_closes.inc()
+            self.wslog.info(
+                "closing {session_id}: {queued} bytes waiting for it, over max_output_buffer {limit}",
+                session_id=session_id, queued=queued, limit=budget.hard_limit if budget else None,
+            )
+            self.outputExceeded()
+            self.closeSession(CLOSE_OUTPUT_OVERFLOW, "output buffer limit exceeded")
+            return
+        if self.state != self.STATE_OPEN:
+            return
+        if state == CONGESTED:
+            self.server.metrics.output_congested.inc()
+            self.wslog.info(
+                "{session_id} is congested: {queued} bytes waiting; dropping response audio", session_id=session_id,
+                queued=queued,
+            )
+        self.outputStateChanged(state, queued)
+
+    def outputStateChanged(self, state: str, queued: int) -> None:
+        """Tell the client its output is ``congested`` or back to ``normal`` (dialects override)."""
+
+    def outputExceeded(self) -> None:
+        """Over the hard mark, just before the 4006 close: free what is queued (dialects override)."""
 
     def onConnect(self, request: ConnectionRequest) -> Deferred:  # type: ignore[override]  # Autobahn takes a Deferred too
         server = self.server
@@ -294,7 +349,10 @@ class VoiceServerProtocol(FastFraming, WebSocketServerProtocol):  # type: ignore
             if not self._audio_bucket.allow(now, size):
                 self.rateLimited(True)
                 return
-            self.binaryReceived(payload)
+            try:
+                self.binaryReceived(payload)
+            except Exception:
+                self.handlerFailed("binary")
         else:
             counters.text_in += 1
             counters.text_bytes_in += size
@@ -306,7 +364,25 @@ class VoiceServerProtocol(FastFraming, WebSocketServerProtocol):  # type: ignore
                 else:
                     self.rateLimited(False)
                 return
-            self.textReceived(payload)
+            try:
+                self.textReceived(payload)
+            except Exception:
+                self.handlerFailed("text")
+
+    def handlerFailed(self, kind: str) -> None:
+        """
+        A dialect's handler raised: log it with its traceback, answer one ``internal_error``, keep
+        the connection (an exception escaping into Autobahn would drop it without a close frame).
+        """
+        self.wslog.failure(
+            "handling a {kind} message of {session_id} failed",
+            kind=kind,
+            session_id=self.session.id if self.session is not None else None,
+        )
+        try:
+            self.reportError(VoiceError("internal error handling the message", code="internal_error"))
+        except Exception:
+            self.wslog.failure("reporting an internal error failed")
 
     # sending
 
@@ -314,6 +390,9 @@ class VoiceServerProtocol(FastFraming, WebSocketServerProtocol):  # type: ignore
         """Send a JSON/text message; compressed only when deflate is on and it is above the threshold."""
         if self.state != self.STATE_OPEN:
             return
+        budget = self.budget
+        if budget is not None and budget.watching() and budget.check() is EXCEEDED:
+            return  # being closed with 4006: nothing more is queued
         session = self.session
         if session is not None:
             session.counters.text_out += 1
@@ -326,6 +405,9 @@ class VoiceServerProtocol(FastFraming, WebSocketServerProtocol):  # type: ignore
         """Send a text message framed in advance (see :class:`PreparedText`)."""
         if self.state != self.STATE_OPEN:
             return
+        budget = self.budget
+        if budget is not None and budget.watching() and budget.check() is EXCEEDED:
+            return
         session = self.session
         if session is not None:
             session.counters.text_out += 1
@@ -333,8 +415,11 @@ class VoiceServerProtocol(FastFraming, WebSocketServerProtocol):  # type: ignore
         self.sendPreparedMessage(prepared.message)
 
     def sendBinary(self, payload: bytes) -> None:
-        """Send a binary (audio) message, never compressed."""
+        """Send a binary (response audio) message, never compressed; dropped while congested."""
         if self.state != self.STATE_OPEN:
+            return
+        if self.budget is not None and self.outputCongested():
+            self.dropOutput("audio")
             return
         session = self.session
         if session is not None:

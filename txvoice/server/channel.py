@@ -128,6 +128,35 @@ class VoiceChannel:
         self.on_chunk: Callable[[Any], None] | None = None
         self.on_chunk_error: Callable[[Any], None] | None = None
         self.barge_ins: list[dict] = []
+        #: The connection's output bound (txvoice.server.backpressure), when the dialect has one.
+        self.budget: Any = None
+        self.drop_output: Callable[[str], None] | None = None
+
+    # output
+
+    def queued_bytes(self) -> int:
+        """Response audio held for the client: paced, and waiting for its turn to play."""
+        total = 0
+        playing = self.playing
+        if playing is not None:
+            total += playing.pending_bytes
+        for response in self.responses:
+            total += response.pending_bytes
+        for response in self.open_turns:
+            if response is not playing and response not in self.responses:
+                total += response.pending_bytes
+        return total
+
+    def outputCongested(self) -> bool:
+        """Whether the client's output is over its soft mark (response audio is then dropped)."""
+        budget = self.budget
+        return budget is not None and budget.check() != "normal"
+
+    def dropOutput(self, kind: str, count: int = 1) -> None:
+        """Response output not queued for a congested client (counted)."""
+        if self.drop_output is not None:
+            for _ in range(count):
+                self.drop_output(kind)
 
     # streams
 
@@ -189,6 +218,7 @@ class VoiceChannel:
         response = ResponseStream(
             stream.format, stream.turns, sink=self.sink, settings=stream.settings, pacer=self.pacer,
             submit=server.workers.submit, clock=server.clock, ready=self.responseReady, done=self.responseDone,
+            congested=self.outputCongested, dropped=self.dropOutput,
         )
         context = TurnContext(
             session_id=session.id,

@@ -33,6 +33,9 @@ class VoiceServerFactory(WebSocketServerFactory):
             # The heartbeat service pings every session from one LoopingCall; no per-connection timers.
             "autoPingInterval": 0,
             "failByDrop": False,
+            # Let `Origin: null` through Autobahn's own check (which answers 400) so that txvoice's
+            # origin policy decides: 403 unless allowed (doc/security.md).
+            "allowNullOrigin": True,
         }
         if config.compression:
             options["perMessageCompressionAccept"] = _accept_deflate

@@ -109,6 +109,8 @@ class ResponseStream:
         clock: IReactorTime,
         ready: Callable[["ResponseStream"], None],
         done: Callable[["ResponseStream"], None],
+        congested: Callable[[], bool] | None = None,
+        dropped: Callable[[str, int], None] | None = None,
     ) -> None:
         self.sink = sink
         self.settings = settings
@@ -117,11 +119,17 @@ class ResponseStream:
         self.clock = clock
         self._ready = ready
         self._done = done
+        #: The client's output bound (``txvoice.server.backpressure``): over its soft mark response
+        #: audio is dropped, not queued, and counted through ``dropped(kind, count)``.
+        self._congestedNow = congested
+        self._dropped = dropped
         self.input_format = input_format
         self.turn_number = turn_number
         self.turn: Any = None
         self.key = next(_keys)
         self.queue: deque[tuple[bytes, float]] = deque()
+        #: Bytes held for the client: encoded packets queued plus source PCM not yet encoded.
+        self.pending_bytes = 0
         self.announce: tuple | None = None
         self.format: AudioFormat | None = None
         self.encoder: ResponseEncoder | None = None
@@ -170,6 +178,10 @@ class ResponseStream:
             self._queued(self._sliced(chunk))
             return
         pcm = np.frombuffer(chunk, dtype=np.int16) if isinstance(chunk, (bytes, bytearray)) else chunk
+        if self._congested():
+            self._drop(1)
+            return
+        self.pending_bytes += pcm.nbytes
         step = self._slice_samples
         self._to_encode.extend(pcm[i:i + step] for i in range(0, len(pcm), step))
         self._encodeNext()
@@ -223,6 +235,7 @@ class ResponseStream:
         while pending and size < self._slice_samples:
             parts.append(pending.popleft())
             size += len(parts[-1])
+        self.pending_bytes -= sum(p.nbytes for p in parts)
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def _encoded(self, packets: list[tuple[bytes, float]]) -> None:
@@ -234,9 +247,21 @@ class ResponseStream:
         log.failure("encoding a response failed", failure)
         self.cancel("encoding_failed")
 
+    def _congested(self) -> bool:
+        """The client's output is over its soft mark: response audio is dropped, not queued."""
+        return self._congestedNow is not None and self._congestedNow()
+
+    def _drop(self, count: int) -> None:
+        if self._dropped is not None:
+            self._dropped("audio", count)
+
     def _queued(self, packets: list[tuple[bytes, float]]) -> None:
         if self.done:
             return
+        if packets and self._congested():
+            self._drop(len(packets))
+            packets = []
+        self.pending_bytes += sum(len(p) for p, _ in packets)
         self.queue.extend(packets)
         if self.active:
             self.pump(self.clock.seconds())
@@ -269,6 +294,7 @@ class ResponseStream:
             queue = self.queue
             while queue and self.sent_ms < allowed:
                 packet, ms = queue.popleft()
+                self.pending_bytes -= len(packet)
                 sink.audio(packet)
                 self.sent_ms += ms
                 self.packets += 1
@@ -291,6 +317,7 @@ class ResponseStream:
         played, source = self.played_ms(now)
         self.queue.clear()
         self._to_encode.clear()  # not encoded at all: it will not be played
+        self.pending_bytes = 0
         if self.turn is not None:
             self.turn.cancel()
         info = {"played_ms": round(played, 1), "played_source": source, "sent_ms": round(self.sent_ms, 1)}

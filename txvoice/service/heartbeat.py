@@ -73,6 +73,9 @@ class HeartbeatService(Service):
                         attributes["ping_sent"] = now
                         protocol.sendPing(b"txvoice-hb")
                 continue
-            if now - session.attributes.get("pong_at", session.last_activity) >= config.ping_interval:
+            # From the last proof of life (a pong, an application heartbeat), never from the last
+            # message: a peer that keeps sending but reads nothing must still be pinged and dropped.
+            since = attributes.get("pong_at", attributes.get("opened_at", session.last_activity))
+            if now - since >= config.ping_interval:
                 session.attributes["ping_sent"] = now
                 protocol.sendPing(b"txvoice-hb")

@@ -226,7 +226,7 @@ def makeVoiceService(
     shared = parse_tcp_listen(config.listen) if count > 1 and worker is None else None
     # Autobahn logs every connection at debug level through txaio; keep that off the hot path.
     txaio.set_global_log_level("info")  # type: ignore[attr-defined]  # set by txaio.use_twisted()
-    workers = AudioWorkers(reactor, threads=config.audio_threads)
+    workers = AudioWorkers(reactor, threads=config.audio_threads, batch_delay=config.audio_batch_ms / 1000.0)
     pipeline = pipeline or make_pipeline(config.pipeline, config)
     server = VoiceServer(config, pipeline, workers, reactor)
     try:
