@@ -340,6 +340,12 @@ def test_s0_websocket_service_snippet(tmp_path, browser):
         connected = [e for e in entries if e["message"] == "Connected!"]
         assert connected and connected[0]["logger"] == "network.websocket" and connected[0]["levelName"] == "INFO"
 
+        # A payload too big for a ping (4 KiB): the server refuses it; a reliable one is then failed, not re-sent.
+        page.evaluate("""() => { window.__failed = []; window.__ws.on('messageFailed', (e) => window.__failed.push(e.code));
+                                 window.__bigId = window.__ws.send({ big: 'x'.repeat(5000) }, 1, true); }""")
+        _wait(page, "() => window.__failed.length === 1 && window.__ws.unacked.size === 0", 5, "the refusal")
+        assert page.evaluate("() => window.__failed") == ["ping_too_large"]
+
         # ---- the server restarts; reliable messages sent meanwhile arrive once, high priority first
         t_stop = time.monotonic()
         daemon.stop()
