@@ -22,7 +22,6 @@ from __future__ import annotations
 import ast
 import fnmatch
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -34,6 +33,7 @@ from pathlib import Path
 import pytest
 
 from daemons import ROOT, start_daemon
+from nodejs import CACHE as NODE_CACHE  # the suite's one npm cache outside the tree (~/.cache/txvoice-node)
 from test_browser_demo import PHRASE, WIRE_SPY, Browser, _install, _normalize, _signal_speech
 
 # The seed, verbatim, kept beside this test (the shared original is checked against it when present).
@@ -41,7 +41,6 @@ SEED = Path(__file__).with_name("s0_seed.md")
 SHARED_SEED = Path("/work/shared/seeds/000_124d6a6fa9c4162c.txt")
 S0_DIR = ROOT / "txvoice" / "static" / "s0"
 MODULE = "/static/s0/index.js"
-NODE_CACHE = Path(os.environ.get("TXVOICE_NODE_CACHE", Path.home() / ".cache" / "txvoice-node"))
 TYPESCRIPT = "typescript@5.9"
 
 # The seed's example snippets, in the order the seed gives them (TS_BLOCKS[3] is the WebSocketService example).
@@ -308,6 +307,7 @@ def _pongs(page, payload_key: str) -> list[dict]:
             and payload_key in m["data"]["payload"]]
 
 
+@pytest.mark.slow
 def test_s0_websocket_service_snippet(tmp_path, browser):
     """The seed's WebSocketService example, reconnection across a server restart, and the circuit breaker."""
     daemon = start_daemon(tmp_path)
@@ -339,6 +339,12 @@ def test_s0_websocket_service_snippet(tmp_path, browser):
         entries = page.evaluate("async () => (await import('/static/s0/index.js')).getLogEntries()")
         connected = [e for e in entries if e["message"] == "Connected!"]
         assert connected and connected[0]["logger"] == "network.websocket" and connected[0]["levelName"] == "INFO"
+
+        # A payload too big for a ping (4 KiB): the server refuses it; a reliable one is then failed, not re-sent.
+        page.evaluate("""() => { window.__failed = []; window.__ws.on('messageFailed', (e) => window.__failed.push(e.code));
+                                 window.__bigId = window.__ws.send({ big: 'x'.repeat(5000) }, 1, true); }""")
+        _wait(page, "() => window.__failed.length === 1 && window.__ws.unacked.size === 0", 5, "the refusal")
+        assert page.evaluate("() => window.__failed") == ["ping_too_large"]
 
         # ---- the server restarts; reliable messages sent meanwhile arrive once, high priority first
         t_stop = time.monotonic()
@@ -386,7 +392,7 @@ def test_s0_websocket_service_snippet(tmp_path, browser):
         page.evaluate(f"""async () => {{
           const {{ WebSocketService }} = await import('{MODULE}');
           const cb = new WebSocketService({{ url: '{daemon.url}?breaker', reconnectDelay: 100, maxReconnectDelay: 400,
-            maxReconnectAttempts: 30, heartbeatInterval: 0, circuitBreaker: {{ failureThreshold: 3, resetTimeout: 1500 }} }});
+            maxReconnectAttempts: 30, heartbeatInterval: 300, circuitBreaker: {{ failureThreshold: 3, resetTimeout: 1500 }} }});
           window.__cb = cb;
           window.__circuit = [];
           cb.on('circuitStateChange', (e) => window.__circuit.push({{ state: e.state, failures: e.failures, t: performance.now() }}));
@@ -402,6 +408,8 @@ def test_s0_websocket_service_snippet(tmp_path, browser):
         daemon = start_daemon(tmp_path, port=daemon.port)
         _wait(page, "() => window.__circuit.some(e => e.state === 'closed') && window.__cb.isConnected "
                     "&& window.__cb.unacked.size === 0", 20, "the breaker to close")
+        # The heartbeat runs against the real server again (native `heartbeat`, answered with its reply_to).
+        _wait(page, "() => window.__cb.getStats().rttMs !== null", 5, "a heartbeat round trip")
         circuit = page.evaluate("() => window.__circuit")
         opened = page.evaluate("() => window.__opened.filter(o => o.url.includes('breaker'))")
         states = [e["state"] for e in circuit]
@@ -431,6 +439,7 @@ def test_s0_websocket_service_snippet(tmp_path, browser):
 # ------------------------------------------------------------------------------------------ audio
 
 
+@pytest.mark.slow
 def test_s0_audio_streaming_transcript(tmp_path, browser):
     """The seed's createAudioStreaming snippet; started, it streams the fake microphone and gets a transcript."""
     daemon = start_daemon(tmp_path, "--pipeline", "speech", timeout=60)
