@@ -3,7 +3,8 @@ The voice channel of a session: the part of a conversation that does not depend 
 
 A dialect turns its wire messages into ``start`` / ``audio`` / ``end`` calls.  The channel hands
 audio to the worker pool (in order, batched), where the stream's ingest decodes it, finds speech
-and turns, and feeds the pipeline's turns; events come back here, on the reactor, where turns are
+and turns, and feeds the turns' STT; typed events come back here, on the reactor, the one lane
+back: here turns and their responses are made (the worker is then told to attach them) and
 finished, responses are paced out one at a time (:mod:`txvoice.server.response`), and a user who
 starts speaking over a response interrupts it (barge-in).
 """
@@ -324,11 +325,6 @@ class VoiceChannel:
         handle.ended = True
         if handle.attached:
             self._finishTurn(stream, handle)
-
-    def handleEvents(self, events: list) -> None:
-        """The active stream's events (for callers that drive the channel by hand, as tests do)."""
-        if self.stream is not None:
-            self._dispatch(self.stream, events)
 
     def _finishTurn(self, stream: VoiceStream, handle: TurnHandle) -> None:
         stream.handles.pop(handle.number, None)
