@@ -14,7 +14,8 @@ setup(
     # txvoice.static (the browser client and demo page) is a data-only package, named here too.
     packages=find_packages(exclude=["tests", "tests.*"]) + ["txvoice.static", "twisted.plugins"],
     package_data={
-        "twisted": ["plugins/txvoice_plugin.py", "plugins/txvoice_engines.py", "plugins/txvoice_dialects.py"],
+        "twisted": ["plugins/txvoice_plugin.py", "plugins/txvoice_engines.py", "plugins/txvoice_dialects.py",
+                    "plugins/txvoice_telephony.py"],
         "txvoice.static": ["*.html", "*.js", "*.css"],
     },
     include_package_data=True,
@@ -33,6 +34,7 @@ setup(
         "cryptography>=42",
         "prometheus_client>=0.20",
         "pocketsphinx>=5.1",
+        "twilio>=9",
     ],
     extras_require={
         "test": [
