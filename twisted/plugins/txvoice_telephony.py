@@ -11,3 +11,5 @@ from txvoice.dialects.registry import DialectFactory
 
 twilio = DialectFactory("twilio", "txvoice.dialects.twilio:endpoints",
                         "Twilio Media Streams and its TwiML webhook (--twilio-path)")
+audiosocket = DialectFactory("audiosocket", "txvoice.dialects.audiosocket:endpoints",
+                             "Asterisk AudioSocket over TCP (--audiosocket)", services="txvoice.dialects.audiosocket:services")

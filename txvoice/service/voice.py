@@ -20,7 +20,7 @@ from twisted.python.usage import UsageError
 
 from txvoice.audio.workers import AudioWorkers
 from txvoice.config import VoiceConfig
-from txvoice.dialects.registry import DialectPathClash, mount_dialects
+from txvoice.dialects.registry import DialectPathClash, dialect_services, mount_dialects
 from txvoice.logging import NamespaceLogger
 from txvoice.pipeline.echo import EchoPipeline
 from txvoice.engines.registry import EngineNotFound
@@ -74,11 +74,17 @@ class VoiceService(MultiService):
         #: With --processes N: in the parent, the N-1 worker processes; in a worker, the parent watch.
         self.processes = processes
         self.parent_watch = parent_watch
+        #: Services of dialects that listen on their own (stopped with the listener).
+        self.dialect_services: list[Service] = []
         #: While stopping: the step the stop is in (named in the error if it has to give up).
         self.stopping: str | None = None
         extra = [s for s in (processes, parent_watch) if s is not None]
         for child in (self.workers, self.pacer, self.monitoring, self.heartbeat, self.reaper, *extra, self.listener):
             child.setServiceParent(self)
+
+    def addDialectService(self, service: Service) -> None:
+        self.dialect_services.append(service)
+        service.setServiceParent(self)
 
     def startService(self) -> None:
         interval = self.server.config.gil_switch_interval_ms
@@ -102,7 +108,7 @@ class VoiceService(MultiService):
         workers_stopped = maybeDeferred(self.processes.stopService) if self.processes is not None else succeed(None)
         if self.parent_watch is not None:
             self.parent_watch.stopService()
-        d = maybeDeferred(self.listener.stopService)
+        d = DeferredList([maybeDeferred(s.stopService) for s in (self.listener, *self.dialect_services)])
         self._then(d, "closing sessions", self.closeSessions)
         d.addErrback(lambda f: self.log.failure("closing sessions failed", f))
         services = (self.heartbeat, self.reaper, self.monitoring, self.pacer)
@@ -216,6 +222,8 @@ def makeVoiceService(
     else:
         listener = ListenerService(reactor, config.listen, site)
     service = VoiceService(server, listener, processes, parent_watch)
+    for extra in dialect_services(server):  # a dialect's own listener (Asterisk AudioSocket over TCP)
+        service.addDialectService(extra)
     if isinstance(pipeline, SpeechPipeline):
         # Latency metrics, error counts, the audio worker pool and the reactor are the server's.
         pipeline.bind(server, reactor)
