@@ -230,3 +230,23 @@ def test_webhook_with_a_wrong_or_missing_signature_gets_403(daemon, signature) -
     tampered = dict(WEBHOOK, From="+15005550009")
     good = RequestValidator(TOKEN).compute_signature(PUBLIC + "/twilio/voice", WEBHOOK)
     assert _post(daemon, "/twilio/voice", tampered, good)[0] == 403
+
+
+def test_a_phone_call_talks_with_the_offline_assistant(tmp_path) -> None:
+    """The speech pipeline (PocketSphinx, rules agent, espeak-ng) answers a caller over Twilio."""
+    d = start_daemon(tmp_path, "--pipeline", "speech", "--log-format", "json", timeout=60,
+                     twistd_args=("--logger", "txvoice.logging.twistd_observer"))
+    call = TwilioCall(f"ws://127.0.0.1:{d.port}/twilio", call_sid="CA" + "9" * 32)
+    try:
+        call.connected()
+        call.start({"FirstName": "Jane"})
+        call.stream(ulaw_silence(300) + ulaw_speech("What time is it?") + ulaw_silence(900))
+        call.play_along(12, [], until_played=True)
+        reply = ulaw_decode(call.reply_audio())
+        assert len(reply) / 8.0 > 800 and dbfs(reply) > -35, (len(reply) / 8.0, dbfs(reply))
+        call.stop()
+        (record,) = turn_records(d, call.call_sid)
+        assert record["text"].startswith("It is ") and record["played_ms"] == record["sent_ms"], record
+    finally:
+        call.close()
+        d.stop()

@@ -338,7 +338,7 @@ class TwilioMediaStreamProtocol(VoiceServerProtocol):
             raise _Problem(f"mark {name!r} is not one of ours", code="unknown_mark")
         if record["cleared"]:
             return  # returned by a clear: that audio was dropped, not played
-        played = float(at)
+        played = min(float(at), record["sent_ms"])  # mark names round to the millisecond
         record["marks_played"] += 1
         if played > record["played_ms"]:
             record["played_ms"] = played
