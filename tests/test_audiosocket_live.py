@@ -91,8 +91,9 @@ class AsteriskCall:
 @pytest.fixture(scope="module")
 def asterisk_daemon(tmp_path_factory):
     port = free_port()
+    # A fast heartbeat: AudioSocket has no ping, so the service must take Asterisk's frames as life.
     d = start_daemon(tmp_path_factory.mktemp("audiosocket"), "--audiosocket", f"tcp:{port}:interface=127.0.0.1",
-                     "--log-format", "json", twistd_args=("--logger", "txvoice.logging.twistd_observer"))
+                     "--ping-interval", "0.5", "--ping-timeout", "0.5", "--log-format", "json", twistd_args=("--logger", "txvoice.logging.twistd_observer"))
     d.audiosocket_port = port
     yield d
     d.stop()
@@ -104,6 +105,7 @@ def test_documented_sequence_with_real_audio_is_answered_with_speech(asterisk_da
     try:
         speech = slin_speech("I would like to book a table for two.")
         call.send(0x01, call_id.bytes)
+        time.sleep(1.2)  # quiet for longer than --ping-interval: the heartbeat "pings" the call
         call.stream(b"\0" * 8 * 2 * 300 + speech + b"\0" * 8 * 2 * 800)
         call.send(0x03, b"5")
         # Keep sending silence (Asterisk always streams) until the reply has played.
@@ -132,6 +134,8 @@ def test_documented_sequence_with_real_audio_is_answered_with_speech(asterisk_da
     assert [r for r in log_records(asterisk_daemon, "DTMF") if r.get("digit") == "5"]
     started = [r for r in log_records(asterisk_daemon, "audiosocket call") if r.get("call_id") == str(call_id)]
     assert started and "started" in started[0]["message"]
+    assert not log_records(asterisk_daemon, "Traceback") and not log_records(asterisk_daemon, "pings unanswered")
+    assert not log_records(asterisk_daemon, '"level": "critical"') and not log_records(asterisk_daemon, '"level": "error"')
 
 
 def test_bad_input_is_counted_and_the_call_goes_on(asterisk_daemon) -> None:

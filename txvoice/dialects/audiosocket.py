@@ -135,7 +135,13 @@ class AudioSocketProtocol(Protocol):
         session = self.session
         if session is None:
             return
-        session.last_activity = self.server.clock.seconds()
+        now = session.last_activity = self.server.clock.seconds()
+        # Asterisk streams every 20 ms and AudioSocket has no ping: a message is proof of life.
+        attributes = session.attributes
+        if "ping_sent" in attributes:
+            del attributes["ping_sent"]
+            attributes["missed_pings"] = 0
+        attributes["pong_at"] = now
         session.counters.binary_in += 1
         session.counters.binary_bytes_in += len(payload) + 3
         try:
@@ -222,6 +228,12 @@ class AudioSocketProtocol(Protocol):
         if reason != "hangup":
             self.transport.write(HANGUP)
         self.transport.loseConnection()
+
+    def sendPing(self, payload: bytes = b"") -> None:
+        """The heartbeat's ping: AudioSocket has none; the next message from Asterisk answers it."""
+
+    def deliverEvent(self, event_type: str, data: dict, conversation_id: str | None) -> None:
+        """A broadcast event: AudioSocket carries no events to Asterisk."""
 
     def goingAway(self, reason: str = "server shutting down") -> None:
         self.closeSession(1001, reason)
