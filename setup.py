@@ -15,7 +15,8 @@ setup(
     packages=find_packages(exclude=["tests", "tests.*"]) + ["txvoice.static", "twisted.plugins"],
     package_data={
         "twisted": ["plugins/txvoice_plugin.py", "plugins/txvoice_engines.py", "plugins/txvoice_dialects.py",
-                    "plugins/txvoice_pipelines.py"],
+                    "plugins/txvoice_pipelines.py",
+                    "plugins/txvoice_telephony.py"],
         "txvoice": ["py.typed"],
         "txvoice.static": ["*.html", "*.js", "*.css", "s0/*.js", "s0/*.d.ts", "s0/*.html"],
     },
@@ -37,6 +38,7 @@ setup(
         "cryptography>=42",
         "prometheus_client>=0.20",
         "pocketsphinx>=5.1",
+        "twilio>=9",
     ],
     extras_require={
         "test": [

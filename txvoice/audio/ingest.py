@@ -19,6 +19,7 @@ from txvoice.audio.codecs import decoder_at
 from txvoice.audio.enhance import AutomaticGainControl, Denoiser
 from txvoice.audio.format import AudioFormat
 from txvoice.audio.frames import FrameAssembler
+from txvoice.audio._libsoxr import QUALITIES
 from txvoice.audio.resample import Resampler
 from txvoice.audio.turns import TurnDetector, TurnEnded, TurnMode, TurnSettings, TurnStarted
 from txvoice.audio.vad import SpeechStarted, SpeechStopped
@@ -46,6 +47,7 @@ _OPTION_NAMES = {
     "frame_ms": "frame_ms",
     "output_codec": "output_codec", "output_sample_rate": "output_sample_rate",
     "response_lead_ms": "response_lead_ms",
+    "resample_quality": "resample_quality",
 }
 
 
@@ -66,6 +68,10 @@ class StreamSettings:
     output_codec: str | None = None
     output_sample_rate: int | None = None
     response_lead_ms: int = 100
+    #: soxr quality of the input's resampling to the pipeline rate.  "HQ" holds audio back in
+    #: ~100 ms blocks (40-120 ms more before the VAD hears speech start); "QQ" adds none (cubic
+    #: interpolation): the telephony bridges use it, since barge-in is what a phone call needs fast.
+    resample_quality: str = "HQ"
 
     @classmethod
     def parse(cls, mode: str | None, options: Mapping[str, Any]) -> "StreamSettings":
@@ -85,7 +91,7 @@ class StreamSettings:
             if name is None:
                 continue  # pipeline options pass through untouched
             expected = type(getattr(defaults, name)) if getattr(defaults, name) is not None else None
-            if name in ("output_codec",):
+            if name in ("output_codec", "resample_quality"):
                 ok = isinstance(value, str)
             elif name == "output_sample_rate":
                 ok = isinstance(value, int) and not isinstance(value, bool)
@@ -104,6 +110,9 @@ class StreamSettings:
         if not 0 <= settings.response_lead_ms <= 2000:
             raise ProtocolError("options.response_lead_ms must be within 0..2000", code="invalid_field",
                                 field="response_lead_ms")
+        if settings.resample_quality not in QUALITIES:
+            raise ProtocolError(f"options.resample_quality must be one of {', '.join(QUALITIES)}",
+                                code="invalid_field", field="resample_quality")
         settings.turn_settings()  # validates the ranges
         return settings
 
@@ -251,7 +260,8 @@ class StreamIngest:
         self.answers = answers
         # Opus (and WebM/Opus) decode straight to the pipeline rate; the resampler then passes through.
         self.decoder = decoder_at(fmt, pipeline_rate)
-        self.resampler = Resampler(self.decoder.output_rate, pipeline_rate, channels=self.decoder.output_channels)
+        self.resampler = Resampler(self.decoder.output_rate, pipeline_rate, channels=self.decoder.output_channels,
+                                   quality=settings.resample_quality)
         # Mono at the pipeline rate (Opus always, PCM at 16 kHz) passes through the resampler
         # unchanged; skip the call.
         mono_passthrough = self.resampler.passthrough and self.resampler.channels == 1

@@ -54,6 +54,9 @@ def resample_once(pcm: np.ndarray, in_rate: int, out_rate: int = 16000, quality:
 
 
 
+_PRIME = np.zeros(2, dtype=np.int16)
+
+
 class Resampler:
     """
     Per-stream downmix and sample-rate conversion to ``out_rate`` (int16 mono out).
@@ -81,6 +84,7 @@ class Resampler:
         self._stream: SoxrStream | None = None
         if not self.passthrough:
             self._stream = SoxrStream(in_rate, out_rate, quality=quality)
+            self._prime()
         self._mono = np.empty(0, dtype=np.int16)
         self._carry = np.empty(channels, dtype=np.int16)
         self._carried = 0
@@ -128,7 +132,17 @@ class Resampler:
             return _EMPTY
         out = self._stream.process(None)  # also clears the stream
         self.samples_out += len(out)
+        self._prime()
         return out
+
+    def _prime(self) -> None:
+        """
+        "QQ" (cubic) looks 2 input samples ahead, so each chunk's output came up a few samples
+        short and every frame of it waited for the next chunk (a whole frame of latency, 20 ms at
+        20 ms chunks).  Two samples of silence first align its output with its input.
+        """
+        if self._stream is not None and self.quality.upper() == "QQ":
+            self._stream.process(_PRIME)
 
     def reset(self) -> None:
         """Drop all state, ready for a new stream with the same formats."""
@@ -136,6 +150,7 @@ class Resampler:
         self.samples_in = self.samples_out = 0
         if self._stream is not None:
             self._stream.clear()
+            self._prime()
 
     @property
     def delay(self) -> float:

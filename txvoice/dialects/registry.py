@@ -35,6 +35,9 @@ class IDialectFactory(Interface):
     def endpoints(server: "VoiceServer") -> Mapping[str, IResource]:
         """The resources this dialect serves for ``server``, by URL path; empty when it is off."""
 
+    def services(server: "VoiceServer") -> list:
+        """Services the dialect runs beside the web site (a listener of its own, e.g. TCP); often none."""
+
 
 class DialectPathClash(VoiceError):
     """Two dialects want the same URL path."""
@@ -49,13 +52,17 @@ class DialectFactory:
     so that listing plugins stays cheap.
     """
 
-    def __init__(self, name: str, target: str, description: str = "") -> None:
+    def __init__(self, name: str, target: str, description: str = "", services: str | None = None) -> None:
         self.name = name
         self.target = target
         self.description = description
+        self.services_target = services
 
     def endpoints(self, server: "VoiceServer") -> Mapping[str, IResource]:
         return load_target(self.target)(server)
+
+    def services(self, server: "VoiceServer") -> list:
+        return list(load_target(self.services_target)(server)) if self.services_target else []
 
     def __repr__(self) -> str:
         return f"<DialectFactory {self.name} -> {self.target}>"
@@ -79,6 +86,16 @@ def mount_dialects(server: "VoiceServer", package: ModuleType | None = None) -> 
             mounted[path] = resource
             owner[path] = name
     return mounted
+
+
+def dialect_services(server: "VoiceServer", package: ModuleType | None = None) -> list:
+    """The services every dialect runs beside the web site (listeners of non-HTTP dialects), in name order."""
+    found: list = []
+    for _, factory in sorted(dialect_factories(package).items()):
+        services = getattr(factory, "services", None)  # optional for other packages' plugins
+        if services is not None:
+            found.extend(services(server))
+    return found
 
 
 def websocket_endpoint(path: str, server: "VoiceServer", protocol: Any) -> dict[str, IResource]:

@@ -20,7 +20,7 @@ from twisted.python.usage import UsageError
 
 from txvoice.audio.workers import AudioWorkers
 from txvoice.config import VoiceConfig
-from txvoice.dialects.registry import DialectPathClash, mount_dialects
+from txvoice.dialects.registry import DialectPathClash, dialect_services, mount_dialects
 from txvoice.logging import NamespaceLogger
 from txvoice.engines.registry import EngineNotFound
 from txvoice.pipeline.interfaces import IServicePipeline, IVoicePipeline, PipelineHost
@@ -249,6 +249,8 @@ def makeVoiceService(
     else:
         listener = ListenerService(reactor, config.listen, site)
     service = VoiceService(server, listener, processes, parent_watch)
+    for extra in dialect_services(server):  # a dialect's own listener (Asterisk AudioSocket over TCP)
+        service.addChild(extra, "closing the listener")
     if IServicePipeline.providedBy(pipeline):
         # Latency metrics, error counts, the audio worker pool and the reactor are the server's.
         pipeline_service = pipeline.makeService(PipelineHost(
