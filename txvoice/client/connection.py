@@ -29,32 +29,53 @@ never sent again; a message queued while disconnected is sent once after the rec
 that was in flight when the connection broke is re-sent; if the *same* server process handled it,
 resume turns the re-send into a duplicate ack (exactly once); if the server process died after
 handling it, the new process cannot know, and handles it again (at least once).
+
+The parts, one module each: the states, priorities and counters (:mod:`.states`), the errors
+(:mod:`.errors`), the endpoint behind the breaker (:mod:`.endpoint`), the write side
+(:mod:`.outbox`), the requests awaiting answers (:mod:`.requests`), the heartbeat
+(:mod:`.heartbeat`) and the connection life with its resume (:mod:`.lifecycle`, the base of
+:class:`VoiceClient`).  Their public names stay importable from here.
 """
 
 from __future__ import annotations
 
-import enum
 import json
-import secrets
 import weakref
-from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
-from autobahn.websocket.util import parse_url
 from twisted.application.internet import ClientService
-from twisted.internet.defer import CancelledError, Deferred, fail, succeed
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IProtocolFactory, IReactorTime, IStreamClientEndpoint
-from twisted.internet.task import LoopingCall
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txvoice.client.backoff import Backoff
 from txvoice.client.breaker import CircuitBreaker, CircuitOpenError
 from txvoice.client.emitter import Emitter
+from txvoice.client.endpoint import GuardedEndpoint, endpoint_for
+from txvoice.client.errors import (
+    RETRYABLE_ERRORS,
+    ClientClosed,
+    ClientError,
+    ConnectionFailed,
+    NotConnected,
+    RequestTimeout,
+    ServerError,
+)
+from txvoice.client.heartbeat import Heartbeat
+from txvoice.client.lifecycle import ConnectionLife
+from txvoice.client.outbox import Outbox
 from txvoice.client.protocol import USER_AGENT, IClientHandler, IVoiceLink, VoiceClientFactory
-from txvoice.client.queue import Outgoing, QueueFull, SendQueue
-from txvoice.logging import NamespaceLogger
+from txvoice.client.requests import PendingRequests
+from txvoice.client.states import (
+    PRIORITY_AUDIO,
+    PRIORITY_HIGH,
+    PRIORITY_INTERNAL as PRIORITY_INTERNAL,
+    PRIORITY_LOW,
+    PRIORITY_NORMAL,
+    ClientStats,
+    ConnectionState,
+)
 
 __all__ = [
     "ClientClosed",
@@ -72,115 +93,9 @@ __all__ = [
     "VoiceClient",
 ]
 
-PRIORITY_INTERNAL = 0  # the client's own re-attach messages go before anything queued
-PRIORITY_HIGH = 1
-PRIORITY_AUDIO = 2
-PRIORITY_NORMAL = 5
-PRIORITY_LOW = 9
-
-_FAR = 3600.0  # retry delay handed to ClientService while it is being stopped (never reached)
-#: Errors that mean "dropped, not handled": a reliable message answered with one is sent again later.
-RETRYABLE_ERRORS = frozenset({"rate_limited"})
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
-
-
-class ConnectionState(str, enum.Enum):
-    CLOSED = "closed"
-    CONNECTING = "connecting"
-    OPEN = "open"
-    RECONNECTING = "reconnecting"
-    FAILED = "failed"
-
-
-class ClientError(Exception):
-    """Base of the client's errors."""
-
-
-class NotConnected(ClientError):
-    """A best-effort message or request could not go out: the connection is not open."""
-
-
-class ClientClosed(ClientError):
-    """The client was closed (by :meth:`VoiceClient.close`) before this completed."""
-
-
-class RequestTimeout(ClientError):
-    """No answer to a request within its timeout."""
-
-
-class ConnectionFailed(ClientError):
-    """The client gave up: ``attempts`` attempts failed in a row (last ``reason``)."""
-
-    def __init__(self, reason: str, attempts: int = 0) -> None:
-        super().__init__(f"connection failed after {attempts} attempt(s): {reason}")
-        self.reason = reason
-        self.attempts = attempts
-
-
-class ServerError(ClientError):
-    """The server answered a message with ``error``; ``code`` and ``data`` are its fields."""
-
-    def __init__(self, data: dict[str, Any]) -> None:
-        self.code = str(data.get("code", "unknown"))
-        self.data = data
-        super().__init__(f"{self.code}: {data.get('message', '')}")
-
-
-@dataclass
-class ClientStats:
-    """Counters of one client over its whole life (all connections)."""
-
-    attempts: int = 0  # connection attempts made
-    failed_attempts: int = 0  # attempts that did not reach ``open``
-    opens: int = 0  # times the connection became open
-    drops: int = 0  # open connections lost
-    messages_sent: int = 0
-    bytes_sent: int = 0
-    messages_received: int = 0
-    acks: int = 0
-    duplicate_acks: int = 0
-    resent: int = 0  # reliable messages written again after a reconnect
-    dropped_disconnected: int = 0  # best-effort messages dropped because the connection was not open
-    heartbeats: int = 0
-    heartbeat_timeouts: int = 0
-    resumes: int = 0
-    resume_failures: int = 0
-    rate_limited: int = 0  # reliable messages the server dropped for its rate limit (sent again)
-    last_heartbeat_rtt: float | None = None
-
-
-@implementer(IStreamClientEndpoint)
-class _GuardedEndpoint:
-    """The real endpoint behind the circuit breaker; reports TCP-level failures to the client."""
-
-    def __init__(self, inner: IStreamClientEndpoint, client: "VoiceClient") -> None:
-        self.inner = inner
-        self.client = client
-
-    def connect(self, factory: IProtocolFactory) -> Deferred:
-        try:
-            self.client.breaker.check()
-        except CircuitOpenError as e:
-            return fail(e)
-        self.client.stats.attempts += 1
-        d = self.inner.connect(factory)
-        d.addErrback(self.client._connectFailed)
-        return d
-
-
-def endpoint_for(reactor: Any, url: str, timeout: float = 10.0) -> IStreamClientEndpoint:
-    """A client endpoint for a ``ws://`` or ``wss://`` URL (TLS verified against the host name)."""
-    is_secure, host, port, _resource, _path, _params = parse_url(url)
-    endpoint: IStreamClientEndpoint = HostnameEndpoint(reactor, host, port, timeout=timeout)
-    if is_secure:
-        from twisted.internet.ssl import optionsForClientTLS
-
-        endpoint = wrapClientTLS(optionsForClientTLS(host), endpoint)
-    return endpoint
-
 
 @implementer(IClientHandler)
-class VoiceClient:
+class VoiceClient(ConnectionLife):
     """
     A txvoice.v1 client that reconnects, resumes and re-sends (see the module docstring).
 
@@ -203,8 +118,6 @@ class VoiceClient:
     :param random: ``random()`` in [0, 1) for the jitter (tests pin it).
     :param protocol: the protocol class the factory builds (tests use a fake link).
     """
-
-    log = NamespaceLogger(namespace="txvoice.client")
 
     def __init__(
         self,
@@ -239,7 +152,7 @@ class VoiceClient:
             reactor = global_reactor
         self.url = url
         self.reactor = reactor
-        self.clock: IReactorTime = clock if clock is not None else reactor
+        self.clock = clock if clock is not None else reactor
         self.auto_reconnect = auto_reconnect
         self.backoff = backoff or Backoff()
         self.breaker = breaker or CircuitBreaker(self.clock)
@@ -259,13 +172,14 @@ class VoiceClient:
 
         self.state = ConnectionState.CLOSED
         self.events = Emitter()
-        self.queue = SendQueue(max_queue_bytes)
         self.stats = ClientStats()
-        self.greeting: dict[str, Any] | None = None
-        self.session_id: str | None = None
-        self.resume_token: str | None = None
-        self.resumed: bool | None = None  # outcome of the last resume attempt
-        self.conversation_id: str | None = None
+        self._outbox = Outbox(self.clock, self.stats, max_queue_bytes, self._writableLink)
+        self.queue = self._outbox.queue
+        self.greeting = None
+        self.session_id = None
+        self.resume_token = None
+        self.resumed = None
+        self.conversation_id = None
 
         all_headers = dict(headers or {})
         if token:
@@ -276,31 +190,25 @@ class VoiceClient:
             reactor=reactor, protocol=protocol,
         )
         inner = endpoint if endpoint is not None else endpoint_for(reactor, url, connect_timeout)
-        self._service = ClientService(_GuardedEndpoint(inner, self), self.factory,
-                                      retryPolicy=self._retryDelay, clock=self.clock)
+        guarded = GuardedEndpoint(inner, self.breaker, self.stats, self._connectFailed)
+        self._service = ClientService(guarded, self.factory, retryPolicy=self._retryDelay, clock=self.clock)
 
-        self._id_prefix = f"c{secrets.token_hex(3)}"
-        self._ids = 0
-        self._link: IVoiceLink | None = None
+        self._link = None
         self._ready = False
         self._ever_ready = False
-        self._retries = 0  # reconnection attempts scheduled since the connection was last open
-        self._stopping = False  # giving up or closing: ClientService is about to be stopped
+        self._retries = 0
+        self._stopping = False
         self._closing = False
-        self._abandoned: weakref.WeakSet = weakref.WeakSet()
-        self._waiters: list[Deferred] = []
-        self._state_waiters: list[tuple[frozenset[ConnectionState], Deferred]] = []
-        self._close_waiters: list[Deferred] = []
-        self._requests: dict[str, tuple[Deferred, bool]] = {}
-        self._ready_timer: Any = None
-        self._close_timer: Any = None
-        self._resume_mid: str | None = None
-        self._reattach: str | None = None  # conversation to restart if resuming fails
-        self._hb_loop: LoopingCall | None = None
-        self._hb_pending: tuple[str, float] | None = None
-        self._hb_timer: Any = None
-        self._hold_until = 0.0  # no writes before this time (after rate_limited)
-        self._hold_call: Any = None
+        self._abandoned = weakref.WeakSet()
+        self._waiters = []
+        self._state_waiters = []
+        self._close_waiters = []
+        self._requests = PendingRequests(self.clock)
+        self._ready_timer = None
+        self._close_timer = None
+        self._resume_mid = None
+        self._reattach = None
+        self._heartbeat = Heartbeat(self.clock, self._sendHeartbeat, self._heartbeatMissed)
         self._last_failure = "no attempt yet"
 
     def __repr__(self) -> str:
@@ -371,24 +279,7 @@ class VoiceClient:
         answers it with ``error``.  A best-effort message's Deferred fires True once written,
         False if it was dropped (not connected, or evicted by the queue's bound).
         """
-        if isinstance(message, (bytes, bytearray, memoryview)):
-            if reliable:
-                raise ValueError("binary messages cannot be reliable: txvoice.v1 acknowledges JSON messages only")
-            item = Outgoing(bytes(message), True, priority)
-        else:
-            env = self._envelope(message, reliable)
-            item = Outgoing(_dumps(env).encode("utf-8"), False, priority, reliable, env["message_id"])
-        if not reliable and not self._ready:
-            self.stats.dropped_disconnected += 1
-            return succeed(False)
-        try:
-            accepted = self.queue.push(item)
-        except QueueFull as e:
-            return fail(e)
-        if not accepted:
-            return succeed(False)
-        self._flush()
-        return item.deferred
+        return self._outbox.send(message, priority, reliable)
 
     def request(self, msg_type: str, data: dict[str, Any] | None = None, *, priority: int = PRIORITY_NORMAL,
                 reliable: bool = False, timeout: float | None = 30.0, **fields: Any) -> Deferred:
@@ -398,33 +289,19 @@ class VoiceClient:
         not connected), :class:`RequestTimeout`.  A reliable request that turns out to be a
         duplicate (handled before a reconnect, its answer lost) fires with None.
         """
-        mid = self._newId()
+        mid = self._outbox.new_id()
         env = {"type": msg_type, "data": dict(data or {}), "message_id": mid, **fields}
-        result: Deferred = Deferred()
-        self._requests[mid] = (result, reliable)
-        timer = None
-        if timeout is not None:
-            def expire() -> None:
-                if self._requests.pop(mid, None) is not None and not result.called:
-                    result.errback(RequestTimeout(f"no answer to {msg_type} {mid} within {timeout}s"))
-            timer = self.clock.callLater(timeout, expire)
-
-        def settled(value: Any) -> Any:
-            if timer is not None and timer.active():
-                timer.cancel()
-            return value
-
-        result.addBoth(settled)
+        result = self._requests.add(mid, reliable, timeout, f"{msg_type} {mid}")
 
         def on_sent(outcome: Any) -> None:
-            if outcome is False and self._requests.pop(mid, None) is not None and not result.called:
+            if outcome is False and self._requests.pop(mid) is not None and not result.called:
                 result.errback(NotConnected(f"{msg_type} not sent: the connection is {self.state.value}"))
             elif isinstance(outcome, dict) and outcome.get("duplicate") and not result.called:
-                self._requests.pop(mid, None)
+                self._requests.pop(mid)
                 result.callback(None)
 
         def on_failed(failure: Failure) -> None:
-            self._requests.pop(mid, None)
+            self._requests.pop(mid)
             if not result.called:
                 result.errback(failure)
 
@@ -471,7 +348,7 @@ class VoiceClient:
         link = self._link
         if link is not None:
             if self._ready:
-                self._write(link, {"type": "disconnect", "data": {"reason": reason}, "message_id": self._newId()})
+                self._outbox.write(link, {"type": "disconnect", "data": {"reason": reason}, "message_id": self._outbox.new_id()})
             link.close(1000, reason)
             self._close_timer = self.clock.callLater(timeout, self._closeTimedOut, link)
         else:
@@ -522,16 +399,14 @@ class VoiceClient:
             elif reply_to == self._resume_mid:
                 self._onResumeAnswer(link, data)
         elif msg_type == "ack":
-            self._onAck(data)
+            self._outbox.ack(data)
         elif msg_type == "error":
             self._onError(data)
         elif msg_type == "heartbeat":
             self._onHeartbeat(data)
 
         if reply_to is not None:
-            entry = self._requests.pop(reply_to, None)
-            if entry is not None and not entry[0].called:
-                entry[0].callback(env)
+            self._requests.answer(reply_to, env)
 
         self.events.emit("message", env)
         self.events.emit(f"message:{msg_type}", env)
@@ -543,7 +418,7 @@ class VoiceClient:
 
     def linkWritable(self, link: IVoiceLink, writable: bool) -> None:
         if writable and link is self._link:
-            self._flush()
+            self._outbox.flush()
 
     def linkClosed(self, link: IVoiceLink, was_clean: bool, code: int | None, reason: str | None) -> None:
         if link in self._abandoned:
@@ -555,265 +430,9 @@ class VoiceClient:
             # The WebSocket never opened (refused upgrade, handshake timeout ...).
             self._attemptFailed(f"websocket closed before opening ({code}: {reason})", code)
 
-    # ------------------------------------------------------------------ connection life
-
-    def _setState(self, new: ConnectionState) -> None:
-        old = self.state
-        if old is new:
-            return
-        self.state = new
-        self.log.info("client {old} -> {new}", old=old.value, new=new.value, url=self.url)
-        self.events.emit("state", old, new)
-        waiting, self._state_waiters = self._state_waiters, []
-        for states, d in waiting:
-            if new in states:
-                d.callback(new)
-            else:
-                self._state_waiters.append((states, d))
-
-    def _onGreeting(self, link: IVoiceLink, env: dict[str, Any]) -> None:
-        data = env["data"]
-        previous_token = self.resume_token
-        self.greeting = data
-        self.session_id = data.get("session_id")
-        self.resume_token = data.get("resume_token") or None
-        if self.resume and previous_token and self._ever_ready:
-            self._resume_mid = self._newId()
-            self._write(link, {"type": "connect", "data": {"resume_token": previous_token, "client": self.client_name},
-                               "message_id": self._resume_mid})
-            return  # open once the server says whether it resumed
-        self._becameReady(link)
-
-    def _onResumeAnswer(self, link: IVoiceLink, data: dict[str, Any]) -> None:
-        self._resume_mid = None
-        self.resumed = bool(data.get("resumed"))
-        if data.get("resume_token"):
-            self.resume_token = data["resume_token"]
-        if data.get("session_id"):
-            self.session_id = data["session_id"]
-        if self.resumed:
-            self.stats.resumes += 1
-            self.log.info("session resumed: {session_id} (was {previous})", session_id=self.session_id,
-                          previous=data.get("previous_session_id"))
-            self.events.emit("resumed", data)
-        else:
-            self.stats.resume_failures += 1
-            self.log.warn("session not resumed ({error}); starting a new one", error=data.get("resume_error"))
-            self.events.emit("resume_failed", data)
-            if self.reattach_conversation and self._reattach:
-                self._restartConversation(self._reattach)
-        self._reattach = None
-        self._becameReady(link)
-
-    def _restartConversation(self, conversation_id: str) -> None:
-        env = {"type": "conversation_start", "data": {"conversation_id": conversation_id}}
-        d = self.send(env, PRIORITY_INTERNAL, reliable=True)
-        d.addErrback(lambda f: self.log.warn("could not restart conversation {conversation_id}: {error}",
-                                             conversation_id=conversation_id, error=f.getErrorMessage()))
-
-    def _becameReady(self, link: IVoiceLink) -> None:
-        self._cancel("_ready_timer")
-        self._ready = True
-        reopened = self._ever_ready
-        self._ever_ready = True
-        self._retries = 0
-        self.breaker.record_success()
-        self.stats.opens += 1
-        self._setState(ConnectionState.OPEN)
-        self._startHeartbeat()
-        if reopened:
-            self.stats.resent += len([item for item in self.queue if item.reliable and item.writes])
-        self._flush()
-        waiting, self._waiters = self._waiters, []
-        for d in waiting:
-            d.callback(self)
-        self.events.emit("open", self.greeting)
-
-    def _readyTimedOut(self, link: IVoiceLink) -> None:
-        self._ready_timer = None
-        if link is self._link and not self._ready:
-            self._abandon(f"no greeting within {self.ready_timeout}s")
-
-    def _abandon(self, reason: str) -> None:
-        """Give up on the current connection now: handle it as lost, then abort it."""
-        link = self._link
-        if link is None:
-            return
-        self._abandoned.add(link)
-        self._lost(link, None, reason)
-        link.abort()
-
-    def _lost(self, link: IVoiceLink, code: int | None, reason: str | None) -> None:
-        """The current connection is gone (closed by either side, dropped or abandoned)."""
-        was_ready = self._ready
-        self._link = None
-        self._ready = False
-        self._resume_mid = None
-        self._cancel("_ready_timer")
-        self._stopHeartbeat()
-        self.queue.requeue_unacked()
-        self.stats.dropped_disconnected += len(self.queue.drop_best_effort())
-        for mid, (d, reliable) in list(self._requests.items()):
-            if not reliable:
-                del self._requests[mid]
-                if not d.called:
-                    d.errback(NotConnected(f"connection lost before the answer ({reason})"))
-        if self._closing:
-            self._cancel("_close_timer")
-            self.clock.callLater(0, self._finishClose)
-            return
-        if was_ready:
-            self.stats.drops += 1
-            self._reattach = self.conversation_id
-            self.log.warn("connection lost: {code} {reason}", code=code, reason=reason)
-        if code in self.no_reconnect_codes:
-            self._last_failure = f"closed with {code}: {reason}"
-            self._stopping = True
-            self.clock.callLater(0, self._giveUp)
-        elif was_ready:
-            if self.auto_reconnect:
-                self._setState(ConnectionState.RECONNECTING)
-            else:
-                self._stopping = True
-                self.clock.callLater(0, self._finishClose)
-        else:
-            self._attemptFailed(reason or "closed before the greeting", code)
-        if was_ready:
-            self.events.emit("close", code, reason)
-
-    def _connectFailed(self, failure: Failure) -> Failure:
-        """Errback of each TCP/TLS connection attempt (passes the failure on to ClientService)."""
-        if failure.check(CancelledError):
-            self.breaker.release()
-        elif not failure.check(CircuitOpenError) and not self._closing:
-            self._attemptFailed(failure.getErrorMessage() or repr(failure.value), None)
-        return failure
-
-    def _attemptFailed(self, reason: str, code: int | None) -> None:
-        self.stats.failed_attempts += 1
-        self._last_failure = reason
-        self.breaker.record_failure()
-        self.log.info("connection attempt to {url} failed: {reason}", url=self.url, reason=reason)
-        self.events.emit("attempt_failed", reason)
-
-    def _retryDelay(self, _failed_in_a_row: int) -> float:
-        """ClientService's retry policy: backoff, the breaker's wait, and the attempt limit."""
-        if self._stopping or self._closing:
-            return _FAR
-        if not self.auto_reconnect or self.backoff.exhausted(self._retries):
-            self._stopping = True
-            self.clock.callLater(0, self._giveUp)
-            return _FAR
-        self._retries += 1
-        delay = max(self.backoff.delay(self._retries, self._random), self.breaker.retry_after())
-        if self._ever_ready:
-            self._setState(ConnectionState.RECONNECTING)
-        self.log.info("reconnection attempt {attempt} in {delay:.2f}s", attempt=self._retries, delay=delay)
-        self.events.emit("reconnecting", self._retries, delay)
-        return delay
-
-    def _giveUp(self) -> None:
-        if self.state is ConnectionState.FAILED or self._closing:
-            return
-        error = ConnectionFailed(self._last_failure, self.stats.failed_attempts)
-        self.log.error("giving up on {url}: {error}", url=self.url, error=str(error))
-        self._service.stopService()
-        self._setState(ConnectionState.FAILED)
-        self._failPending(error)
-        self.events.emit("failed", error)
-
-    def _closeTimedOut(self, link: IVoiceLink) -> None:
-        self._close_timer = None
-        if link is self._link:
-            self._abandon("close handshake timed out")
-
-    def _finishClose(self) -> None:
-        def stopped(_: Any) -> None:
-            self._closing = False
-            self.breaker.release()  # an attempt cut short by the close has no outcome
-            self._setState(ConnectionState.CLOSED)
-            self._failPending(ClientClosed("the client was closed"))
-            waiting, self._close_waiters = self._close_waiters, []
-            for d in waiting:
-                d.callback(None)
-            self.events.emit("closed")
-
-        d = self._service.stopService() if self._service.running else succeed(None)
-        d.addBoth(stopped)
-
-    def _failPending(self, error: Exception) -> None:
-        waiting, self._waiters = self._waiters, []
-        for d in waiting:
-            d.errback(error)
-        for item in self.queue.clear():
-            if not item.deferred.called:
-                if item.reliable:
-                    item.deferred.errback(error)
-                else:
-                    item.deferred.callback(False)
-        requests, self._requests = self._requests, {}
-        for d, _ in requests.values():
-            if not d.called:
-                d.errback(error)
-
-    # ------------------------------------------------------------------ messages
-
-    def _newId(self) -> str:
-        self._ids += 1
-        return f"{self._id_prefix}-{self._ids}"
-
-    def _envelope(self, message: dict[str, Any] | str, reliable: bool) -> dict[str, Any]:
-        if isinstance(message, str):
-            message = json.loads(message)
-        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
-            raise ValueError("a message is a JSON object with a string 'type'")
-        env = dict(message)
-        env.setdefault("data", {})
-        if not env.get("message_id"):
-            env["message_id"] = self._newId()
-        env.setdefault("timestamp", self.clock.seconds())
-        if reliable:
-            env["reliable"] = True
-        return env
-
-    def _write(self, link: IVoiceLink, env: dict[str, Any]) -> None:
-        """Write a message straight to ``link`` (link-bound messages that must not be queued)."""
-        env.setdefault("timestamp", self.clock.seconds())
-        payload = _dumps(env).encode("utf-8")
-        link.sendText(payload)
-        self.stats.messages_sent += 1
-        self.stats.bytes_sent += len(payload)
-
-    def _flush(self) -> None:
-        link = self._link
-        if link is None or not self._ready or self.clock.seconds() < self._hold_until:
-            return
-        while self._link is link and link.writable:
-            item = self.queue.pop()
-            if item is None:
-                break
-            if item.is_binary:
-                link.sendBinary(item.payload)
-            else:
-                link.sendText(item.payload)
-            self.stats.messages_sent += 1
-            self.stats.bytes_sent += item.size
-            self.queue.written(item)
-            if not item.reliable and not item.deferred.called:
-                item.deferred.callback(True)
-
-    def _onAck(self, data: dict[str, Any]) -> None:
-        mid = data.get("message_id")
-        if not isinstance(mid, str):
-            return
-        item = self.queue.ack(mid)
-        if item is None:
-            return
-        self.stats.acks += 1
-        if data.get("duplicate"):
-            self.stats.duplicate_acks += 1
-        if not item.deferred.called:
-            item.deferred.callback(data)
+    def _writableLink(self) -> IVoiceLink | None:
+        """The connection messages may be written on now: open and greeted."""
+        return self._link if self._ready else None
 
     def _onError(self, data: dict[str, Any]) -> None:
         mid = data.get("message_id")
@@ -826,74 +445,10 @@ class VoiceClient:
         if data.get("code") in RETRYABLE_ERRORS and self.queue.requeue(mid) is not None:
             # Dropped, not handled: keep it, and hold the queue back for a moment.
             self.stats.rate_limited += 1
-            self._holdWrites(self.rate_limit_pause)
+            self._outbox.hold(self.rate_limit_pause)
             return
         error = ServerError(data)
-        entry = self._requests.pop(mid, None)
-        if entry is not None and not entry[0].called:
-            entry[0].errback(error)
+        self._requests.fail(mid, error)
         item = self.queue.discard(mid)
         if item is not None and not item.deferred.called:
             item.deferred.errback(error)
-
-    def _holdWrites(self, seconds: float) -> None:
-        self._hold_until = max(self._hold_until, self.clock.seconds() + seconds)
-        if self._hold_call is None or not self._hold_call.active():
-            self._hold_call = self.clock.callLater(self._hold_until - self.clock.seconds(), self._endHold)
-
-    def _endHold(self) -> None:
-        self._hold_call = None
-        if self.clock.seconds() < self._hold_until:
-            self._holdWrites(0)
-        else:
-            self._flush()
-
-    # ------------------------------------------------------------------ heartbeat
-
-    def _startHeartbeat(self) -> None:
-        if self.heartbeat_interval > 0:
-            self._hb_loop = LoopingCall(self._sendHeartbeat)
-            self._hb_loop.clock = self.clock
-            self._hb_loop.start(self.heartbeat_interval, now=False)
-
-    def _stopHeartbeat(self) -> None:
-        if self._hb_loop is not None and self._hb_loop.running:
-            self._hb_loop.stop()
-        self._hb_loop = None
-        self._hb_pending = None
-        self._cancel("_hb_timer")
-
-    def _sendHeartbeat(self) -> None:
-        link = self._link
-        if link is None or not self._ready or self._hb_pending is not None:
-            return
-        mid = self._newId()
-        self._hb_pending = (mid, self.clock.seconds())
-        self._write(link, {"type": "heartbeat", "data": {}, "message_id": mid})
-        self.stats.heartbeats += 1
-        self._hb_timer = self.clock.callLater(self.heartbeat_timeout, self._heartbeatMissed, link)
-
-    def _onHeartbeat(self, data: dict[str, Any]) -> None:
-        pending = self._hb_pending
-        if pending is None or data.get("reply_to") != pending[0]:
-            return
-        self._hb_pending = None
-        self._cancel("_hb_timer")
-        rtt = self.clock.seconds() - pending[1]
-        self.stats.last_heartbeat_rtt = rtt
-        self.events.emit("heartbeat", rtt)
-
-    def _heartbeatMissed(self, link: IVoiceLink) -> None:
-        self._hb_timer = None
-        if link is not self._link:
-            return
-        self.stats.heartbeat_timeouts += 1
-        self.log.warn("heartbeat unanswered for {timeout}s: dropping the connection", timeout=self.heartbeat_timeout)
-        self.events.emit("heartbeat_timeout")
-        self._abandon("heartbeat timeout")
-
-    def _cancel(self, attr: str) -> None:
-        call = getattr(self, attr)
-        if call is not None and call.active():
-            call.cancel()
-        setattr(self, attr, None)

@@ -7,7 +7,8 @@ Segment and Clusters have "unknown" sizes (they end where an element that cannot
 begins).  The reader here handles exactly that subset of Matroska: EBML header, Segment,
 Tracks/TrackEntry (CodecID, CodecPrivate = OpusHead), Cluster, Timecode, SimpleBlock and
 BlockGroup/Block (with any lacing).  Everything else is skipped by its size without being
-buffered, and only one element body (a block, a CodecPrivate) is ever buffered at a time.
+buffered, and only one element body (a block, a CodecPrivate) is ever buffered at a time.  The
+element tables and the byte-level readers are in :mod:`txvoice.audio.codecs.ebml`.
 
 After a container error the reader resynchronizes on the next Cluster (or EBML header, if the
 Tracks were never read), so a lost or corrupt chunk costs the audio up to the next Cluster.
@@ -24,6 +25,33 @@ from zope.interface import implementer
 
 import txvoice.audio.codecs._libopus as _libopus
 from txvoice.audio.codecs._libopus import DecoderState
+from txvoice.audio.codecs.ebml import (
+    BLOCK,
+    CLUSTER_MAGIC,
+    CODEC_ID,
+    CODEC_PRIVATE,
+    DOC_TYPE,
+    EBML,
+    EBML_MAGIC,
+    LEAVES,
+    LEVEL1,
+    MASTERS,
+    MAX_SKIP,
+    MAY_BE_UNKNOWN,
+    SEGMENT,
+    SIMPLE_BLOCK,
+    TIMECODE,
+    TOP_LEVEL,
+    TRACK_ENTRY,
+    TRACK_NUMBER,
+    TRACK_TYPE,
+    TRACKS,
+    UNKNOWN_SIZE_CHILDREN,
+    WebmError,
+    block_packets,
+    read_header,
+    read_uint,
+)
 from txvoice.audio.codecs.opus import check_opus_rate, invalid_packet
 from txvoice.audio.codecs.pcm import empty_pcm
 from txvoice.audio.format import AudioFormat
@@ -31,76 +59,6 @@ from txvoice.audio.interfaces import IAudioDecoder
 from txvoice.errors import AudioError, UnsupportedFormat
 
 __all__ = ["OpusHead", "WebmDemuxer", "WebmOpusDecoder", "parse_opus_head"]
-
-# Element IDs (with their length marker bits, as Matroska writes them).
-EBML = 0x1A45DFA3
-DOC_TYPE = 0x4282
-SEGMENT = 0x18538067
-SEEK_HEAD = 0x114D9B74
-INFO = 0x1549A966
-TRACKS = 0x1654AE6B
-TRACK_ENTRY = 0xAE
-TRACK_NUMBER = 0xD7
-TRACK_TYPE = 0x83
-CODEC_ID = 0x86
-CODEC_PRIVATE = 0x63A2
-CLUSTER = 0x1F43B675
-TIMECODE = 0xE7
-SIMPLE_BLOCK = 0xA3
-BLOCK_GROUP = 0xA0
-BLOCK = 0xA1
-CUES = 0x1C53BB6B
-CHAPTERS = 0x1043A770
-TAGS = 0x1254C367
-ATTACHMENTS = 0x1941A469
-VOID = 0xEC
-CRC32 = 0xBF
-
-_TOP_LEVEL = frozenset({EBML, SEGMENT, VOID, CRC32})
-#: Elements that only exist directly in a Segment: one of them ends any open Cluster,
-#: BlockGroup or Tracks, whatever size that element claimed.
-_LEVEL1 = frozenset({SEEK_HEAD, INFO, TRACKS, CLUSTER, CUES, CHAPTERS, TAGS, ATTACHMENTS})
-#: Children that may follow inside an unknown-size element; any other ID ends it.
-_UNKNOWN_SIZE_CHILDREN: dict[int, frozenset[int]] = {
-    SEGMENT: frozenset({SEEK_HEAD, INFO, TRACKS, CLUSTER, CUES, CHAPTERS, TAGS, ATTACHMENTS, VOID, CRC32}),
-    # ... and Position, PrevSize, SilentTracks, EncryptedBlock.
-    CLUSTER: frozenset({TIMECODE, SIMPLE_BLOCK, BLOCK_GROUP, VOID, CRC32, 0xA7, 0xAB, 0x5854, 0xAF}),
-}
-#: (parent, child) pairs the reader descends into.
-_MASTERS = frozenset(
-    {
-        (None, EBML),
-        (None, SEGMENT),
-        (SEGMENT, TRACKS),
-        (TRACKS, TRACK_ENTRY),
-        (SEGMENT, CLUSTER),
-        (CLUSTER, BLOCK_GROUP),
-    }
-)
-#: (parent, child) leaves the reader buffers and reads, with the largest body it accepts.
-_LEAVES: dict[tuple[int | None, int], int] = {
-    (EBML, DOC_TYPE): 64,
-    (TRACK_ENTRY, TRACK_NUMBER): 8,
-    (TRACK_ENTRY, TRACK_TYPE): 8,
-    (TRACK_ENTRY, CODEC_ID): 64,
-    (TRACK_ENTRY, CODEC_PRIVATE): 64 * 1024,
-    (CLUSTER, TIMECODE): 8,
-    (CLUSTER, SIMPLE_BLOCK): 256 * 1024,
-    (BLOCK_GROUP, BLOCK): 256 * 1024,
-}
-#: Elements that may have an unknown size.
-_MAY_BE_UNKNOWN = frozenset({SEGMENT, CLUSTER})
-#: Largest element skipped: beyond, the stream is garbage (or it would swallow the audio).
-MAX_SKIP = 64 * 1024 * 1024
-
-_CLUSTER_MAGIC = CLUSTER.to_bytes(4, "big")
-_EBML_MAGIC = EBML.to_bytes(4, "big")
-
-
-class WebmError(AudioError):
-    """The WebM container is malformed (``invalid_webm``)."""
-
-    code = "invalid_webm"
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,19 +167,19 @@ class WebmDemuxer:
         """Drop the element that failed and search for the next sync point after it."""
         self._skip = 0
         self._stack.clear()  # in place: _parse holds a reference
-        self._resync = _CLUSTER_MAGIC if self.track_number is not None else _EBML_MAGIC
+        self._resync = CLUSTER_MAGIC if self.track_number is not None else EBML_MAGIC
         if self._off < len(self._buf):
             self._off += 1
 
     def _do_resync(self) -> bool:
         buf = self._buf
-        resync = self._resync or _EBML_MAGIC
-        candidates = [i for i in (buf.find(_EBML_MAGIC, self._off), buf.find(resync, self._off)) if i >= 0]
+        resync = self._resync or EBML_MAGIC
+        candidates = [i for i in (buf.find(EBML_MAGIC, self._off), buf.find(resync, self._off)) if i >= 0]
         if not candidates:
             self._off = max(self._off, len(buf) - 3)
             return False
         self._off = min(candidates)
-        if buf[self._off : self._off + 4] == _CLUSTER_MAGIC:
+        if buf[self._off : self._off + 4] == CLUSTER_MAGIC:
             self._stack[:] = [(SEGMENT, None)]  # resume as inside an unknown-size Segment
         self._resync = None
         return True
@@ -241,22 +199,22 @@ class WebmDemuxer:
             offset = self._pos + self._off
             while stack and stack[-1][1] is not None and offset >= stack[-1][1]:
                 self._close(stack.pop()[0])
-            header = _read_header(buf, self._off)
+            header = read_header(buf, self._off)
             if header is None:
                 return
             element, size, header_len = header
-            while stack and stack[-1][1] is None and element not in _UNKNOWN_SIZE_CHILDREN[stack[-1][0]]:
+            while stack and stack[-1][1] is None and element not in UNKNOWN_SIZE_CHILDREN[stack[-1][0]]:
                 self._close(stack.pop()[0])
-            if element in _LEVEL1:
+            if element in LEVEL1:
                 while stack and stack[-1][0] != SEGMENT:
                     self._close(stack.pop()[0])
             parent = stack[-1][0] if stack else None
             parent_end = stack[-1][1] if stack else None
-            if parent is None and element not in _TOP_LEVEL:
+            if parent is None and element not in TOP_LEVEL:
                 raise WebmError(f"unexpected element {element:#x} at top level (offset {offset})")
             body_start = offset + header_len
             if size is None:
-                if element not in _MAY_BE_UNKNOWN:
+                if element not in MAY_BE_UNKNOWN:
                     raise WebmError(f"element {element:#x} has an unknown size")
                 end = parent_end  # an unknown size ends at its parent's end at the latest
             else:
@@ -264,7 +222,7 @@ class WebmDemuxer:
                 if parent_end is not None and end > parent_end:
                     raise WebmError(f"element {element:#x} overruns its parent {parent:#x}")
             key = (parent, element)
-            if key in _MASTERS:
+            if key in MASTERS:
                 if element == EBML:
                     self._open_stream()
                 elif element == TRACK_ENTRY:
@@ -272,7 +230,7 @@ class WebmDemuxer:
                 self._off += header_len
                 stack.append((element, end))
                 continue
-            limit = _LEAVES.get(key)
+            limit = LEAVES.get(key)
             if limit is None:
                 if size is None or size > MAX_SKIP:
                     raise WebmError(f"cannot skip element {element:#x} of size {size}")
@@ -321,119 +279,20 @@ class WebmDemuxer:
         if element in (SIMPLE_BLOCK, BLOCK):
             if self.track_number is None:
                 raise WebmError("block before the Tracks")
-            _block_packets(body, self.track_number, packets)
+            packets.extend(block_packets(body, self.track_number))
         elif element == TIMECODE:
             pass  # timing comes from the packets themselves
         elif element == DOC_TYPE:
             self._doc_type = body.rstrip(b"\0").decode("ascii", "replace")
         elif self._track is not None:
             if element == TRACK_NUMBER:
-                self._track.number = _uint(body)
+                self._track.number = read_uint(body)
             elif element == TRACK_TYPE:
-                self._track.type = _uint(body)
+                self._track.type = read_uint(body)
             elif element == CODEC_ID:
                 self._track.codec_id = body.rstrip(b"\0").decode("ascii", "replace")
             elif element == CODEC_PRIVATE:
                 self._track.codec_private = body
-
-
-def _uint(body: bytes) -> int:
-    return int.from_bytes(body, "big")
-
-
-def _read_header(buf: bytearray, off: int) -> tuple[int, int | None, int] | None:
-    """(id, size or None if unknown, header length) of the element at ``off``; None if incomplete."""
-    avail = len(buf) - off
-    if avail < 2:
-        return None
-    first = buf[off]
-    id_len = 9 - first.bit_length()
-    if first == 0 or id_len > 4:
-        raise WebmError(f"invalid element ID byte {first:#04x}")
-    if avail < id_len + 1:
-        return None
-    element = int.from_bytes(buf[off : off + id_len], "big")
-    first = buf[off + id_len]
-    size_len = 9 - first.bit_length()
-    if first == 0:
-        raise WebmError("invalid element size")
-    if avail < id_len + size_len:
-        return None
-    size = first & (0xFF >> size_len)
-    for i in range(off + id_len + 1, off + id_len + size_len):
-        size = (size << 8) | buf[i]
-    if size == (1 << (7 * size_len)) - 1:
-        return element, None, id_len + size_len
-    return element, size, id_len + size_len
-
-
-def _vint(body: bytes, off: int) -> tuple[int, int]:
-    """(value, length) of the EBML variable-size integer at ``off`` of a complete block."""
-    if off >= len(body) or body[off] == 0:
-        raise WebmError("invalid variable-size integer in block")
-    length = 9 - body[off].bit_length()
-    if off + length > len(body):
-        raise WebmError("truncated block header")
-    value = body[off] & (0xFF >> length)
-    for i in range(off + 1, off + length):
-        value = (value << 8) | body[i]
-    return value, length
-
-
-def _block_packets(body: bytes, track_number: int, packets: list[bytes | OpusHead]) -> None:
-    """Append the frames of a (Simple)Block of ``track_number`` to ``packets``."""
-    track, n = _vint(body, 0)
-    if track != track_number:
-        return
-    pos = n + 3  # timecode (int16) and flags
-    if pos > len(body):
-        raise WebmError("truncated block header")
-    lacing = (body[n + 2] >> 1) & 3
-    if lacing == 0:
-        if pos < len(body):
-            packets.append(body[pos:])
-        return
-    if pos >= len(body):
-        raise WebmError("truncated lacing header")
-    count = body[pos] + 1
-    pos += 1
-    sizes: list[int] = []
-    if lacing == 1:  # Xiph
-        for _ in range(count - 1):
-            size = 0
-            while True:
-                if pos >= len(body):
-                    raise WebmError("truncated Xiph lacing")
-                byte = body[pos]
-                pos += 1
-                size += byte
-                if byte != 255:
-                    break
-            sizes.append(size)
-    elif lacing == 3:  # fixed
-        rest = len(body) - pos
-        if rest % count:
-            raise WebmError("fixed lacing does not divide the block")
-        sizes = [rest // count] * (count - 1)
-    else:  # EBML
-        size, length = _vint(body, pos)
-        pos += length
-        sizes.append(size)
-        for _ in range(count - 2):
-            raw, length = _vint(body, pos)
-            pos += length
-            size += raw - ((1 << (7 * length - 1)) - 1)
-            if size < 0:
-                raise WebmError("negative EBML lace size")
-            sizes.append(size)
-    last = len(body) - pos - sum(sizes)
-    if last < 0:
-        raise WebmError("lace sizes overrun the block")
-    sizes.append(last)
-    for size in sizes:
-        if size:
-            packets.append(body[pos : pos + size])
-        pos += size
 
 
 @implementer(IAudioDecoder)
