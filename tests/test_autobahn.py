@@ -45,6 +45,8 @@ def daemon_command(port: int) -> list[str]:
         # The 9.* cases echo messages of up to 16 MiB; the default limit (1 MiB) would refuse them.
         "--max-message-size", str(16 * 1024 * 1024),
         "--max-message-hard-limit", str(32 * 1024 * 1024),
+        # ... and echoes them whole: the per-connection output bound (1 MiB) must hold one of them.
+        "--max-output-buffer", str(48 * 1024 * 1024),
         # Its bulk cases send thousands of messages and megabytes a second: lift the rate limits
         # (application policy, tested on their own) so the run measures RFC 6455 conformance.
         "--rate-limit-max-requests", "1000000000",

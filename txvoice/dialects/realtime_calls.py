@@ -78,6 +78,10 @@ class CallSession:
 
     def write(self, payload: bytes, is_binary: bool) -> None:
         protocol = self.protocol
+        if protocol is not None and self._buffer is None and protocol.state != protocol.STATE_OPEN:
+            # The connection is closing (its close handshake is under way): what it cannot carry
+            # any more is kept for the resumed call, not written into a dying socket.
+            protocol = None
         if protocol is not None and self._buffer is None:
             protocol.writeOut(payload, is_binary)
         elif self._buffer is not None:
