@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -26,7 +26,6 @@ from txvoice.session.appheartbeat import HeartbeatConfig, config_heartbeat
 from txvoice.session.offline import IOfflineStore, MemoryOfflineStore
 
 if TYPE_CHECKING:  # pragma: no cover
-    from txvoice.dialects.realtime import RealtimeProtocol
     from txvoice.server.context import VoiceServer
 
 log = Logger(namespace="txvoice.session.calls")
@@ -46,6 +45,18 @@ def call_address(call_id: str) -> str:
     return "call:" + call_id
 
 
+
+class CallConnection(Protocol):
+    """What a call session needs of the connection serving it (the realtime dialect's protocol)."""
+
+    session: Any
+    state: int
+    STATE_OPEN: int
+
+    def writeOut(self, payload: bytes, is_binary: bool) -> None: ...
+
+    def sink_for(self, call: "CallSession") -> Any: ...
+
 class CallSession:
     """One call: its user, channel, audio settings and the connection serving it (None: offline)."""
 
@@ -54,7 +65,7 @@ class CallSession:
         self.call_id = call_id
         self.user_id = user_id
         self.tenant = tenant
-        self.protocol: "RealtimeProtocol | None" = None
+        self.protocol: "CallConnection | None" = None
         self.channel: VoiceChannel | None = None
         self.fallback_format = AudioFormat()
         self.settings = StreamSettings()
@@ -101,7 +112,7 @@ class CallSession:
 
     # connections
 
-    def attach(self, protocol: "RealtimeProtocol") -> Deferred:
+    def attach(self, protocol: "CallConnection") -> Deferred:
         """
         Serve the call from ``protocol``: fires with the queued messages' count once they have been
         written to it (live messages produced meanwhile follow them).
@@ -120,7 +131,7 @@ class CallSession:
         d.addCallback(self._drained, protocol)
         return d
 
-    def _drained(self, queued: list, protocol: "RealtimeProtocol") -> int:
+    def _drained(self, queued: list, protocol: "CallConnection") -> int:
         buffered, self._buffer = self._buffer or [], None
         if self.protocol is not protocol:
             # Taken over (or dropped) while the store answered: requeue, in order.
@@ -135,7 +146,7 @@ class CallSession:
             protocol.writeOut(payload, is_binary)
         return len(queued)
 
-    def detach(self, protocol: "RealtimeProtocol") -> None:
+    def detach(self, protocol: "CallConnection") -> None:
         """The connection dropped: finish the turn in progress offline, keep the call ``resume_ttl``."""
         if self.protocol is not protocol:
             return
