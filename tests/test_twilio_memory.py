@@ -78,6 +78,22 @@ def test_marks_move_the_played_position_and_a_clear_truncates_the_record() -> No
     assert record["text"] == "Hello there"
 
 
+def test_the_last_mark_covers_a_reply_whose_length_is_not_a_whole_millisecond() -> None:
+    """Mark names round to the millisecond; the mark for all that was sent means all of it was heard."""
+    server, client = started()
+    protocol = client.protocol
+    sink = protocol.sink
+    sink.startResponse("Odd length", None, {})
+    sink.audio(b"\xff" * 15161)  # 1895.125 ms
+    rid = sink.response_id
+    sink.endResponse({})
+    (last,) = [m["mark"]["name"] for m in client.messages() if m["event"] == "mark"][-1:]
+    assert last == f"{rid}:1895"
+    client.send_json({"event": "mark", "sequenceNumber": "2", "streamSid": SID, "mark": {"name": last}})
+    record = protocol.turns[0]
+    assert record["played_ms"] == record["sent_ms"] == 1895.1 and not record["truncated"], record
+
+
 def test_bad_input_is_counted_never_answered() -> None:
     server, client = started()
     problems = telephony_metrics(server).problems

@@ -338,7 +338,10 @@ class TwilioMediaStreamProtocol(VoiceServerProtocol):
             raise _Problem(f"mark {name!r} is not one of ours", code="unknown_mark")
         if record["cleared"]:
             return  # returned by a clear: that audio was dropped, not played
-        played = min(float(at), record["sent_ms"])  # mark names round to the millisecond
+        # Mark names round to the millisecond: the mark for everything sent stands for all of it.
+        played = float(at)
+        if played >= record["sent_ms"] - 0.5:
+            played = record["sent_ms"]
         record["marks_played"] += 1
         if played > record["played_ms"]:
             record["played_ms"] = played
