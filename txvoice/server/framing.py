@@ -53,7 +53,15 @@ _INT_UNMASK_LIMIT = 512
 
 
 def unmask(payload: bytes, mask: bytes) -> bytes:
-    """XOR ``payload`` with the 4-byte ``mask`` repeated (RFC 6455 section 5.3)."""
+    """
+    XOR ``payload`` with the 4-byte ``mask`` repeated (RFC 6455 section 5.3).
+
+    Autobahn's NVX masker (cffi, built into Autobahn's wheels and on by default: ``USES_NVX``; it
+    serves Autobahn's own path here) is not faster at these sizes (2026-12-07, CPU µs per call for
+    70 / 640 / 1920 bytes): this function 0.81 / 1.41 / 1.64, Autobahn's ``create_xor_masker(...)
+    .process`` 3.21 / 3.25 / 3.46, NVX's C functions called directly 0.88 / 0.82 / 0.99 -- no gain
+    for an Opus frame, ~0.6 µs for PCM.  Autobahn no longer looks for wsaccel.
+    """
     n = len(payload)
     if not n:
         return payload
