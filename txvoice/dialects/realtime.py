@@ -21,19 +21,17 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import struct
-import uuid
 from typing import TYPE_CHECKING, Any, Callable
 
 from autobahn.twisted.resource import WebSocketResource
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from txvoice.audio.format import AudioFormat
 from txvoice.audio.ingest import StreamSettings
+from txvoice.audio.sniff import sniff_container, wav_shape
 from txvoice.dialects.realtime_calls import CallSession, CallTable, envelope, user_address
+from txvoice.dialects.realtime_sink import RealtimeSink
 from txvoice.errors import ProtocolError, StateError, VoiceError
-from txvoice.pipeline.interfaces import IResponseSink
 from txvoice.security.session_tokens import BINDING_CLAIM
 from txvoice.server.base import CLOSE_NORMAL, VoiceServerProtocol
 from txvoice.server.factory import VoiceServerFactory
@@ -48,9 +46,6 @@ if TYPE_CHECKING:  # pragma: no cover
 #: Close code of a connection whose call was taken over by a newer connection (a reconnect).
 CLOSE_TAKEN_OVER = 4005
 
-#: S4's pipeline stage names for txvoice's.
-STAGES = {"stt": "speech_to_text", "agent": "ai_generation", "tts": "text_to_speech", "queued": "queued"}
-
 #: session_start.data keys that are S4 AudioProcessingOptions (also accepted under data.audioOptions).
 AUDIO_OPTIONS = ("sampleRate", "channels", "enableVAD", "vadThreshold", "enableDenoising", "enableAGC",
                  "maxChunkSize", "bufferDuration", "format", "codec", "maxAudioDuration", "outputFormat",
@@ -64,90 +59,6 @@ _ERROR_CATEGORY = {
     "session_already_started": "state", "message_too_large": "limit", "chunk_too_large": "limit",
     "rate_limited": "limit",
 }
-
-
-def sniff_container(first: bytes) -> str | None:
-    """The container the first bytes of a stream announce: ``webm``, ``wav``, ``ogg`` or None (raw)."""
-    if first[:4] == b"\x1a\x45\xdf\xa3":
-        return "webm"
-    if first[:4] == b"RIFF" and first[8:12] == b"WAVE":
-        return "wav"
-    if first[:4] == b"OggS":
-        return "ogg"
-    return None
-
-
-def _wav_shape(first: bytes) -> tuple[int, int] | None:
-    """(sample rate, channels) from a canonical WAV header in the first chunk, if it is there."""
-    if len(first) >= 36 and first[12:16] == b"fmt ":
-        channels, rate = struct.unpack_from("<HI", first, 22)
-        return rate, channels
-    return None
-
-
-def _latencies(latency_ms: dict[str, float]) -> dict[str, Any]:
-    """S4's stage latencies (ms).  The agent recognizes intent and generates in one call: its time is aiGeneration."""
-    return {
-        "speechToText": latency_ms.get("stt"),
-        "intentRecognition": None,
-        "aiGeneration": latency_ms.get("agent"),
-        "textToSpeech": latency_ms.get("tts"),
-        "firstAudio": latency_ms.get("first_audio"),
-        "queue": latency_ms.get("queue"),
-        "total": latency_ms.get("total"),
-    }
-
-
-@implementer(IResponseSink)
-class RealtimeSink:
-    """A call's turns in S4's messages (through the call: live, or queued while it is offline)."""
-
-    def __init__(self, call: CallSession) -> None:
-        self.call = call
-        self.response_id: str | None = None
-        self.sent_bytes = 0
-
-    def event(self, event_type: str, data: dict) -> None:
-        call = self.call
-        if event_type == "transcript":
-            final = bool(data.get("final"))
-            call.send("transcript", {**data, "text": data.get("text", ""), "isFinal": final, "partial": not final})
-        elif event_type == "ai_response":
-            call.send("ai_response", dict(data))
-        elif event_type == "processing_started":
-            call.send("processing_status", {**data, "stage": "speech_to_text", "status": "started"})
-        elif event_type == "processing_progress":
-            stage = data.get("stage")
-            call.send("processing_status", {**data, "stage": STAGES.get(stage, stage), "status": "processing"})
-        elif event_type == "processing_completed":
-            latency_ms = dict(data.get("latency_ms") or {})
-            call.send("processing_status", {"stage": "completed", "status": "completed", "text": data.get("text"),
-                                            "transcript": data.get("transcript"), "audioMs": data.get("audio_ms"),
-                                            "latency": _latencies(latency_ms), "latencyMs": latency_ms})
-        elif event_type in ("processing_failed", "busy"):
-            code = data.get("code", "processing_failed")
-            call.send("processing_status", {"stage": STAGES.get(data.get("stage"), data.get("stage")),
-                                            "status": "failed", "code": code})
-            if event_type == "processing_failed":
-                call.send("error", {"code": code, "message": data.get("message", ""), "category": "processing"})
-        else:  # vad, turn_start, turn_end, barge_in: the voice-activity side of processing
-            status = data.get("event", event_type) if event_type == "vad" else event_type
-            call.send("processing_status", {**data, "stage": "voice_activity", "status": status, "event": status})
-
-    def startResponse(self, text_content: str | None, audio_format: AudioFormat | None, metadata: dict) -> None:
-        self.response_id = "resp_" + uuid.uuid4().hex[:16]
-        data: dict[str, Any] = {"responseId": self.response_id, "status": "start", "text": text_content}
-        if audio_format is not None:
-            data.update(format=audio_format.codec, sampleRate=audio_format.sample_rate,
-                        channels=audio_format.channels, encoding="binary")
-        self.call.send("audio_response", data)
-
-    def audio(self, chunk: bytes) -> None:
-        self.sent_bytes += len(chunk)
-        self.call.write(chunk, True)
-
-    def endResponse(self, summary: dict) -> None:
-        self.call.send("audio_response", {"responseId": self.response_id, "status": "end", **summary})
 
 
 class RealtimeProtocol(VoiceServerProtocol):
@@ -289,7 +200,7 @@ class RealtimeProtocol(VoiceServerProtocol):
         if container == "webm":
             return AudioFormat("webm_opus", 48000, declared.channels)
         if container == "wav":
-            shape = _wav_shape(first)
+            shape = wav_shape(first)
             rate, channels = shape if shape is not None else (declared.sample_rate, declared.channels)
             return AudioFormat.validated("wav", rate, channels)
         if container == "ogg":
