@@ -39,6 +39,7 @@ setup(
         "prometheus_client>=0.20",
         "pocketsphinx>=5.1",
         "twilio>=9",
+        "txredisapi>=1.4.10",  # scale-out on Redis (--redis): Twisted-native, no second event loop
     ],
     extras_require={
         "test": [
