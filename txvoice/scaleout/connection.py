@@ -41,6 +41,7 @@ class RedisUnavailable(VoiceError):
     """Redis cannot be reached now; the node serves from what it holds locally."""
 
     code = "redis_unavailable"
+    http_status = 503
 
 
 def node_name(configured: str) -> str:
@@ -86,7 +87,7 @@ class RedisConnection(Service):
         self.commands = 0  # commands sent by this node (the benchmark's count)
         self.up = False
         self.reason: str | None = "redis_connecting"
-        self._up_callbacks: list[Callable[[], None]] = []
+        self._up_callbacks: list[Callable[[], object]] = []
         self._factory: Any = None
         self._subscriber_factory: Any = None
         self._subscribed = False
@@ -176,7 +177,7 @@ class RedisConnection(Service):
         """None while Redis answers; else why /health is degraded (``redis_down``, ...)."""
         return self.reason
 
-    def on_up(self, callback: Callable[[], None]) -> None:
+    def on_up(self, callback: Callable[[], object]) -> None:
         """Call ``callback`` every time Redis becomes reachable again (and the first time)."""
         self._up_callbacks.append(callback)
 

@@ -211,6 +211,9 @@ def build_site(server: VoiceServer, websockets: Mapping[str, IResource]) -> Site
             admission.authenticator, admission.issuer, None, admission.origins, admission.throttle_token_request
         ))
         root.putChild(b"auth", auth)
+        from txvoice.server.events_api import EventsResource
+
+        root.putChild(b"events", EventsResource(server))  # POST /events: only with a JWT key
     for path, endpoint in websockets.items():
         mount(root, path, endpoint if _segments(path) else UpgradeOrResource(endpoint, index))
     if b"" not in root.children:

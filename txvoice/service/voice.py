@@ -259,7 +259,8 @@ def makeVoiceService(
     for extra in dialect_services(server):  # a dialect's own listener (Asterisk AudioSocket over TCP)
         service.addChild(extra, "closing the listener")
     if redis is not None:
-        service.addChild(redis.connection, "stopping the other services")  # after the sessions wrote their state
+        for child in redis.services():  # after the sessions wrote their state
+            service.addChild(child, "stopping the other services")
     if IServicePipeline.providedBy(pipeline):
         # Latency metrics, error counts, the audio worker pool and the reactor are the server's.
         pipeline_service = pipeline.makeService(PipelineHost(
