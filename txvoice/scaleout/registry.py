@@ -65,6 +65,7 @@ def session_document(session: Session, node_id: str) -> dict[str, Any]:
         "dialect": session.dialect,
         "transports": session.attributes.get("transports"),
         "state": session.state.value,
+        "ip": session.ip,
         "created_at": session.created_at,
     }
 
