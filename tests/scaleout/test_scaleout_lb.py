@@ -7,7 +7,6 @@ across nodes, Redis stopped for 10 s under load, one node killed with SIGKILL un
 from __future__ import annotations
 
 import json
-import os
 import signal
 import statistics
 import subprocess
