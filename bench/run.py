@@ -1310,7 +1310,8 @@ def run_turns(a: argparse.Namespace) -> dict[str, Any]:
     measurements = len(a.turns_background.split(",")) * len(a.turns_codecs.split(","))
     log(f"turns: {' '.join(cmd[1:])}")
     try:
-        proc = subprocess.run(cmd, cwd=str(ROOT), timeout=60 + measurements * (30 + 6 * (a.turns_k + 1)))
+        # + the false-barge-in corpus (bench/false_barge.py): 9 items of ~8 s each on one more server.
+        proc = subprocess.run(cmd, cwd=str(ROOT), timeout=240 + measurements * (30 + 6 * (a.turns_k + 1)))
     except subprocess.TimeoutExpired:
         return {"problems": ["turns: bench/turns.py timed out"]}
     if not out.exists():
