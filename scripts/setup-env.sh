@@ -9,6 +9,8 @@ PYTHON="${PYTHON:-python3}"
 apt_packages=(libopus0 libsoxr0 espeak-ng sox)
 if [ "${1:-}" = "test" ]; then
   apt_packages+=(ffmpeg gcc zlib1g-dev chromium nodejs)
+  # Scale-out tests (tests/scaleout/): a real Redis and a real load balancer, started on free ports.
+  apt_packages+=(redis-server haproxy)
   # npm for TypeScript (tests/browser/test_browser_s0.py) and the seeds' Node clients (S3's ws and socket.io-client); NodeSource's nodejs already carries it.
   command -v npm >/dev/null 2>&1 || apt_packages+=(npm)
 fi

@@ -19,7 +19,7 @@ PROVIDES = {
     "twisted": {"twisted"}, "autobahn": {"autobahn"}, "txaio": {"txaio"},
     "python-socketio": {"socketio"}, "zope.interface": {"zope"}, "numpy": {"numpy"},
     "webrtcvad-wheels": {"webrtcvad", "_webrtcvad"}, "soxr": {"soxr"}, "service-identity": {"service_identity"},
-    "pyjwt": {"jwt"}, "cryptography": {"cryptography"}, "prometheus_client": {"prometheus_client"},
+    "pyjwt": {"jwt"}, "txredisapi": {"txredisapi"}, "cryptography": {"cryptography"}, "prometheus_client": {"prometheus_client"},
     "pocketsphinx": {"pocketsphinx"}, "twilio": {"twilio"},
 }
 # Required without being imported by name: Twisted's TLS checks hostnames with it.

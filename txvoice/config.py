@@ -45,6 +45,7 @@ class VoiceConfig:
     twilio_auth_token: str = _opt("", "Twilio auth token the TwiML webhook checks X-Twilio-Signature with (403 on mismatch); unchecked when empty. Prefer TXVOICE_TWILIO_AUTH_TOKEN.")
     public_url: str = _opt("", "Public base URL of this daemon as callers reach it (e.g. https://voice.example.com behind a proxy): the URL Twilio signs and the stream URL the webhook names; empty: the request's own Host.")
     audiosocket: str = _opt("", "Twisted endpoint to listen on for Asterisk AudioSocket (TCP), e.g. tcp:9092:interface=127.0.0.1; off when empty (see doc/telephony.md).")
+    barge_in_rule: str = _opt("frames3", "When speech over a playing reply interrupts it: 'frames3' (the turn VAD's speech start, three voiced 20 ms frames, ~41 ms) or 'fast' (two consecutive voiced 10 ms frames when the VAD is not already in speech, ~20 ms; see doc/configuration.md 'Barge-in'). A stream may choose with the option barge_in_rule.")
     pipeline: str = _opt("speech", "Voice pipeline answering turns: 'speech' (STT, agent, TTS) or 'echo' (the turn's own audio).")
     max_connections: int = _opt(1000, "Total concurrent WebSocket connections; more are refused with HTTP 503.")
     max_message_size: int = _opt(1048576, "Largest message (bytes) accepted; larger ones get an error 'message_too_large'.")
@@ -89,6 +90,16 @@ class VoiceConfig:
     output_buffer_soft_limit: int = _opt(262144, "Bytes waiting for one client (send buffer, paced and queued response audio) above which its response audio and metrics pushes are dropped and it is told once (status output_congested); control replies, acks and errors are never dropped (0: off).")
     max_output_buffer: int = _opt(1048576, "Bytes waiting for one client above which the connection is closed with 4006 and its queued responses freed: what a slow or non-reading client can cost (0: unbounded).")
     heartbeat_max_missed: int = _opt(2, "Unanswered pings (each ping_timeout long) after which a peer is dropped.")
+    # scale-out (doc/operations.md "Several nodes on Redis")
+    redis: str = _opt("", "Redis URL (redis://[:password@]host:port/db or rediss:// for TLS) that several nodes share sessions, resume state, session tokens, conversations, offline queues and broadcasts through; also TXVOICE_REDIS_URL or REDIS_URL. Empty: everything stays in this process.")
+    redis_password: str = _opt("", "Redis password (overrides the URL's). Prefer TXVOICE_REDIS_PASSWORD (or REDIS_PASSWORD).")
+    redis_db: int = _opt(-1, "Redis database number (-1: the URL's path, else 0).")
+    redis_prefix: str = _opt("txvoice:", "Prefix of every Redis key and channel, so that several deployments can share one Redis.")
+    redis_pool_size: int = _opt(2, "Connections to Redis for commands (one more carries the pub/sub subscription).")
+    redis_timeout: float = _opt(2.0, "Seconds a Redis command may take before it fails (and a connection attempt).")
+    redis_reconnect_max_delay: float = _opt(5.0, "Longest wait (s) between attempts to reconnect to Redis (exponential backoff with jitter from 0.2 s).")
+    redis_session_ttl: float = _opt(30.0, "Seconds a session's entry in the Redis registry lives unless its node refreshes it (every third of this): what a killed node leaves behind expires this long after.")
+    node_id: str = _opt("", "This node's name in the cluster (Redis registry, /health, broadcasts); empty: host name and process id.")
     # health, alerts, monitoring
     health_max_latency_ms: float = _opt(1000.0, "/health is degraded when the average turn latency exceeds this.")
     health_max_error_rate: float = _opt(0.05, "/health is degraded when the error rate (errors per message) exceeds this (S3).")
@@ -130,6 +141,13 @@ class VoiceConfig:
             raw = environ.get(ENV_PREFIX + f.name.upper())
             if raw is not None:
                 changes[f.name] = parse_value(f, raw)
+        # S4's names (and TXVOICE_REDIS_URL) for the Redis settings, when TXVOICE_REDIS* are not set.
+        for name, aliases in _ENV_ALIASES.items():
+            if name not in changes:
+                for alias in aliases:
+                    if environ.get(alias):
+                        changes[name] = environ[alias]
+                        break
         return replace(config, **changes)
 
     @classmethod
@@ -162,6 +180,12 @@ class VoiceConfig:
     def updated(self, **changes: Any) -> "VoiceConfig":
         return replace(self, **changes)
 
+
+#: Other environment variables read for a setting when its TXVOICE_* variable is not set.
+_ENV_ALIASES: dict[str, tuple[str, ...]] = {
+    "redis": ("TXVOICE_REDIS_URL", "REDIS_URL"),
+    "redis_password": ("REDIS_PASSWORD",),
+}
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}

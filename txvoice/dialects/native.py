@@ -14,6 +14,7 @@ import binascii
 import uuid
 from typing import Any, Callable
 
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -134,6 +135,11 @@ class NativeVoiceProtocol(VoiceServerProtocol):
 
     channel: VoiceChannel | None = None
     app_heartbeat: AppHeartbeat | None = None  # --native-heartbeat
+    #: Messages that arrived while an asynchronous step (a resume, recording a reliable message
+    #: in the shared log) was pending: handled in order once it is done.  None: not holding.
+    _waiting: list[tuple[bool, bytes]] | None = None
+    #: The reliable-message log this session writes to (its first session's id; kept on resume).
+    _log_id: str | None = None
 
     # lifecycle
 
@@ -149,6 +155,9 @@ class NativeVoiceProtocol(VoiceServerProtocol):
             self.budget.add_source(self.channel.queued_bytes)
         self._acked = AckedIds()
         session.resume_token = new_resume_token()
+        self._log_id = session.id
+        if self.server.config.resume_ttl > 0:
+            self.server.resume_store.opened(session, self._log_id)
         if not self.server.config.auth_required:
             # Authentication is optional: a new session may stream at once.
             session.transition(SessionState.AUTHENTICATED)
@@ -200,9 +209,12 @@ class NativeVoiceProtocol(VoiceServerProtocol):
         token = session.resume_token if session is not None else None
         if token and ttl > 0 and session is not None:
             self.server.resume_store.keep(
-                ResumeState(token, session.id, session.user_id, session.tenant, session.conversation_id, self._acked),
+                ResumeState(token, session.id, session.user_id, session.tenant, session.conversation_id, self._acked,
+                            log_id=self._log_id),
                 ttl,
             )
+        if session is not None:
+            self.server.resume_store.closed(session)
 
     def sessionGoingAway(self, reason: str) -> None:
         self.sendEnvelope("disconnect", {"reason": "server_shutdown", "message": reason})
@@ -262,7 +274,28 @@ class NativeVoiceProtocol(VoiceServerProtocol):
             VoiceError(f"message of {size} bytes exceeds max_message_size {limit}", code="message_too_large"), None
         )
 
+    def _hold(self, d: Deferred) -> None:
+        """Hold incoming messages until ``d`` has fired, then handle them in order."""
+        self._waiting = []
+
+        def release(_: object) -> None:
+            held, self._waiting = self._waiting or [], None
+            while held:
+                is_binary, payload = held.pop(0)
+                if is_binary:
+                    self.binaryReceived(payload)
+                else:
+                    self.textReceived(payload)
+                if self._waiting is not None:  # holding again: the rest waits behind that step
+                    self._waiting.extend(held)
+                    return
+
+        d.addBoth(release).addErrback(lambda f: self.wslog.failure("handling held messages failed", f))
+
     def textReceived(self, payload: bytes) -> None:
+        if self._waiting is not None:
+            self._waiting.append((False, payload))
+            return
         try:
             env = decode_envelope(payload)
         except ProtocolError as e:
@@ -272,6 +305,35 @@ class NativeVoiceProtocol(VoiceServerProtocol):
             # A re-send of something already handled (its ack was lost): acknowledge, do not redo.
             self.sendEnvelope("ack", {"message_id": env.message_id, "duplicate": True})
             return
+        shared = self.server.reliable_log
+        if env.reliable and env.message_id is not None and shared is not None and self._log_id is not None:
+            # Scale-out: recorded in the shared log before it is applied, so that no node applies it twice.
+            self._hold(shared.record(self._log_id, env.message_id).addCallbacks(
+                self._recorded, self._notRecorded, callbackArgs=(env,), errbackArgs=(env,)))
+            return
+        self._handle(env)
+
+    def _recorded(self, new: bool, env: Envelope) -> None:
+        if self.session is None or self.session.state is SessionState.CLOSED:
+            return
+        if not new:
+            assert env.message_id is not None
+            self._acked.add(env.message_id)
+            self.sendEnvelope("ack", {"message_id": env.message_id, "duplicate": True})
+            return
+        if not self._handle(env) and self.server.reliable_log is not None and self._log_id is not None:
+            assert env.message_id is not None
+            self.server.reliable_log.forget(self._log_id, env.message_id).addErrback(lambda f: None)
+
+    def _notRecorded(self, failure: Failure, env: Envelope) -> None:
+        # Redis is down: this node's own record is all there is (at least once across nodes until it is back).
+        self.wslog.warn("reliable message {message_id} not recorded in the shared log: {error}",
+                        message_id=env.message_id, error=failure.getErrorMessage())
+        if self.session is not None and self.session.state is not SessionState.CLOSED:
+            self._handle(env)
+
+    def _handle(self, env: Envelope) -> bool:
+        """Apply one message; True when it was handled (and acknowledged if reliable)."""
         handler = self._handlers[env.type]
         session = self.session
         assert session is not None  # text arrives only on an open connection, which has its session
@@ -282,13 +344,18 @@ class NativeVoiceProtocol(VoiceServerProtocol):
             if env.reliable and env.message_id is not None:
                 self._acked.add(env.message_id)
                 self.sendEnvelope("ack", {"message_id": env.message_id, "duplicate": False})
+            return True
         except VoiceError as e:
             self.sendError(e, env.message_id)
         except Exception:
             self.wslog.failure("handling {msg_type} failed", msg_type=env.type)
             self.sendError(VoiceError("internal error handling the message", code="internal_error"), env.message_id)
+        return False
 
     def binaryReceived(self, payload: bytes) -> None:
+        if self._waiting is not None:
+            self._waiting.append((True, payload))
+            return
         channel = self.channel
         try:
             if channel is None:
@@ -306,25 +373,43 @@ class NativeVoiceProtocol(VoiceServerProtocol):
         assert session is not None
         if "client" in env.data:
             session.attributes["client"] = env.data["client"]
-        greeting = self.greeting()
         token = env.data.get("resume_token")
-        if token is not None:
-            state = self.server.resume_store.take(token)
-            if state is None:
-                greeting.update(resumed=False, resume_error="unknown_or_expired_token")
-            elif state.user_id is not None and self.server.admission.authenticator is not None and not (
-                session.is_authenticated and (session.user_id, session.tenant) == (state.user_id, state.tenant)
-            ):
-                # A resume token is no credential: with keys configured, an authenticated user's
-                # session is taken over only by a connection already authenticated as that user
-                # (the token is used up).
-                greeting.update(resumed=False, resume_error="authentication_required")
-            else:
-                session.user_id, session.tenant = state.user_id, state.tenant
-                session.conversation_id = state.conversation_id
-                self._acked = state.acked
-                self.server.stats.resumes += 1
-                greeting.update(resumed=True, previous_session_id=state.session_id)
+        if token is None:
+            self.reply(env, "connect", self.greeting())
+            return
+        d: Deferred[Any] = maybeDeferred(self.server.resume_store.take, token)
+        d.addErrback(self._resumeUnavailable)
+        d.addCallback(self._resume, env)
+        if not d.called:
+            self._hold(d)  # what follows the resume (re-sent reliable messages) waits for it
+
+    def _resumeUnavailable(self, failure: Failure) -> None:
+        self.wslog.warn("resume state could not be read: {error}", error=failure.getErrorMessage())
+        return None
+
+    def _resume(self, state: ResumeState | None, env: Envelope) -> None:
+        session = self.session
+        if session is None or session.state is SessionState.CLOSED:
+            return
+        greeting = self.greeting()
+        if state is None:
+            greeting.update(resumed=False, resume_error="unknown_or_expired_token")
+        elif state.user_id is not None and self.server.admission.authenticator is not None and not (
+            session.is_authenticated and (session.user_id, session.tenant) == (state.user_id, state.tenant)
+        ):
+            # A resume token is no credential: with keys configured, an authenticated user's
+            # session is taken over only by a connection already authenticated as that user
+            # (the token is used up).
+            greeting.update(resumed=False, resume_error="authentication_required")
+        else:
+            session.user_id, session.tenant = state.user_id, state.tenant
+            session.conversation_id = state.conversation_id
+            self._acked = state.acked
+            if state.log_id is not None:
+                self._log_id = state.log_id
+                self.server.resume_store.opened(session, state.log_id)
+            self.server.stats.resumes += 1
+            greeting.update(resumed=True, previous_session_id=state.session_id)
         self.reply(env, "connect", greeting)
 
     def on_disconnect(self, env: Envelope) -> None:

@@ -46,6 +46,8 @@ __all__ = [
     "SessionTokenStoreFull",
     "TooManySessionTokens",
     "MemorySessionTokenStore",
+    "record_to_json",
+    "record_from_json",
     "SessionTokenIssuer",
     "AuthWebSocketResource",
 ]
@@ -134,6 +136,20 @@ class _Record:
     principal: Principal
     purpose: str
     expires_at: float
+
+
+def record_to_json(record: _Record) -> str:
+    """A session token's record as JSON (what a networked store keeps)."""
+    p = record.principal
+    return json.dumps({"user_id": p.user_id, "tenant": p.tenant, "claims": dict(p.claims),
+                       "principal_expires_at": p.expires_at, "purpose": record.purpose,
+                       "expires_at": record.expires_at}, separators=(",", ":"), default=str)
+
+
+def record_from_json(raw: str) -> _Record:
+    doc = json.loads(raw)
+    principal = Principal(doc["user_id"], doc.get("tenant"), doc.get("claims") or {}, doc.get("principal_expires_at"))
+    return _Record(principal, doc["purpose"], float(doc["expires_at"]))
 
 
 def _default_clock() -> IReactorTime:

@@ -13,7 +13,7 @@ import os
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -27,7 +27,7 @@ from txvoice.server.admission import AdmissionPolicy
 from txvoice.server.response import Pacer
 from txvoice.server.telemetry import Telemetry
 from txvoice.session.registry import ISessionRegistry, LocalSessionRegistry
-from txvoice.session.resume import IResumeStore, LocalResumeStore
+from txvoice.session.resume import IReliableLog, IResumeStore, LocalResumeStore
 
 
 @dataclass
@@ -55,6 +55,7 @@ class VoiceServer:
         registry: ISessionRegistry | None = None,
         bus: IEventBus | None = None,
         resume_store: IResumeStore | None = None,
+        reliable_log: IReliableLog | None = None,
     ) -> None:
         self.config = config
         self.pipeline = pipeline
@@ -63,7 +64,16 @@ class VoiceServer:
         self.registry = registry if registry is not None else LocalSessionRegistry()
         self.bus = bus if bus is not None else LocalEventBus(self.registry)
         self.resume_store = resume_store if resume_store is not None else LocalResumeStore(clock.seconds)
+        #: The reliable-message log shared by the nodes (--redis); None: each session's own AckedIds.
+        self.reliable_log = reliable_log
         self.conversations: dict[str, Conversation] = {}
+        #: Checks /health runs: each returns None when fine, else a reason that makes it degraded
+        #: (the Redis connection adds one: ``redis_down`` while Redis cannot be reached).
+        self.health_checks: list[Callable[[], str | None]] = []
+        #: This node's name in a cluster (set with --redis; None alone).
+        self.node_id: str | None = None
+        #: What --redis added (txvoice.scaleout.install.ScaleOut), for routes that list the cluster.
+        self.scaleout: Any = None
         self.started_at = time.time()
         self.version = __version__
         self.shutting_down = False
@@ -127,12 +137,17 @@ class VoiceServer:
             reasons.append("latency")
         if error_rate > config.health_max_error_rate:
             reasons.append("error_rate")
+        for check in self.health_checks:
+            reason = check()
+            if reason is not None:
+                reasons.append(reason)
         status = "unhealthy" if unhealthy else "degraded" if reasons else "healthy"
         return {
             "status": status,
             "reasons": unhealthy + reasons,
             "version": self.version,
             "active_sessions": len(self.registry),
+            "node_id": self.node_id,
             # Every figure here is this process's: with --processes N, whichever accepted the request.
             "process": {"pid": os.getpid(), "index": self.process_index, "count": self.process_count},
             "avg_latency_ms": round(avg_latency, 3),

@@ -77,18 +77,53 @@ class MonitoringResource(JSONResource):
         super().__init__()
         self.voice = server
 
+    def _cluster(self, request: Request) -> Any:
+        """``/monitoring/cluster``: every node's sessions, from the Redis registry (404 without --redis)."""
+        scaleout = self.voice.scaleout
+        if scaleout is None:
+            request.setResponseCode(404)
+            request.setHeader(b"content-type", b"application/json")
+            return json.dumps({"error": {"code": "not_found", "message": "no cluster: the server runs without --redis"}}).encode()
+
+        def listed(sessions: list[dict[str, Any]]) -> None:
+            nodes: dict[str, int] = {}
+            for doc in sessions:
+                nodes[doc["node"]] = nodes.get(doc["node"], 0) + 1
+            request.setHeader(b"content-type", b"application/json")
+            request.setHeader(b"cache-control", b"no-store")
+            request.write(json.dumps({"nodes": nodes, "sessions": sessions}).encode("utf-8"))
+            request.finish()
+
+        def failed(failure: Any) -> None:
+            request.setResponseCode(503)
+            request.setHeader(b"content-type", b"application/json")
+            request.write(json.dumps({"error": {"code": "redis_unavailable", "message": failure.getErrorMessage()}}).encode())
+            request.finish()
+
+        scaleout.registry.cluster().addCallbacks(listed, failed)
+        from twisted.web.server import NOT_DONE_YET
+
+        return NOT_DONE_YET
+
+    def _render(self, request: Request) -> Any:
+        if [p for p in request.postpath or [] if p] == [b"cluster"]:
+            return self._cluster(request)
+        return super().render_GET(request)
+
     def render_GET(self, request: Request) -> Any:
         admission = self.voice.admission
         if admission.authenticator is None:
-            return super().render_GET(request)
+            return self._render(request)
         from txvoice.security.jwt_auth import extract_token
 
         token = extract_token({k.decode("latin-1"): v[0].decode("latin-1")
                                for k, v in request.requestHeaders.getAllRawHeaders()}, None)
 
         def ok(principal: Any) -> None:
-            request.write(JSONResource.render_GET(self, request))
-            request.finish()
+            body = self._render(request)
+            if isinstance(body, bytes):
+                request.write(body)
+                request.finish()
 
         def denied(failure: Any) -> None:
             request.setResponseCode(401)
@@ -211,6 +246,9 @@ def build_site(server: VoiceServer, websockets: Mapping[str, IResource]) -> Site
             admission.authenticator, admission.issuer, None, admission.origins, admission.throttle_token_request
         ))
         root.putChild(b"auth", auth)
+        from txvoice.server.events_api import EventsResource
+
+        root.putChild(b"events", EventsResource(server))  # POST /events: only with a JWT key
     for path, endpoint in websockets.items():
         mount(root, path, endpoint if _segments(path) else UpgradeOrResource(endpoint, index))
     if b"" not in root.children:

@@ -26,6 +26,7 @@ from txvoice.engines.registry import EngineNotFound
 from txvoice.pipeline.interfaces import IServicePipeline, IVoicePipeline, PipelineHost
 from txvoice.pipeline.registry import PipelineNotFound, create_pipeline
 from txvoice.server.context import VoiceServer
+from txvoice.scaleout.install import scale_out
 from txvoice.server.web import build_site
 from txvoice.service.heap import freeze_startup_heap
 from txvoice.service.heartbeat import HeartbeatService
@@ -228,7 +229,13 @@ def makeVoiceService(
     txaio.set_global_log_level("info")  # type: ignore[attr-defined]  # set by txaio.use_twisted()
     workers = AudioWorkers(reactor, threads=config.audio_threads, batch_delay=config.audio_batch_ms / 1000.0)
     pipeline = pipeline or make_pipeline(config.pipeline, config)
-    server = VoiceServer(config, pipeline, workers, reactor)
+    try:
+        redis = scale_out(config, reactor)  # --redis: the stores several nodes share
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    server = VoiceServer(config, pipeline, workers, reactor, **(redis.server_stores() if redis else {}))
+    if redis is not None:
+        redis.attach(server)
     try:
         endpoints = mount_dialects(server)
     except DialectPathClash as e:
@@ -251,6 +258,9 @@ def makeVoiceService(
     service = VoiceService(server, listener, processes, parent_watch)
     for extra in dialect_services(server):  # a dialect's own listener (Asterisk AudioSocket over TCP)
         service.addChild(extra, "closing the listener")
+    if redis is not None:
+        for child in redis.services():  # after the sessions wrote their state
+            service.addChild(child, "stopping the other services")
     if IServicePipeline.providedBy(pipeline):
         # Latency metrics, error counts, the audio worker pool and the reactor are the server's.
         pipeline_service = pipeline.makeService(PipelineHost(

@@ -11,9 +11,14 @@ from __future__ import annotations
 import secrets
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from zope.interface import Interface, implementer
+
+from txvoice.session.session import Session
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
 
 
 class AckedIds:
@@ -48,6 +53,8 @@ class ResumeState:
     conversation_id: str | None = None
     acked: AckedIds = field(default_factory=AckedIds)
     expires_at: float = 0.0
+    #: The reliable-message log this session writes to: its first session's id, kept across resumes.
+    log_id: str | None = None
 
 
 def new_resume_token() -> str:
@@ -58,8 +65,33 @@ class IResumeStore(Interface):
     def keep(state: ResumeState, ttl: float) -> None:
         """Keep ``state`` for ``ttl`` seconds."""
 
-    def take(token: str) -> ResumeState | None:
-        """Remove and return the state for ``token``; None when unknown or expired."""
+    def take(token: str) -> "ResumeState | None | Deferred[ResumeState | None]":
+        """
+        Remove and return the state for ``token``; None when unknown or expired.  A networked
+        store answers a Deferred (callers use ``maybeDeferred``).
+        """
+
+    def opened(session: Session, log_id: str) -> None:
+        """
+        A session that can be resumed started (or was resumed): a store that outlives this process
+        keeps its state from now on, so that it can be resumed even if this process is killed.
+        """
+
+    def closed(session: Session) -> None:
+        """The session ended for good here (after ``keep`` if it may be resumed)."""
+
+
+class IReliableLog(Interface):
+    """
+    The reliable messages a session (and the sessions that resumed it) handled, shared by the
+    nodes: a message is recorded *before* it is applied, so no node applies it twice.
+    """
+
+    def record(log_id: str, message_id: str) -> "Deferred[bool]":
+        """Record ``message_id``: True when it is new (apply it), False when already handled."""
+
+    def forget(log_id: str, message_id: str) -> "Deferred[None]":
+        """Undo ``record`` (handling it failed: a re-send must be handled)."""
 
 
 @implementer(IResumeStore)
@@ -82,6 +114,12 @@ class LocalResumeStore:
         if state is None or state.expires_at < self._now():
             return None
         return state
+
+    def opened(self, session: Session, log_id: str) -> None:
+        pass  # kept when its connection drops (keep), which this process sees happen
+
+    def closed(self, session: Session) -> None:
+        pass
 
     def expire(self, now: float | None = None) -> int:
         now = self._now() if now is None else now

@@ -1,0 +1,210 @@
+"""
+Three real txvoice nodes on one real Redis behind a real HAProxy running examples/haproxy.cfg:
+sessions spread, sticky cookies, X-Forwarded-For through --trusted-proxies, tokens and broadcasts
+across nodes, Redis stopped for 10 s under load, one node killed with SIGKILL under load.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cluster import authed_client, bearer, health, http, send_reliable, start_nodes, status_events, wait_for
+from daemons import ROOT, source_env
+from haproxyd import SOURCE, node_via, start_haproxy
+from redisd import RedisServer
+from voiceclient import VoiceClient
+
+pytestmark = pytest.mark.slow
+
+DRIVER = Path(__file__).with_name("lbdriver.py")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("lb")
+    redis = RedisServer(tmp).start()
+    nodes = start_nodes(tmp, redis.url, 3, "--redis-session-ttl", "6", "--trusted-proxies", f"{SOURCE}/32")
+    lb = start_haproxy(tmp, [n.port for n in nodes])
+    yield redis, nodes, lb
+    lb.stop()
+    for node in nodes:
+        node.stop()
+    redis.stop()
+
+
+def via(lb, cookie: str | None = None, **kw) -> VoiceClient:
+    headers = {"Cookie": f"TXVOICE_NODE={cookie}"} if cookie else None
+    return VoiceClient(lb.ws, additional_headers=headers, **kw)
+
+
+def cluster_view(lb) -> dict:
+    return http("GET", f"{lb.http}/monitoring/cluster", token=bearer("ops"))[1]
+
+
+def test_sessions_spread_sticky_and_forwarded_for(cluster):
+    redis, nodes, lb = cluster
+    clients = []
+    try:
+        for _ in range(60):
+            clients.append(via(lb))
+        ids = {c.greeting["data"]["session_id"] for c in clients}
+        view = wait_for(lambda: (lambda v: v if sum(v["nodes"].values()) >= 60 else None)(cluster_view(lb)), 5, "60 sessions listed")
+        assert sorted(view["nodes"]) == ["n0", "n1", "n2"] and min(view["nodes"].values()) >= 15, view["nodes"]
+        mine = [s for s in view["sessions"] if s["session_id"] in ids]
+        assert len(mine) == 60
+        # HAProxy connects from 127.0.0.2 (trusted): the nodes see the client's own 127.0.0.1.
+        assert {s["ip"] for s in mine} == {"127.0.0.1"}
+    finally:
+        for c in clients:
+            c.close()
+    # Sticky: the cookie HAProxy inserts brings a client back to its node.
+    for name in ("n0", "n1", "n2"):
+        assert {node_via(lb, name) for _ in range(4)} == {name}
+
+
+def test_token_issued_on_one_node_accepted_on_another(cluster):
+    _, _, lb = cluster
+    import urllib.request
+
+    request = urllib.request.Request(f"{lb.http}/auth/websocket", data=b"", method="POST")
+    request.add_header("authorization", f"Bearer {bearer('dave')}")
+    request.add_header("cookie", "TXVOICE_NODE=n0")
+    with urllib.request.urlopen(request, timeout=5) as r:
+        token = json.loads(r.read())["token"]
+    client = via(lb, "n2")
+    try:
+        client.send_json("auth", {"token": token}, message_id="a1")
+        reply = client.until(lambda m: isinstance(m, dict) and m.get("type") in ("auth_success", "auth_failed"))[-1][1]
+        assert reply["type"] == "auth_success" and reply["data"]["user_id"] == "dave"
+    finally:
+        client.close()
+
+
+def test_broadcasts_reach_every_node(cluster):
+    _, _, lb = cluster
+    members = [via(lb, name) for name in ("n0", "n1", "n2")]
+    users = []
+    try:
+        for i, c in enumerate(members):
+            assert send_reliable(c, "conversation_start", f"cs{i}", {"conversation_id": "conv-3"})["duplicate"] is False
+        view = cluster_view(lb)
+        wait_for(lambda: {s["node"] for s in cluster_view(lb)["sessions"] if s["conversation_id"] == "conv-3"} == {"n0", "n1", "n2"} or None,
+                 8, f"conversation members on three nodes: {view['nodes']}")
+        status, body = http("POST", f"{lb.http}/events", {"event_type": "conv_note", "conversation_id": "conv-3", "data": {"k": 1}},
+                            token=bearer("ops", scope="txvoice:broadcast"))
+        assert status == 202 and body["reached"] == 1
+        for c in members:
+            assert status_events(c, "conv_note")["data"]["k"] == 1
+        users = [authed_client(lb.ws, "user_456") for _ in range(3)]  # round robin: one per node
+        status, body = http("POST", f"{lb.http}/events", {"event_type": "maintenance", "user_id": "user_456",
+                                                         "data": {"message": "System maintenance in 5 minutes"}},
+                            token=bearer("ops", scope="txvoice:broadcast"))
+        assert status == 202
+        for c in users:
+            assert status_events(c, "maintenance")["data"]["message"] == "System maintenance in 5 minutes"
+    finally:
+        for c in members + users:
+            c.close()
+
+
+def run_driver(tmp_path: Path, url: str, clients: int, interval: float, duration: float):
+    stop, out = tmp_path / "stop", tmp_path / "out.json"
+    proc = subprocess.Popen([sys.executable, str(DRIVER), url, str(clients), str(interval), str(duration), str(stop), str(out)],
+                            env=source_env(), cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    wait_for(lambda: (out.parent / (out.name + ".ready")).exists() or proc.poll() is not None, 20, "driver connected")
+    assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+
+    def finish() -> list[dict]:
+        stop.touch()
+        output = proc.communicate(timeout=40)[0].decode()
+        assert proc.returncode == 0 and out.exists(), output
+        return json.loads(out.read_text())
+
+    return proc, finish
+
+
+def check_reliable(reports: list[dict]) -> dict:
+    """0 acknowledged lost (every send acked), 0 applied twice (<= 1 fresh ack per message)."""
+    sent = sum(r["sent"] for r in reports)
+    acked = sum(len(r["acked"]) for r in reports)
+    twice = [mid for r in reports for mid, n in r["fresh"].items() if n > 1]
+    failed = {mid: why for r in reports for mid, why in r["failed"].items()}
+    assert not twice, f"applied twice: {twice[:10]}"
+    assert not failed and all(r["pending"] == 0 for r in reports), f"not acknowledged: {list(failed.items())[:5]}"
+    assert acked == sent
+    return {"sent": sent, "acked": acked}
+
+
+def test_redis_stopped_for_ten_seconds_under_load(cluster, tmp_path):
+    redis, nodes, lb = cluster
+    proc, finish = run_driver(tmp_path, lb.ws, 12, 0.1, 60)
+    try:
+        time.sleep(1.5)
+        redis.stop()
+        stopped = time.time()
+        for node in nodes:
+            wait_for(lambda: "redis_down" in health(f"http://127.0.0.1:{node.port}")["reasons"], 5, "degraded")
+        time.sleep(max(0.0, 10 - (time.time() - stopped)))
+        lags = [health(f"http://127.0.0.1:{n.port}")["reactor_lag_ms"]["p99"] for n in nodes]
+        redis.start()
+        restarted = time.time()
+        for node in nodes:
+            wait_for(lambda: health(f"http://127.0.0.1:{node.port}")["status"] == "healthy", 10, "healthy again")
+        assert all(n.proc.poll() is None for n in nodes)
+        time.sleep(1.0)
+    finally:
+        reports = finish()
+    totals = check_reliable(reports)
+    during = sum(1 for r in reports for t in r["acked"].values() if stopped < t < restarted)
+    print(f"\nRedis down {restarted - stopped:.1f} s: {totals}, {during} acknowledged while it was down; "
+          f"reactor lag p99 per node {lags} ms")
+    assert during > 0  # local sessions kept working
+    assert max(lags) < 20, lags
+    # Broadcasts work again (the subscription came back with Redis).
+    members = [via(lb, name) for name in ("n0", "n1", "n2")]
+    try:
+        for i, c in enumerate(members):
+            send_reliable(c, "conversation_start", f"after{i}", {"conversation_id": "conv-after"})
+        status, _ = http("POST", f"{lb.http}/events", {"event_type": "back", "conversation_id": "conv-after", "data": {}},
+                         token=bearer("ops", scope="txvoice:broadcast"))
+        assert status == 202
+        for c in members:
+            status_events(c, "back")
+    finally:
+        for c in members:
+            c.close()
+
+
+def test_sigkill_one_node_under_load(cluster, tmp_path):
+    redis, nodes, lb = cluster
+    proc, finish = run_driver(tmp_path, lb.ws, 24, 0.05, 60)
+    try:
+        time.sleep(2.0)
+        victim = nodes[1]
+        victim_sessions = {s["session_id"] for s in cluster_view(lb)["sessions"] if s["node"] == "n1"}
+        assert victim_sessions
+        victim.proc.send_signal(signal.SIGKILL)
+        victim.proc.wait(5)
+        time.sleep(4.0)
+    finally:
+        reports = finish()
+    totals = check_reliable(reports)
+    moved = [r for r in reports if r["sessions"][0] in victim_sessions]
+    assert moved, "no driver client was on the killed node"
+    assert all(len(r["sessions"]) >= 2 and r["resume_ms"] and r["resume_failures"] == 0 for r in moved), moved[:2]
+    times = sorted(t for r in moved for t in r["resume_ms"])
+    p50 = statistics.median(times)
+    p99 = times[min(len(times) - 1, int(len(times) * 0.99))]
+    dups = sum(sum(r["dups"].values()) for r in moved)
+    print(f"\nSIGKILL n1: {len(moved)} of {len(reports)} clients resumed elsewhere; {totals}; "
+          f"{dups} re-sent in flight answered duplicate; resume ms p50 {p50:.0f} p99 {p99:.0f}")
+    # Its registry entries expire (--redis-session-ttl 6).
+    wait_for(lambda: "n1" not in cluster_view(lb)["nodes"], 10, "n1's sessions expired from the registry")

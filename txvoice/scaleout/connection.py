@@ -1,0 +1,230 @@
+"""
+The connection to Redis: a service in the tree, on txredisapi (Twisted-native: no second event
+loop, measured in ``bench/bench_redis_client.py``).
+
+It keeps ``--redis-pool-size`` connections for commands and one for the pub/sub subscription,
+each reconnected by txredisapi's ``ClientService`` with exponential backoff and jitter (0.2 s up
+to ``--redis-reconnect-max-delay``).  A command while no connection is up fails at once with
+:class:`RedisUnavailable` instead of waiting for one (txredisapi would queue it until Redis
+returns): callers degrade to what this node knows.  A ``PING`` every second tells whether Redis
+answers; :meth:`RedisConnection.health_reason` is what ``/health`` shows as ``degraded`` while it
+does not.  Callbacks registered with :meth:`RedisConnection.on_up` run each time Redis is back (a
+registry re-writes its sessions then).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any, Callable
+
+import txredisapi
+from twisted.application.service import Service
+from twisted.internet import defer, ssl
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from txvoice.errors import VoiceError
+from txvoice.scaleout.settings import RedisSettings
+
+log = Logger(namespace="txvoice.redis")
+
+#: Seconds between PINGs (the health of the link).
+PING_INTERVAL = 1.0
+#: First reconnection delay (s); txredisapi multiplies it by e per failed attempt up to the max.
+INITIAL_DELAY = 0.2
+
+
+class RedisUnavailable(VoiceError):
+    """Redis cannot be reached now; the node serves from what it holds locally."""
+
+    code = "redis_unavailable"
+    http_status = 503
+
+
+def node_name(configured: str) -> str:
+    """This node's id in the cluster."""
+    return configured or f"{socket.gethostname()}-{os.getpid()}"
+
+
+class _Subscriber(txredisapi.SubscriberProtocol):  # type: ignore[misc]
+    """The pub/sub connection: (re)subscribes to its owner's patterns whenever it connects."""
+
+    owner: "RedisConnection"
+
+    def connectionMade(self) -> defer.Deferred[None]:
+        d: defer.Deferred[None] = super().connectionMade()
+
+        def ready(_: object) -> None:
+            if self.connected and self.owner.patterns:
+                self.psubscribe(list(self.owner.patterns)).addErrback(
+                    lambda f: log.warn("psubscribe failed: {error}", error=f.getErrorMessage()))
+            self.owner._subscriberChanged(True)
+
+        d.addCallback(ready)
+        return d
+
+    def connectionLost(self, why: Failure) -> None:
+        super().connectionLost(why)
+        self.owner._subscriberChanged(False)
+
+    def messageReceived(self, pattern: str | None, channel: str, message: str) -> None:
+        self.owner._message(channel, message)
+
+
+class RedisConnection(Service):
+    """Commands (:meth:`call`), pub/sub (:meth:`subscribe`, :meth:`publish`), health."""
+
+    def __init__(self, settings: RedisSettings, clock: IReactorTime, node_id: str = "") -> None:
+        self.settings = settings
+        self.clock = clock
+        self.node_id = node_name(node_id)
+        self.prefix = settings.prefix
+        #: pattern -> handler(channel, message)
+        self.patterns: dict[str, Callable[[str, str], None]] = {}
+        self.commands = 0  # commands sent by this node (the benchmark's count)
+        self.up = False
+        self.reason: str | None = "redis_connecting"
+        self._up_callbacks: list[Callable[[], object]] = []
+        self._factory: Any = None
+        self._subscriber_factory: Any = None
+        self._subscribed = False
+        self._pinger = LoopingCall(self._ping)
+        self._pinger.clock = clock
+        self._pinging = False
+
+    # service
+
+    def _endpoint(self) -> Any:
+        settings = self.settings
+        context = ssl.optionsForClientTLS(settings.host) if settings.tls else None
+        return txredisapi._makeEndpoint(settings.host, settings.port, settings.timeout, context)
+
+    def _configure(self, factory: Any) -> None:
+        factory.initialDelay = INITIAL_DELAY
+        factory.maxDelay = max(INITIAL_DELAY, self.settings.reconnect_max_delay)
+        factory.reconnect = True
+
+    def startService(self) -> None:
+        super().startService()
+        s = self.settings
+        factory = self._factory = txredisapi.RedisFactory(
+            s.address, s.db, s.pool_size, isLazy=True, password=s.password, replyTimeout=s.timeout,
+            username=s.username,
+        )
+        self._configure(factory)
+        factory.startConnecting(self._endpoint())
+        sub = self._subscriber_factory = txredisapi.SubscriberFactory(isLazy=True)
+        sub.protocol = type("Subscriber", (_Subscriber,), {"owner": self})
+        sub.password, sub.username, sub.replyTimeout = s.password, s.username, None
+        self._configure(sub)
+        sub.startConnecting(self._endpoint())
+        log.info("connecting to Redis at {address} as node {node_id}", address=s.address, node_id=self.node_id)
+        self._pinger.start(PING_INTERVAL, now=False)
+        self.clock.callLater(0.05, self._ping)
+
+    def stopService(self) -> defer.Deferred[None]:
+        super().stopService()
+        if self._pinger.running:
+            self._pinger.stop()
+        stops = [f.disconnect() for f in (self._factory, self._subscriber_factory) if f is not None]
+        d = defer.gatherResults(stops, consumeErrors=True)
+        d.addErrback(lambda f: None)
+        return d.addCallback(lambda _: None)
+
+    # health
+
+    def _ping(self) -> None:
+        if self._pinging or not self.running:
+            return
+        self._pinging = True
+
+        def answered(_: object) -> None:
+            self._setUp(None if self._subscribed else "redis_subscription_down")
+
+        def failed(f: Failure) -> None:
+            reason = "redis_down" if f.check(RedisUnavailable) else "redis_not_answering"
+            self._setUp(reason, f.getErrorMessage())
+
+        def done(_: object) -> None:
+            self._pinging = False
+
+        self.call("PING").addCallbacks(answered, failed).addBoth(done)
+
+    def _setUp(self, reason: str | None, detail: str = "") -> None:
+        was_up = self.up
+        self.reason = reason
+        self.up = reason is None
+        if self.up and not was_up:
+            log.info("Redis at {address} is up", address=self.settings.address)
+            for callback in list(self._up_callbacks):
+                try:
+                    callback()
+                except Exception:
+                    log.failure("a Redis reconnection callback failed")
+        elif was_up and not self.up:
+            log.warn("Redis at {address} is down: {reason} {detail}", address=self.settings.address,
+                     reason=reason, detail=detail)
+
+    def _subscriberChanged(self, connected: bool) -> None:
+        self._subscribed = connected
+        if not connected and self.up:
+            self._setUp("redis_subscription_down")
+
+    def health_reason(self) -> str | None:
+        """None while Redis answers; else why /health is degraded (``redis_down``, ...)."""
+        return self.reason
+
+    def on_up(self, callback: Callable[[], object]) -> None:
+        """Call ``callback`` every time Redis becomes reachable again (and the first time)."""
+        self._up_callbacks.append(callback)
+
+    # commands
+
+    def key(self, *parts: str) -> str:
+        return self.prefix + ":".join(parts)
+
+    def call(self, *args: Any) -> defer.Deferred[Any]:
+        """One Redis command; fails at once with RedisUnavailable while no connection is up."""
+        factory = self._factory
+        if factory is None or factory.size == 0:
+            return defer.fail(RedisUnavailable(f"Redis at {self.settings.address} is not connected"))
+        self.commands += 1
+        try:
+            d: defer.Deferred[Any] = factory.handler.execute_command(*args)
+        except txredisapi.ConnectionError as e:
+            return defer.fail(RedisUnavailable(str(e)))
+        return d
+
+    def eval(self, script: str, keys: list[str], args: list[Any]) -> defer.Deferred[Any]:
+        """Run a Lua script atomically (EVAL: one round trip)."""
+        return self.call("EVAL", script, len(keys), *keys, *args)
+
+    # pub/sub
+
+    def subscribe(self, pattern: str, handler: Callable[[str, str], None]) -> None:
+        """Deliver messages on channels matching ``pattern`` (prefixed here) to ``handler``."""
+        full = self.prefix + pattern
+        self.patterns[full] = handler
+        factory = self._subscriber_factory
+        if factory is not None and factory.pool:
+            factory.pool[0].psubscribe([full])
+
+    def publish(self, channel: str, message: str) -> defer.Deferred[Any]:
+        return self.call("PUBLISH", self.prefix + channel, message)
+
+    def _message(self, channel: str, message: str) -> None:
+        for pattern, handler in self.patterns.items():
+            if _matches(pattern, channel):
+                try:
+                    handler(channel[len(self.prefix):], message)
+                except Exception:
+                    log.failure("handling a message on {channel} failed", channel=channel)
+
+
+def _matches(pattern: str, channel: str) -> bool:
+    from fnmatch import fnmatchcase
+
+    return fnmatchcase(channel, pattern)

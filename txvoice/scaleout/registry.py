@@ -1,0 +1,158 @@
+"""
+The session registry on Redis: this node's live sessions stay in a local registry (they are
+sockets), and each is mirrored to Redis -- a hash ``session:<id>`` (node, user, tenant,
+conversation, dialect, transports, opened_at) with a TTL and its id in the ``sessions`` sorted set
+scored by expiry -- so that ``/monitoring/cluster`` lists the cluster.  A timer re-writes every
+local session each third of ``--redis-session-ttl`` (one EVAL for all of them): a node killed with
+SIGKILL stops refreshing and its entries expire.  A closed session is removed at once.  While
+Redis is down the writes fail (logged once per outage) and the next refresh after it is back
+re-writes everything.  Nothing here runs per audio frame.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Iterator
+
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from txvoice.scaleout.connection import RedisConnection
+from txvoice.session.registry import ISessionRegistry, LocalSessionRegistry
+from txvoice.session.session import Session
+
+log = Logger(namespace="txvoice.redis")
+
+#: KEYS[1] the sorted set of live session ids; ARGV: ttl ms, now ms, then JSON session documents.
+_WRITE = """
+local ttl = tonumber(ARGV[1])
+local expires = tonumber(ARGV[2]) + ttl
+for i = 3, #ARGV do
+  local doc = cjson.decode(ARGV[i])
+  local key = KEYS[2] .. doc.session_id
+  redis.call('HSET', key, 'doc', ARGV[i], 'node', doc.node)
+  redis.call('PEXPIRE', key, ttl)
+  redis.call('ZADD', KEYS[1], expires, doc.session_id)
+end
+return #ARGV - 2
+"""
+
+#: KEYS[1] sorted set, KEYS[2] hash prefix; ARGV[1] now ms: the live documents.
+_LIST = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+local ids = redis.call('ZRANGE', KEYS[1], 0, -1)
+local out = {}
+for _, id in ipairs(ids) do
+  local doc = redis.call('HGET', KEYS[2] .. id, 'doc')
+  if doc then table.insert(out, doc) end
+end
+return out
+"""
+
+
+def session_document(session: Session, node_id: str) -> dict[str, Any]:
+    return {
+        "session_id": session.id,
+        "node": node_id,
+        "user_id": session.user_id,
+        "tenant": session.tenant,
+        "conversation_id": session.conversation_id,
+        "dialect": session.dialect,
+        "transports": session.attributes.get("transports"),
+        "state": session.state.value,
+        "ip": session.ip,
+        "created_at": session.created_at,
+    }
+
+
+@implementer(ISessionRegistry)
+class RedisSessionRegistry(Service):
+    """Local sessions, mirrored to Redis (see the module docstring); also the refresh timer."""
+
+    def __init__(self, redis: RedisConnection) -> None:
+        self.redis = redis
+        self.local = LocalSessionRegistry()
+        self._refresh = LoopingCall(self.refresh)
+        self._refresh.clock = redis.clock
+        self._failing = False
+        redis.on_up(self.refresh)
+
+    # ISessionRegistry: the local sessions
+
+    def add(self, session: Session) -> None:
+        self.local.add(session)
+        self._write([session])
+
+    def remove(self, session: Session) -> None:
+        if self.local.get(session.id) is not session:
+            return
+        self.local.remove(session)
+        redis = self.redis
+        d = defer.gatherResults([redis.call("DEL", redis.key("session", session.id)),
+                                 redis.call("ZREM", redis.key("sessions"), session.id)], consumeErrors=True)
+        d.addErrback(self._failed)
+
+    def get(self, session_id: str) -> Session | None:
+        return self.local.get(session_id)
+
+    def __len__(self) -> int:
+        return len(self.local)
+
+    def __iter__(self) -> Iterator[Session]:
+        return iter(self.local)
+
+    def by_conversation(self, conversation_id: str) -> list[Session]:
+        return self.local.by_conversation(conversation_id)
+
+    def by_user(self, user_id: str) -> list[Session]:
+        return self.local.by_user(user_id)
+
+    # Redis
+
+    @property
+    def ttl(self) -> float:
+        return self.redis.settings.session_ttl
+
+    def _write(self, sessions: list[Session]) -> defer.Deferred[Any]:
+        redis = self.redis
+        docs = [json.dumps(session_document(s, redis.node_id), separators=(",", ":")) for s in sessions]
+        if not docs:
+            return defer.succeed(0)
+        d = redis.eval(_WRITE, [redis.key("sessions"), redis.key("session", "")],
+                       [int(self.ttl * 1000), int(time.time() * 1000), *docs])
+        d.addCallbacks(self._written, self._failed)
+        return d
+
+    def _written(self, result: Any) -> Any:
+        self._failing = False
+        return result
+
+    def _failed(self, failure: Failure) -> None:
+        if not self._failing:
+            self._failing = True
+            log.warn("the Redis session registry could not be written: {error}", error=failure.getErrorMessage())
+
+    def refresh(self) -> defer.Deferred[Any]:
+        """Re-write every local session (TTL, and fields that changed: user, conversation)."""
+        return self._write(list(self.local))
+
+    def cluster(self) -> defer.Deferred[list[dict[str, Any]]]:
+        """Every live session of the cluster, as documents (node, user, conversation ...)."""
+        redis = self.redis
+        d = redis.eval(_LIST, [redis.key("sessions"), redis.key("session", "")], [int(time.time() * 1000)])
+        d.addCallback(lambda docs: [json.loads(doc) for doc in docs or []])
+        return d
+
+    def startService(self) -> None:
+        super().startService()
+        self._refresh.start(self.ttl / 3.0, now=False)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._refresh.running:
+            self._refresh.stop()
