@@ -98,6 +98,7 @@ class VoiceConfig:
     redis_timeout: float = _opt(2.0, "Seconds a Redis command may take before it fails (and a connection attempt).")
     redis_reconnect_max_delay: float = _opt(5.0, "Longest wait (s) between attempts to reconnect to Redis (exponential backoff with jitter from 0.2 s).")
     redis_session_ttl: float = _opt(30.0, "Seconds a session's entry in the Redis registry lives unless its node refreshes it (every third of this): what a killed node leaves behind expires this long after.")
+    redis_conversation_ttl: float = _opt(86400.0, "Seconds a conversation's shared state (start, turns, metadata) stays in Redis after its last change.")
     node_id: str = _opt("", "This node's name in the cluster (Redis registry, /health, broadcasts); empty: host name and process id.")
     # health, alerts, monitoring
     health_max_latency_ms: float = _opt(1000.0, "/health is degraded when the average turn latency exceeds this.")

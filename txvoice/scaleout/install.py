@@ -17,6 +17,7 @@ from twisted.internet.interfaces import IReactorTime
 from txvoice.config import VoiceConfig
 from txvoice.scaleout.bus import RedisEventBus
 from txvoice.scaleout.connection import RedisConnection
+from txvoice.scaleout.conversations import RedisConversationStore
 from txvoice.scaleout.registry import RedisSessionRegistry
 from txvoice.scaleout.resume import RedisReliableLog, RedisResumeStore
 from txvoice.scaleout.settings import parse_redis_settings
@@ -52,6 +53,7 @@ class ScaleOut:
         server.node_id = self.connection.node_id
         server.health_checks.append(self.connection.health_reason)
         server.scaleout = self
+        server.conversation_store = RedisConversationStore(self.connection, self.config.redis_conversation_ttl)
         config = self.config
         server.admission.issuer = SessionTokenIssuer(
             store=RedisSessionTokenStore(self.connection), clock=self.connection.clock,
