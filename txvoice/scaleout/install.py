@@ -65,9 +65,16 @@ class ScaleOut:
         return [self.connection, self.registry, self.resume_store]
 
 
-def scale_out(config: VoiceConfig, clock: IReactorTime) -> ScaleOut | None:
-    """None without ``--redis``; ValueError for settings that do not make sense."""
+def scale_out(config: VoiceConfig, clock: IReactorTime, worker: int | None = None) -> ScaleOut | None:
+    """
+    None without ``--redis``; ValueError for settings that do not make sense.  Worker process
+    ``i`` of ``--processes N`` is node ``<node-id>.<i>`` (each process is a node of its own: it
+    has its own sessions and subscription).
+    """
     if not config.redis:
         return None
     settings = parse_redis_settings(config)
-    return ScaleOut(config, RedisConnection(settings, clock, config.node_id))
+    node_id = config.node_id
+    if node_id and worker is not None:
+        node_id = f"{node_id}.{worker}"
+    return ScaleOut(config, RedisConnection(settings, clock, node_id))
