@@ -137,6 +137,22 @@ SERVERS: dict[str, ServerSpec] = {
                          "(bench/servers/c_limit.c); where it fails, the generator and the machine stop the benchmark"),
     ]
 }
+#: --baseline-tree DIR: "txvoice-base" is txvoice from that checkout (PYTHONPATH=DIR, this venv's
+#: packages and plugins), for a before/after of a change side by side in one run.
+BASELINE = "txvoice-base"
+
+
+def add_baseline(tree: str) -> None:
+    root = str(Path(tree).resolve())
+    if not (Path(root) / "txvoice" / "__init__.py").exists():
+        raise SystemExit(f"bench: --baseline-tree {tree} holds no txvoice/ package")
+    commit = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip() or "?"
+    SERVERS[BASELINE] = ServerSpec(
+        BASELINE, _txvoice_cmd([]), env=lambda n: {**_txvoice_env(n), "PYTHONPATH": root},
+        about=f"txvoice as in {root} (commit {commit}), otherwise as txvoice: the before of a side-by-side")
+
+
 REFERENCE = "txvoice"
 #: The table's servers when --servers is not given: txvoice, the floor it stands on, its fastest
 #: Python peer and the limit (the variants are for side-by-side comparisons).
@@ -794,7 +810,7 @@ def summarize(plan: Plan) -> dict[str, Any]:
     all_runs = counted(plan.runs)
     for name in plan.servers:
         runs = [r for r in all_runs if r["server"] == name and not r["discarded"]]
-        s: dict[str, Any] = {"about": SERVERS[name].about}
+        s: dict[str, Any] = {"about": SERVERS[name].about if name in SERVERS else name}
         for wl in plan.workloads:
             fx = [r for r in runs if r["kind"] == "fixed" and r["workload"] == wl]
             s[f"cpu_us_per_frame_{wl}"] = median([r.get("cpu_us_per_frame") for r in fx])
@@ -1253,10 +1269,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--turns-background", default=None,
                    help="comma-separated background sessions for the turn measurement [0,50; quick: 0]")
     p.add_argument("--turns-codecs", default=None, help="the turn client's audio: opus, pcm16k [opus,pcm16k; quick: opus]")
+    p.add_argument("--baseline-tree", metavar="DIR", default=None,
+                   help=f"add the server {BASELINE}: txvoice from this checkout (e.g. a git worktree of main), "
+                   "to compare a change side by side")
     p.add_argument("--resummarize", metavar="JSON", default=None,
                    help="rebuild the summary, table and plot from a saved latest.json's runs (no measuring)")
     p.add_argument("--out-dir", default=str(BENCH / "results"), help="where latest.json/.md/.png go")
     a = p.parse_args(argv)
+    if a.baseline_tree:
+        add_baseline(a.baseline_tree)
     a.servers = [s.strip() for s in a.servers.split(",") if s.strip()]
     unknown = [s for s in a.servers if s not in SERVERS]
     if unknown or not a.servers:
@@ -1289,7 +1310,8 @@ def run_turns(a: argparse.Namespace) -> dict[str, Any]:
     measurements = len(a.turns_background.split(",")) * len(a.turns_codecs.split(","))
     log(f"turns: {' '.join(cmd[1:])}")
     try:
-        proc = subprocess.run(cmd, cwd=str(ROOT), timeout=60 + measurements * (30 + 6 * (a.turns_k + 1)))
+        # + the false-barge-in corpus (bench/false_barge.py): 9 items of ~8 s each on one more server.
+        proc = subprocess.run(cmd, cwd=str(ROOT), timeout=240 + measurements * (30 + 6 * (a.turns_k + 1)))
     except subprocess.TimeoutExpired:
         return {"problems": ["turns: bench/turns.py timed out"]}
     if not out.exists():
@@ -1385,7 +1407,7 @@ def main(argv: list[str] | None = None) -> int:
                    "warmup_s": opts.warmup, "drain_s": opts.drain, "frame_ms": 20,
                    "slip_limit_ms": a.slip_limit_ms, "generator_cpu_limit": opts.cpu_limit, "cpu_ns": a.cpu_n,
                    "steal_limit": opts.steal_limit, "steal_retries": opts.steal_retries, "realtime": a.realtime, "nice": a.nice,
-                   "lazy_reads": opts.lazy_reads, "fail_votes": opts.fail_votes,
+                   "lazy_reads": opts.lazy_reads, "fail_votes": opts.fail_votes, "baseline_tree": a.baseline_tree,
                    "command": " ".join(["bench/run.py", *(sys.argv[1:] if argv is None else argv)])},
         "environment": env,
         "reference": reference,

@@ -92,6 +92,9 @@ class Audio:
         pcm = speech_pcm(UTTERANCE, rate)
         pcm = np.concatenate([pcm, np.zeros((-len(pcm)) % n, dtype=np.int16)])
         frames = [pcm[i:i + n] for i in range(0, len(pcm), n)]
+        #: The first packet that sounds at all (any sample beyond +-300): the utterance's true onset,
+        #: whatever the server's detector dates the speech to.
+        self.onset = next(i for i, f in enumerate(frames) if np.abs(f.astype(np.int32)).max() > 300)
         quiet = [np.zeros(n, dtype=np.int16)] * 50
         if codec == "opus":
             import opuslib
@@ -202,8 +205,12 @@ class Client:
         self.reader.cancel()
 
 
-def barge_in_of(client: Client, since: int, sent: dict[int, float]) -> dict[str, Any] | None:
-    """The barge-in seen since log index ``since``: client delay from the first voiced frame's send."""
+def barge_in_of(client: Client, since: int, sent: dict[int, float], onset: int | None = None) -> dict[str, Any] | None:
+    """
+    The barge-in seen since log index ``since``: client delay from the send of the frame the server
+    dated the speech to, and (``onset``: the key in ``sent`` of the utterance's first sounding
+    packet) from that packet's send, which does not depend on the detector's own dating.
+    """
     got = client.find(lambda m: is_event(m, "barge_in"), since)
     if got is None:
         return None
@@ -212,7 +219,8 @@ def barge_in_of(client: Client, since: int, sent: dict[int, float]) -> dict[str,
     frame = int(info["stream_time_ms"] // 20)
     if frame not in sent:
         return {"error": f"barge_in dated to frame {frame}, not one of this utterance's"}
-    return {"delay_ms": (t - sent[frame]) * 1000.0, "server_delay_ms": info.get("detection_delay_ms"),
+    return {"delay_ms": (t - sent[frame]) * 1000.0,
+            "from_onset_ms": (t - sent[onset]) * 1000.0 if onset in sent else None, "server_delay_ms": info.get("detection_delay_ms"),
             "played_ms": info.get("played_ms"), "response_id": info.get("response_id"), "frame": frame}
 
 
@@ -231,15 +239,16 @@ async def cancelled_ok(client: Client, since: int, response_id: str | None) -> b
 
 
 async def record_barge_in(out: dict[str, list], client: Client, since: int, sent: dict[int, float],
-                          previous: str, turn: int) -> None:
+                          previous: str, turn: int, onset: int | None = None) -> None:
     """Time the barge-in of ``turn`` over reply ``previous`` into ``out``, or say what went wrong."""
-    b = barge_in_of(client, since, sent)
+    b = barge_in_of(client, since, sent, onset)
     if b is None or "error" in b:
         out["errors"].append(f"turn {turn}: " + (b["error"] if b else "no barge_in while the reply played"))
         return
     if b["response_id"] != previous or not await cancelled_ok(client, since, previous):
         out["errors"].append(f"turn {turn}: the barge-in did not cancel the reply {previous}")
     out["barge_in_ms"].append(b["delay_ms"])
+    out.setdefault("barge_in_from_onset_ms", []).append(b["from_onset_ms"])
     out["barge_in_server_ms"].append(b["server_delay_ms"])
 
 
@@ -260,7 +269,7 @@ async def push_to_talk(client: Client, audio: Audio, turns: int) -> dict[str, li
                                      json.dumps({"type": "voice_end", "message_id": f"e{turn}", "data": {}}))
         end_index = len(client.log)
         if previous is not None:
-            await record_barge_in(out, client, mark, sent, previous, turn)
+            await record_barge_in(out, client, mark, sent, previous, turn, audio.onset)
         try:
             t_resp, t_first, previous = await reply_after(client, end_index)
         except (TimeoutError, ConnectionError) as e:
@@ -297,7 +306,7 @@ async def voice_activity(client: Client, audio: Audio, turns: int, silence_ms: i
             await send(packet)
         utterance = {i: sent[i] for i in range(first_frame, frame)}
         if previous is not None:
-            await record_barge_in(out, client, mark, utterance, previous, turn)
+            await record_barge_in(out, client, mark, utterance, previous, turn, first_frame + audio.onset)
         # Silence, in real time, until this turn's reply has played BARGE_AFTER_S (or a timeout).
         deadline = time.perf_counter() + silence_ms / 1000.0 + WAIT_S
         turn_end = reply = None
@@ -376,9 +385,20 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+#: Options added to the server's command line (``--server-arg``), e.g. ``--barge-in-rule fast``.
+SERVER_ARGS: list[str] = []
+
+
+def server_spec() -> Any:
+    if not SERVER_ARGS:
+        return bench.SERVERS["txvoice"]
+    return bench.ServerSpec("txvoice " + " ".join(SERVER_ARGS), bench._txvoice_cmd(SERVER_ARGS), env=bench._txvoice_env,
+                            about="txvoice " + " ".join(SERVER_ARGS))
+
+
 def measure(k: int, background: int, silence_ms: int, codec: str, audio: Audio) -> dict[str, Any]:
     """txvoice started fresh, ``background`` generator sessions, then the turns; the record."""
-    spec = bench.SERVERS["txvoice"]
+    spec = server_spec()
     record: dict[str, Any] = {"background_sessions": background, "k": k, "codec": codec, "silence_ms": silence_ms}
     server = bench.Server(spec, background + 8, f"turns-{codec}-bg{background}")
     gen = None
@@ -423,6 +443,7 @@ def measure(k: int, background: int, silence_ms: int, codec: str, audio: Audio) 
         record["vad_end_to_voice_response_ms"] = stats(vad["end_to_voice_response_ms"])
         record["vad_last_voiced_to_first_frame_minus_silence_ms"] = stats(vad["last_voiced_to_first_frame_minus_silence_ms"])
         record["barge_in_ms"] = stats(ptt["barge_in_ms"] + vad["barge_in_ms"])
+        record["barge_in_from_onset_ms"] = stats(ptt.get("barge_in_from_onset_ms", []) + vad.get("barge_in_from_onset_ms", []))
         record["barge_in_server_detection_ms"] = stats(ptt["barge_in_server_ms"] + vad["barge_in_server_ms"])
         record["samples"] = raw
         errors = [f"push_to_talk {e}" for e in ptt["errors"]] + [f"voice_activity {e}" for e in vad["errors"]]
@@ -474,11 +495,13 @@ def describe(r: dict[str, Any]) -> str:
         return f"{bench.fmt(v['p50'])}/{bench.fmt(v['p95'])}/{bench.fmt(v['max'])} (n={v['n']})"
 
     return (f"explicit end -> first frame {s('explicit_end_to_first_frame_ms')}, VAD end -> first frame "
-            f"{s('vad_end_to_first_frame_ms')}, barge-in {s('barge_in_ms')} ms p50/p95/max"
+            f"{s('vad_end_to_first_frame_ms')}, barge-in {s('barge_in_ms')} (from the first sounding packet "
+            f"{s('barge_in_from_onset_ms')}) ms p50/p95/max"
             + (f"; {len(r['errors'])} problem(s): {r['errors'][0]}" if r.get("errors") else ""))
 
 
-def run_all(k: int, backgrounds: list[int], silence_ms: int, codecs: list[str]) -> dict[str, Any]:
+def run_all(k: int, backgrounds: list[int], silence_ms: int, codecs: list[str],
+            false_barge_s: float = 0.0) -> dict[str, Any]:
     bench.build_loadgen()
     bench.make_payloads()
     bench.raise_fd_limit(max(backgrounds + [0]) + 256)
@@ -496,6 +519,12 @@ def run_all(k: int, backgrounds: list[int], silence_ms: int, codecs: list[str]) 
             r = measure(k, m, silence_ms, codec, audios[codec])
             log(f"  [turns] {codec:6s} background {m:<4d} {describe(r)}")
             result["runs"].append(r)
+    if false_barge_s:
+        import false_barge
+
+        fb = false_barge.measure(bench, SERVER_ARGS, false_barge_s, Client, is_event, is_type, is_final, "turns")
+        log(f"  [turns] false barge-in corpus: {false_barge.describe(fb)}")
+        result["false_barge_in"] = fb
     return result
 
 
@@ -508,6 +537,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--codecs", default="opus,pcm16k",
                    help="the client's audio, one measurement each: opus (48 kHz), pcm16k [opus,pcm16k]")
     p.add_argument("--json", default=None, help="write the result here (else to stdout)")
+    p.add_argument("--false-barge", type=float, default=3.0, metavar="SECONDS",
+                   help="play each false-barge-in corpus item (bench/barge_corpus.py) this long over a reply; 0: skip [3]")
+    p.add_argument("--server-arg", action="append", default=[],
+                   help="add to the server's command line, e.g. --server-arg=--barge-in-rule --server-arg=fast")
     p.add_argument("--quick", action="store_true", help="exit non-zero unless every figure was produced")
     a = p.parse_args(argv)
     backgrounds = [int(x) for x in a.background.split(",") if x.strip()]
@@ -518,7 +551,10 @@ def main(argv: list[str] | None = None) -> int:
         p.error("bounded runs only: 1 <= k <= 200, 0 <= background <= 2000, 200 <= silence-ms <= 2000")
     if bench.PINNING:
         os.sched_setaffinity(0, {int(bench.GEN_CPU)})  # the client beside the generator, off the server's core
-    result = run_all(a.k, backgrounds, a.silence_ms, codecs)
+    SERVER_ARGS[:] = a.server_arg
+    if not 0 <= a.false_barge <= 30:
+        p.error("bounded runs only: 0 <= false-barge <= 30 s an item")
+    result = run_all(a.k, backgrounds, a.silence_ms, codecs, a.false_barge)
     bad = result["problems"] = problems(result)
     text = json.dumps(result, indent=1, default=str) + "\n"
     if a.json:

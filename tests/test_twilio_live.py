@@ -81,7 +81,7 @@ def test_replayed_call_is_answered_with_paced_speech_and_marks(call, daemon) -> 
     call.connected()
     call.start({"FirstName": "Jane"})
     call.stream(ulaw_silence(300) + speech + ulaw_silence(1000))
-    got = call.wait_for(lambda r: any(m.get("event") == "mark" for _, m in r), timeout=15)
+    call.wait_for(lambda r: any(m.get("event") == "mark" for _, m in r), timeout=15)
     # Keep streaming silence (Twilio always does) while the reply plays; echo marks as it "plays".
     call.play_along(8.0, [], until_played=True)
     media = call.messages("media")
@@ -127,7 +127,7 @@ def test_talking_over_the_reply_clears_it_and_marks_truncate_the_turn(daemon) ->
             call.play_along(0.7, echoed, since=call.messages("clear")[-1][0] if clears else None)
             # ...then the caller talks over it.
             sent = call.stream(interruption)
-            got = call.wait_for(lambda r: len(call.messages("clear")) > clears, timeout=5)
+            call.wait_for(lambda r: len(call.messages("clear")) > clears, timeout=5)
             t_clear, clear = call.messages("clear")[clears]
             assert clear == {"event": "clear", "streamSid": call.stream_sid}
             delays.append((t_clear - sent[onset]) * 1000)

@@ -5,7 +5,6 @@ turn record, the sequence check and bad input, each exactly and fast.
 
 from __future__ import annotations
 
-import json
 
 from zope.interface import implementer
 

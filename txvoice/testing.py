@@ -83,7 +83,7 @@ class MemoryClient:
     """A connected in-memory client of one server protocol."""
 
     def __init__(self, server: VoiceServer, protocol: type[VoiceServerProtocol] = NativeVoiceProtocol,
-                 subprotocol: str | None = "txvoice.v1", port: int = 40000) -> None:
+                 subprotocol: str | None = "txvoice.v1", port: int = 40000, path: str = "/") -> None:
         self.server = server
         self.factory = VoiceServerFactory(server, protocol)
         addr = IPv4Address("TCP", "127.0.0.1", port)
@@ -92,7 +92,7 @@ class MemoryClient:
         self.protocol: Any = built
         self.transport = MemoryTransport(peerAddress=addr, hostAddress=IPv4Address("TCP", "127.0.0.1", 8765))
         self.protocol.makeConnection(self.transport)
-        request = HANDSHAKE + (f"Sec-WebSocket-Protocol: {subprotocol}\r\n".encode() if subprotocol else b"") + b"\r\n"
+        request = HANDSHAKE.replace(b"GET / ", f"GET {path} ".encode(), 1) + (f"Sec-WebSocket-Protocol: {subprotocol}\r\n".encode() if subprotocol else b"") + b"\r\n"
         self.protocol.dataReceived(request)
         raw = self.transport.value()
         head, _, rest = raw.partition(b"\r\n\r\n")

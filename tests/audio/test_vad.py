@@ -214,3 +214,63 @@ def test_gate_features_match_a_plain_float64_computation(rate: int, frame_ms: in
             assert gate.flatness == pytest.approx(flatness, rel=1e-3, abs=1e-6)
             checked += 1
     assert checked > 10  # the spectral test ran on the voiced frames
+
+
+# -- the spectrum skipped where a tonal frame continues: the same decisions ---------------------------
+
+
+def _bench_corpus() -> dict[str, np.ndarray]:
+    """The benchmark's speech (bench/frames.py) as the server sees it: Opus 48 kHz decoded to 16 kHz, and PCM."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    try:
+        import frames as bench_frames
+    finally:
+        sys.path.pop(0)
+    from txvoice.audio.codecs import decoder_at
+    from txvoice.audio.format import AudioFormat
+
+    decoder = decoder_at(AudioFormat.validated("opus", 48000, 1), 16000)
+    packets = bench_frames.opus_packets(bench_frames.speech(48000))
+    opus = np.concatenate([np.asarray(decoder.decode(p), dtype=np.int16).ravel() for p in packets])
+    return {"bench opus": opus, "bench pcm16k": bench_frames.speech(16000)}
+
+
+def _corpus() -> dict[str, np.ndarray]:
+    clean = np.concatenate([speech.silence(500), *[np.concatenate([speech.speak(u), speech.silence(400)]) for u in UTTERANCES]])
+    audio = {"speech": clean, "white noise": speech.noise_at(3000, -10), "pink noise": speech.noise_at(3000, -20, color="pink")}
+    for color in ("white", "pink"):
+        for snr in (10, 0):
+            audio[f"speech in {color} noise at {snr} dB"] = speech.mix(clean, snr, color)[0]
+    # Speech straight into a burst of loud noise: the skip must not carry "tonal" into the noise.
+    audio["speech then noise burst"] = np.concatenate([speech.speak("Hello there."), speech.noise_at(300, -15), speech.silence(500)])
+    return {**audio, **_bench_corpus()}
+
+
+def test_skipping_the_spectrum_changes_no_decision() -> None:
+    skipped = {}
+    for name, pcm in _corpus().items():
+        for threshold in (0.2, 0.5, 0.8):
+            with_skips = VoiceActivityDetector(16000, 20, threshold)
+            without = VoiceActivityDetector(16000, 20, threshold)
+            without.classifier.gate.skips = False
+            events_a, decisions_a, _ = run(with_skips, pcm)
+            events_b, decisions_b, _ = run(without, pcm)
+            assert (decisions_a == decisions_b).all(), (name, threshold, np.flatnonzero(decisions_a != decisions_b))
+            assert events_a == events_b, (name, threshold)
+            assert without.classifier.gate.skipped == 0
+            skipped[name, threshold] = (with_skips.classifier.gate.skipped, len(decisions_a))
+    # It does skip on speech (about one spectrum in three on the benchmark's corpus), never on noise alone.
+    assert skipped["bench opus", 0.5][0] > skipped["bench opus", 0.5][1] / 5, skipped
+    assert skipped["speech", 0.5][0] > 0
+    assert skipped["white noise", 0.5][0] == skipped["pink noise", 0.5][0] == 0
+
+
+def test_without_a_tonal_frame_before_it_a_loud_frame_gets_its_spectrum() -> None:
+    gate = SpectralGate(16000, 320)
+    noise = speech.noise_at(200, -10)
+    for i in range(0, len(noise), 320):
+        assert gate.accept(noise[i : i + 320]) is False  # 90 dB above a silent floor, but flat
+    assert gate.skipped == 0

@@ -13,7 +13,7 @@ from twisted.logger import globalLogPublisher
 
 from txvoice.dialects.native import MAX_PING_DATA, NativeVoiceProtocol
 from txvoice.service.heartbeat import HeartbeatService
-from wsmemory import MemoryClient, client_frame, memory_server
+from wsmemory import MemoryClient, memory_server
 
 PING = 0x9
 

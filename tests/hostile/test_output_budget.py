@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 
 from txvoice.server.backpressure import CLOSE_OUTPUT_OVERFLOW, OutputBudget, transport_buffered
 from wsmemory import MemoryClient, memory_server

@@ -21,7 +21,6 @@ from pathlib import Path
 import pytest
 
 from daemons import start_daemon
-from voiceclient import connected
 
 HERE = Path(__file__).resolve().parent
 LONG = os.environ.get("TXVOICE_HOSTILE_LONG") == "1"

@@ -7,8 +7,8 @@ import json
 import pytest
 from twisted.internet.task import Clock
 
-from txvoice.dialects.realtime import RealtimeProtocol, sniff_container
-from txvoice.dialects.native import NativeVoiceProtocol
+from txvoice.audio.sniff import sniff_container
+from txvoice.dialects.realtime import RealtimeProtocol
 from txvoice.errors import ProtocolError
 from txvoice.session.appheartbeat import CLOSE_HEARTBEAT_MISSED, AppHeartbeat, HeartbeatConfig
 from txvoice.session.offline import IOfflineStore, MemoryOfflineStore

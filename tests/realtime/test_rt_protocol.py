@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from rtsupport import S4Client, http_error, is_type, s4, session_token, user_jwt, start_rt_daemon
+from rtsupport import S4Client, http_error, is_type, session_token, user_jwt, start_rt_daemon
 from signal_speech import speak
 
 

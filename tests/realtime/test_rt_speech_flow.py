@@ -14,7 +14,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from rtsupport import S4Client, is_type, session_token, start_rt_daemon
+from rtsupport import S4Client, is_type, start_rt_daemon
 from signal_speech import speak
 
 PHRASE = "what time is it"

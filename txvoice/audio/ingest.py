@@ -21,6 +21,7 @@ from txvoice.audio.format import AudioFormat
 from txvoice.audio.frames import FrameAssembler
 from txvoice.audio._libsoxr import QUALITIES
 from txvoice.audio.resample import Resampler
+from txvoice.audio.bargein import DEFAULT_RULE, RULES, FastOnset
 from txvoice.audio.turns import TurnDetector, TurnEnded, TurnMode, TurnSettings, TurnStarted
 from txvoice.audio.vad import SpeechStarted, SpeechStopped
 from txvoice.errors import ProtocolError
@@ -48,6 +49,7 @@ _OPTION_NAMES = {
     "output_codec": "output_codec", "output_sample_rate": "output_sample_rate",
     "response_lead_ms": "response_lead_ms",
     "resample_quality": "resample_quality",
+    "barge_in_rule": "barge_in_rule", "bargeInRule": "barge_in_rule",
 }
 
 
@@ -72,6 +74,9 @@ class StreamSettings:
     #: ~100 ms blocks (40-120 ms more before the VAD hears speech start); "QQ" adds none (cubic
     #: interpolation): the telephony bridges use it, since barge-in is what a phone call needs fast.
     resample_quality: str = "HQ"
+    #: When speech over a playing reply interrupts it (txvoice.audio.bargein): "frames3" (the turn
+    #: VAD's speech start, three 20 ms frames) or "fast" (two 10 ms frames).
+    barge_in_rule: str = DEFAULT_RULE
 
     @classmethod
     def parse(cls, mode: str | None, options: Mapping[str, Any]) -> "StreamSettings":
@@ -91,7 +96,7 @@ class StreamSettings:
             if name is None:
                 continue  # pipeline options pass through untouched
             expected = type(getattr(defaults, name)) if getattr(defaults, name) is not None else None
-            if name in ("output_codec", "resample_quality"):
+            if name in ("output_codec", "resample_quality", "barge_in_rule"):
                 ok = isinstance(value, str)
             elif name == "output_sample_rate":
                 ok = isinstance(value, int) and not isinstance(value, bool)
@@ -113,6 +118,9 @@ class StreamSettings:
         if settings.resample_quality not in QUALITIES:
             raise ProtocolError(f"options.resample_quality must be one of {', '.join(QUALITIES)}",
                                 code="invalid_field", field="resample_quality")
+        if settings.barge_in_rule not in RULES:
+            raise ProtocolError(f"options.barge_in_rule must be one of {', '.join(RULES)}",
+                                code="invalid_field", field="barge_in_rule")
         settings.turn_settings()  # validates the ranges
         return settings
 
@@ -156,6 +164,14 @@ class Voiced:
 
 
 @dataclass(frozen=True, slots=True)
+class BargeOnset:
+    """The fast barge-in rule heard speech start (``start``); ``arrival`` as for :class:`Voiced`."""
+
+    start: SpeechStarted
+    arrival: float | None
+
+
+@dataclass(frozen=True, slots=True)
 class TurnOutput:
     """What turn ``turn``'s ``feed`` returned, to be called on the reactor thread."""
 
@@ -164,7 +180,7 @@ class TurnOutput:
 
 
 #: Everything a chunk's processing reports to the reactor, in order.
-IngestEvent = Voiced | SpeechStopped | TurnStarted | TurnEnded | TurnOutput
+IngestEvent = Voiced | BargeOnset | SpeechStopped | TurnStarted | TurnEnded | TurnOutput
 
 
 class _TurnSlot:
@@ -277,6 +293,9 @@ class StreamIngest:
             frame_ms=settings.frame_ms,
             keep_audio=False,
         )
+        #: The fast barge-in rule's own onset detector (None with the default rule).
+        self.onset = (FastOnset(pipeline_rate, float(settings.vad_threshold))
+                      if settings.barge_in_rule == "fast" and settings.vad and settings.frame_ms % 10 == 0 else None)
         self.feeds = TurnFeeds()
         self.attach = self.feeds.attach
         self.chunks = 0
@@ -313,7 +332,7 @@ class StreamIngest:
         return None
 
     def _frames(self, frames: np.ndarray, events: "list[IngestEvent] | None" = None) -> "list[IngestEvent] | None":
-        denoiser, agc, turns, feeds = self.denoiser, self.agc, self.turns, self.feeds
+        denoiser, agc, turns, feeds, onset = self.denoiser, self.agc, self.turns, self.feeds, self.onset
         fed = not self.feed_raw
         # Indexed, not iterated: iterating a numpy array ends in a formatted IndexError.
         for i in range(len(frames)):
@@ -322,6 +341,11 @@ class StreamIngest:
                 frame = denoiser.process(frame)
             if agc is not None:
                 frame = agc.process(frame)
+            if onset is not None:
+                started = onset.push(frame, turns.vad.speaking)
+                if started is not None:
+                    events = events if events is not None else []
+                    events.append(BargeOnset(started, self._arrival_of(started.t_ms)))
             produced = turns.push(frame)
             if produced:
                 # A TurnStarted's audio already ends with this frame.

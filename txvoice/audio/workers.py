@@ -15,6 +15,11 @@ Deferred, no context copy and no coordinator thread hand-over, and the round tri
 general; this one only has to run batches in order.  The workers also take single calls the way
 a ``ThreadPool`` does (:meth:`AudioWorkers.callInThreadWithCallback`), so ``deferToThreadPool``
 runs short pipeline work (a final transcript) on them.
+
+What a batch's results write to a connection can wait for the end of the batch:
+:meth:`AudioWorkers.afterBatch` calls a function once every result of the batch being delivered
+has been, so a connection writes the acknowledgements of all its frames in the batch at once
+(one ``send`` instead of one per frame) before the reactor turns again.
 """
 
 from __future__ import annotations
@@ -100,6 +105,8 @@ class AudioWorkers(Service):
         self._calls = 0  # single calls (callInThreadWithCallback) not finished yet
         self._next_call = count()
         self._idle_waiters: list[Deferred] = []
+        #: While a batch's results are delivered: what afterBatch asked to run once they all were.
+        self._after: list[Callable[[], object]] | None = None
         self.batches = 0
         self.items = 0
 
@@ -180,8 +187,7 @@ class AudioWorkers(Service):
         ``deliver(result)`` (or ``fail(failure)``) on the reactor thread when it is done.
         """
         if not self._threads:
-            for callback, value in _run_batch([(work, arg, deliver, fail)]):
-                callback(value)
+            self._deliver(_run_batch([(work, arg, deliver, fail)]), inline=True)
             return
         self._shards[key % len(self._shards)].pending.append((work, arg, deliver, fail))
         if self._flush_call is None:
@@ -202,15 +208,52 @@ class AudioWorkers(Service):
 
     def _batchDone(self, shard: _Shard, results: list[tuple[Deliver, Any]]) -> None:
         shard.busy = False
-        for callback, value in results:
-            try:
-                callback(value)
-            except Exception:
-                _log.failure("delivering audio result failed")
+        self._deliver(results)
         if shard.pending:
             self._dispatch(shard)
         elif self._idle_waiters:
             self._checkIdle()
+
+    def _deliver(self, results: list[tuple[Deliver, Any]], inline: bool = False) -> None:
+        """
+        Hand a batch's results to their callbacks, then run what they asked for (afterBatch).
+        Inline (no threads), a raising callback raises to the caller, as a direct call would.
+        """
+        if self._after is not None:  # inline work submitted while delivering: part of that batch
+            for callback, value in results:
+                callback(value)
+            return
+        after: list[Callable[[], object]] = []
+        self._after = after
+        try:
+            for callback, value in results:
+                if inline:
+                    callback(value)
+                    continue
+                try:
+                    callback(value)
+                except Exception:
+                    _log.failure("delivering audio result failed")
+        finally:
+            self._after = None
+            for call in after:
+                try:
+                    call()
+                except Exception:
+                    _log.failure("finishing an audio batch failed")
+
+    def afterBatch(self, call: Callable[[], object]) -> None:
+        """
+        Call ``call()`` on the reactor once the results of the batch being delivered have all been
+        delivered (at once when none is), before anything else runs on the reactor.  Called from a
+        result's callback, it lets a connection write what the batch's results made for it in one
+        go (:meth:`txvoice.server.base.VoiceServerProtocol.sendPreparedTextSoon`).
+        """
+        after = self._after
+        if after is None:
+            call()
+        else:
+            after.append(call)
 
     # ThreadPool's hand-off, for deferToThreadPool
 

@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import struct
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.protocol import Factory, Protocol
 from zope.interface import implementer
 
@@ -41,12 +42,14 @@ from txvoice.server.channel import VoiceChannel
 from txvoice.session.session import Session, SessionState
 
 if TYPE_CHECKING:  # pragma: no cover
+    from twisted.web.resource import IResource
+
     from txvoice.server.context import VoiceServer
 
 DIALECT = "audiosocket"
 KIND_HANGUP, KIND_UUID, KIND_DTMF, KIND_SLIN, KIND_ERROR = 0x00, 0x01, 0x03, 0x10, 0xFF
 SLIN_FORMAT = AudioFormat("pcm_s16le", 8000, 1, 20)
-ASTERISK_ERRORS = {0x01: "hangup", 0x02: "frame_forwarding", 0x04: "memory"}
+ASTERISK_ERRORS: dict[int | None, str] = {0x01: "hangup", 0x02: "frame_forwarding", 0x04: "memory"}
 _HEADER = struct.Struct(">BH")
 HANGUP = _HEADER.pack(KIND_HANGUP, 0)
 
@@ -63,11 +66,11 @@ class _AudioSocketSink:
     def __init__(self, protocol: "AudioSocketProtocol") -> None:
         self.protocol = protocol
 
-    def event(self, event_type: str, data: dict) -> None:
+    def event(self, event_type: str, data: dict[str, Any]) -> None:
         if event_type == "barge_in":
             log.info("audiosocket call {call_id}: barge-in", call_id=self.protocol.call_id, barge_in=data)
 
-    def startResponse(self, text_content: str | None, audio_format: AudioFormat | None, metadata: dict) -> None:
+    def startResponse(self, text_content: str | None, audio_format: AudioFormat | None, metadata: dict[str, Any]) -> None:
         pass
 
     def audio(self, chunk: bytes) -> None:
@@ -77,7 +80,7 @@ class _AudioSocketSink:
         if protocol.session is not None:
             protocol.session.counters.audio_frames_out += 1
 
-    def endResponse(self, summary: dict) -> None:
+    def endResponse(self, summary: dict[str, Any]) -> None:
         log.debug("audiosocket call {call_id}: reply ended", call_id=self.protocol.call_id, summary=summary)
 
 
@@ -90,15 +93,21 @@ class AudioSocketProtocol(Protocol):
         self.session: Session | None = None
         self.channel: VoiceChannel | None = None
         self.call_id: str | None = None
-        self._closed: Deferred = Deferred()
+        self._closed: "Deferred[None]" = Deferred()
+
+    @property
+    def wire(self) -> ITCPTransport:
+        """The call's TCP connection (set from ``connectionMade`` on)."""
+        assert self.transport is not None
+        return cast(ITCPTransport, self.transport)
 
     def connectionMade(self) -> None:
         server = self.server
-        peer = self.transport.getPeer()
+        peer = self.wire.getPeer()
         if server.shutting_down or len(server.registry) >= server.config.max_connections:
             server.record_refused("shutting_down" if server.shutting_down else "max_connections")
-            self.transport.write(HANGUP)
-            self.transport.loseConnection()
+            self.wire.write(HANGUP)
+            self.wire.loseConnection()
             return
         session = self.session = Session(peer=f"tcp:{getattr(peer, 'host', '')}:{getattr(peer, 'port', '')}",
                                          dialect=DIALECT)
@@ -219,34 +228,39 @@ class AudioSocketProtocol(Protocol):
             return
         self.session.counters.binary_out += 1
         self.session.counters.binary_bytes_out += len(payload) + 3
-        self.transport.write(_HEADER.pack(kind, len(payload)) + payload)
+        self.wire.write(_HEADER.pack(kind, len(payload)) + payload)
 
     def closeSession(self, code: int = 1000, reason: str = "") -> None:
         """End the call: hang up (unless Asterisk did) and close the socket."""
         if self.session is None or self.session.state is SessionState.CLOSED:
             return
         if reason != "hangup":
-            self.transport.write(HANGUP)
-        self.transport.loseConnection()
+            self.wire.write(HANGUP)
+        self.wire.loseConnection()
 
     def sendPing(self, payload: bytes = b"") -> None:
         """The heartbeat's ping: AudioSocket has none; the next message from Asterisk answers it."""
 
-    def deliverEvent(self, event_type: str, data: dict, conversation_id: str | None) -> None:
+    def deliverEvent(self, event_type: str, data: dict[str, Any], conversation_id: str | None) -> None:
         """A broadcast event: AudioSocket carries no events to Asterisk."""
 
     def goingAway(self, reason: str = "server shutting down") -> None:
         self.closeSession(1001, reason)
 
-    def whenClosed(self) -> Deferred:
+    def whenClosed(self) -> "Deferred[None]":
         if self._closed.called:
             return succeed(None)
-        d: Deferred = Deferred()
-        self._closed.addBoth(lambda r: (d.callback(None), r)[1])
+        d: "Deferred[None]" = Deferred()
+
+        def closed(result: object) -> object:
+            d.callback(None)
+            return result
+
+        self._closed.addBoth(closed)
         return d
 
     def dropConnection(self, abort: bool = True) -> None:
-        self.transport.abortConnection()
+        self.wire.abortConnection()
 
     def connectionLost(self, reason: Any = None) -> None:
         session = self.session
@@ -286,7 +300,7 @@ class AudioSocketListener(Service):
         self.server = server
         self.description = description
         self.port: Any = None
-        self.listening: Deferred | None = None
+        self.listening: "Deferred[Any] | None" = None
 
     def startService(self) -> None:
         super().startService()
@@ -308,11 +322,11 @@ class AudioSocketListener(Service):
 
         self.listening.addCallbacks(listening, failed)
 
-    def stopService(self) -> Deferred:
+    def stopService(self) -> "Deferred[None]":
         super().stopService()
         if self.port is not None:
             port, self.port = self.port, None
-            return port.stopListening()
+            return maybeDeferred(port.stopListening)  # IListeningPort: a Deferred, or None
         return succeed(None)
 
 
@@ -324,6 +338,6 @@ def services(server: "VoiceServer") -> list[Service]:
     return [AudioSocketListener(server, description)]
 
 
-def endpoints(server: "VoiceServer") -> dict:
+def endpoints(server: "VoiceServer") -> "dict[str, IResource]":
     """AudioSocket is TCP, not HTTP: no web resources."""
     return {}

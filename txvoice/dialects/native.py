@@ -137,10 +137,10 @@ class NativeVoiceProtocol(VoiceServerProtocol):
     app_heartbeat: AppHeartbeat | None = None  # --native-heartbeat
     #: Messages that arrived while an asynchronous step (a resume, recording a reliable message
     #: in the shared log) was pending: handled in order once it is done.  None: not holding.
-    _held: list[tuple[bool, bytes]] | None = None
+    _waiting: list[tuple[bool, bytes]] | None = None
     #: The reliable-message log this session writes to (its first session's id; kept on resume).
     _log_id: str | None = None
-    _holds = 0
+    _pending_steps = 0
 
     # lifecycle
 
@@ -283,30 +283,30 @@ class NativeVoiceProtocol(VoiceServerProtocol):
 
     def _hold(self, d: Deferred) -> None:
         """Hold incoming messages until ``d`` (and any other step pending) has fired, then handle them in order."""
-        if self._held is None:
-            self._held = []
-        self._holds += 1
+        if self._waiting is None:
+            self._waiting = []
+        self._pending_steps += 1
 
         def release(_: object) -> None:
-            self._holds -= 1
-            if self._holds:
+            self._pending_steps -= 1
+            if self._pending_steps:
                 return  # another step is pending: the last one to finish releases
-            held, self._held = self._held or [], None
+            held, self._waiting = self._waiting or [], None
             while held:
                 is_binary, payload = held.pop(0)
                 if is_binary:
                     self.binaryReceived(payload)
                 else:
                     self.textReceived(payload)
-                if self._held is not None:  # holding again: the rest waits behind that step
-                    self._held.extend(held)
+                if self._waiting is not None:  # holding again: the rest waits behind that step
+                    self._waiting.extend(held)
                     return
 
         d.addBoth(release).addErrback(lambda f: self.wslog.failure("handling held messages failed", f))
 
     def textReceived(self, payload: bytes) -> None:
-        if self._held is not None:
-            self._held.append((False, payload))
+        if self._waiting is not None:
+            self._waiting.append((False, payload))
             return
         try:
             env = decode_envelope(payload)
@@ -365,8 +365,8 @@ class NativeVoiceProtocol(VoiceServerProtocol):
         return False
 
     def binaryReceived(self, payload: bytes) -> None:
-        if self._held is not None:
-            self._held.append((True, payload))
+        if self._waiting is not None:
+            self._waiting.append((True, payload))
             return
         channel = self.channel
         try:

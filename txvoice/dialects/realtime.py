@@ -21,19 +21,18 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import struct
-import uuid
+import weakref
 from typing import TYPE_CHECKING, Any, Callable
 
 from autobahn.twisted.resource import WebSocketResource
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from txvoice.audio.format import AudioFormat
 from txvoice.audio.ingest import StreamSettings
+from txvoice.audio.sniff import sniff_container, wav_shape
 from txvoice.dialects.realtime_calls import CallSession, CallTable, envelope, user_address
+from txvoice.dialects.realtime_sink import RealtimeSink
 from txvoice.errors import ProtocolError, StateError, VoiceError
-from txvoice.pipeline.interfaces import IResponseSink
 from txvoice.security.session_tokens import BINDING_CLAIM
 from txvoice.server.base import CLOSE_NORMAL, VoiceServerProtocol
 from txvoice.server.factory import VoiceServerFactory
@@ -48,9 +47,6 @@ if TYPE_CHECKING:  # pragma: no cover
 #: Close code of a connection whose call was taken over by a newer connection (a reconnect).
 CLOSE_TAKEN_OVER = 4005
 
-#: S4's pipeline stage names for txvoice's.
-STAGES = {"stt": "speech_to_text", "agent": "ai_generation", "tts": "text_to_speech", "queued": "queued"}
-
 #: session_start.data keys that are S4 AudioProcessingOptions (also accepted under data.audioOptions).
 AUDIO_OPTIONS = ("sampleRate", "channels", "enableVAD", "vadThreshold", "enableDenoising", "enableAGC",
                  "maxChunkSize", "bufferDuration", "format", "codec", "maxAudioDuration", "outputFormat",
@@ -64,90 +60,6 @@ _ERROR_CATEGORY = {
     "session_already_started": "state", "message_too_large": "limit", "chunk_too_large": "limit",
     "rate_limited": "limit",
 }
-
-
-def sniff_container(first: bytes) -> str | None:
-    """The container the first bytes of a stream announce: ``webm``, ``wav``, ``ogg`` or None (raw)."""
-    if first[:4] == b"\x1a\x45\xdf\xa3":
-        return "webm"
-    if first[:4] == b"RIFF" and first[8:12] == b"WAVE":
-        return "wav"
-    if first[:4] == b"OggS":
-        return "ogg"
-    return None
-
-
-def _wav_shape(first: bytes) -> tuple[int, int] | None:
-    """(sample rate, channels) from a canonical WAV header in the first chunk, if it is there."""
-    if len(first) >= 36 and first[12:16] == b"fmt ":
-        channels, rate = struct.unpack_from("<HI", first, 22)
-        return rate, channels
-    return None
-
-
-def _latencies(latency_ms: dict[str, float]) -> dict[str, Any]:
-    """S4's stage latencies (ms).  The agent recognizes intent and generates in one call: its time is aiGeneration."""
-    return {
-        "speechToText": latency_ms.get("stt"),
-        "intentRecognition": None,
-        "aiGeneration": latency_ms.get("agent"),
-        "textToSpeech": latency_ms.get("tts"),
-        "firstAudio": latency_ms.get("first_audio"),
-        "queue": latency_ms.get("queue"),
-        "total": latency_ms.get("total"),
-    }
-
-
-@implementer(IResponseSink)
-class RealtimeSink:
-    """A call's turns in S4's messages (through the call: live, or queued while it is offline)."""
-
-    def __init__(self, call: CallSession) -> None:
-        self.call = call
-        self.response_id: str | None = None
-        self.sent_bytes = 0
-
-    def event(self, event_type: str, data: dict) -> None:
-        call = self.call
-        if event_type == "transcript":
-            final = bool(data.get("final"))
-            call.send("transcript", {**data, "text": data.get("text", ""), "isFinal": final, "partial": not final})
-        elif event_type == "ai_response":
-            call.send("ai_response", dict(data))
-        elif event_type == "processing_started":
-            call.send("processing_status", {**data, "stage": "speech_to_text", "status": "started"})
-        elif event_type == "processing_progress":
-            stage = data.get("stage")
-            call.send("processing_status", {**data, "stage": STAGES.get(stage, stage), "status": "processing"})
-        elif event_type == "processing_completed":
-            latency_ms = dict(data.get("latency_ms") or {})
-            call.send("processing_status", {"stage": "completed", "status": "completed", "text": data.get("text"),
-                                            "transcript": data.get("transcript"), "audioMs": data.get("audio_ms"),
-                                            "latency": _latencies(latency_ms), "latencyMs": latency_ms})
-        elif event_type in ("processing_failed", "busy"):
-            code = data.get("code", "processing_failed")
-            call.send("processing_status", {"stage": STAGES.get(data.get("stage"), data.get("stage")),
-                                            "status": "failed", "code": code})
-            if event_type == "processing_failed":
-                call.send("error", {"code": code, "message": data.get("message", ""), "category": "processing"})
-        else:  # vad, turn_start, turn_end, barge_in: the voice-activity side of processing
-            status = data.get("event", event_type) if event_type == "vad" else event_type
-            call.send("processing_status", {**data, "stage": "voice_activity", "status": status, "event": status})
-
-    def startResponse(self, text_content: str | None, audio_format: AudioFormat | None, metadata: dict) -> None:
-        self.response_id = "resp_" + uuid.uuid4().hex[:16]
-        data: dict[str, Any] = {"responseId": self.response_id, "status": "start", "text": text_content}
-        if audio_format is not None:
-            data.update(format=audio_format.codec, sampleRate=audio_format.sample_rate,
-                        channels=audio_format.channels, encoding="binary")
-        self.call.send("audio_response", data)
-
-    def audio(self, chunk: bytes) -> None:
-        self.sent_bytes += len(chunk)
-        self.call.write(chunk, True)
-
-    def endResponse(self, summary: dict) -> None:
-        self.call.send("audio_response", {"responseId": self.response_id, "status": "end", **summary})
 
 
 class RealtimeProtocol(VoiceServerProtocol):
@@ -171,6 +83,7 @@ class RealtimeProtocol(VoiceServerProtocol):
         self.heartbeat = AppHeartbeat(self.server.clock, table.heartbeat, self._sendHeartbeat, self._heartbeatMissed)
         self.heartbeat.start()
         table.on_heartbeat_config.append(self.heartbeat.reconfigure)
+        assert self.session is not None
         self.sendS4("connection_status", {
             "status": "connected", "sessionId": self.session.id, "server": self.server.config.server_name,
             "version": self.server.version, "heartbeat": table.heartbeat.as_s4(),
@@ -225,6 +138,12 @@ class RealtimeProtocol(VoiceServerProtocol):
         if error.details.get("field") is not None:
             data["field"] = error.details["field"]
         self.sendS4("error", data)
+
+    def _current(self) -> CallSession:
+        """The call this connection serves (handlers other than session_start run only with one)."""
+        call = self.call
+        assert call is not None
+        return call
 
     def sink_for(self, call: CallSession) -> RealtimeSink:
         return RealtimeSink(call)
@@ -289,7 +208,7 @@ class RealtimeProtocol(VoiceServerProtocol):
         if container == "webm":
             return AudioFormat("webm_opus", 48000, declared.channels)
         if container == "wav":
-            shape = _wav_shape(first)
+            shape = wav_shape(first)
             rate, channels = shape if shape is not None else (declared.sample_rate, declared.channels)
             return AudioFormat.validated("wav", rate, channels)
         if container == "ogg":
@@ -307,16 +226,17 @@ class RealtimeProtocol(VoiceServerProtocol):
 
     # handlers: (self, message, data)
 
-    def on_heartbeat(self, message: dict, data: dict) -> None:
+    def on_heartbeat(self, message: dict[str, Any], data: dict[str, Any]) -> None:
         if data.get("pong") and self.heartbeat is not None:
             self.heartbeat.answered(data.get("seq"))
         elif data.get("ping"):
             self.sendS4("heartbeat", {"pong": True, "serverTime": int(self.server.clock.seconds() * 1000)})
 
-    def on_error(self, message: dict, data: dict) -> None:
-        self.wslog.warn("client {session_id} reported error: {error}", session_id=self.session.id, error=data)
+    def on_error(self, message: dict[str, Any], data: dict[str, Any]) -> None:
+        self.wslog.warn("client {session_id} reported error: {error}",
+                        session_id=self.session.id if self.session is not None else None, error=data)
 
-    def on_session_start(self, message: dict, data: dict) -> None:
+    def on_session_start(self, message: dict[str, Any], data: dict[str, Any]) -> None:
         if self.call is not None or self._pending_start:
             raise StateError("a call session is already started on this connection; send session_end first",
                              code="session_already_started")
@@ -347,7 +267,7 @@ class RealtimeProtocol(VoiceServerProtocol):
         d.addCallback(self._authenticated, call_id, user_id, audio, heartbeat)
         d.addErrback(self._startFailed)
 
-    def _audioOptions(self, data: dict) -> tuple[AudioFormat, dict[str, Any], int]:
+    def _audioOptions(self, data: dict[str, Any]) -> tuple[AudioFormat, dict[str, Any], int]:
         """S4's AudioProcessingOptions -> the fallback format, stream options and the chunk limit."""
         opts = dict(data.get("audioOptions") or data.get("options") or {})
         for key in AUDIO_OPTIONS:
@@ -389,6 +309,7 @@ class RealtimeProtocol(VoiceServerProtocol):
                 raise VoiceError("this call belongs to another user", code="call_in_use")
             previous = call.protocol
             if previous is not None and previous is not self:
+                assert isinstance(previous, RealtimeProtocol)  # only this dialect serves calls
                 previous.call = None
                 call.detach(previous)
                 previous.sendS4("connection_status", {"status": "taken_over", "callId": call_id})
@@ -427,7 +348,7 @@ class RealtimeProtocol(VoiceServerProtocol):
         self.calls.queued_delivered += delivered
         d = self.calls.store.take(user_address(user_id))
 
-        def write(queued: list) -> None:
+        def write(queued: list[Any]) -> None:
             for message in queued:
                 self.writeOut(message.payload, message.is_binary)
             self.calls.queued_delivered += len(queued)
@@ -448,7 +369,7 @@ class RealtimeProtocol(VoiceServerProtocol):
             error = VoiceError("authentication failed", code="auth_failed")
         self.sendError(error, "session_start")
 
-    def on_session_end(self, message: dict, data: dict) -> None:
+    def on_session_end(self, message: dict[str, Any], data: dict[str, Any]) -> None:
         call, self.call = self.call, None
         assert call is not None
         if call.channel is not None and call.channel.stream is not None:
@@ -457,7 +378,7 @@ class RealtimeProtocol(VoiceServerProtocol):
         self.sendS4("connection_status", {"status": "session_ended", "callId": call.call_id,
                                           "reason": data.get("reason", "client_request")}, call.call_id)
 
-    def on_audio_chunk(self, message: dict, data: dict) -> None:
+    def on_audio_chunk(self, message: dict[str, Any], data: dict[str, Any]) -> None:
         """Audio in JSON (``data.audio``, base64), for clients that cannot send binary messages."""
         raw = data.get("audio")
         if not isinstance(raw, str):
@@ -468,8 +389,9 @@ class RealtimeProtocol(VoiceServerProtocol):
             raise ProtocolError("data.audio is not base64", code="invalid_field", field="audio") from None
         self._audio(chunk)
 
-    def on_metrics(self, message: dict, data: dict) -> None:
+    def on_metrics(self, message: dict[str, Any], data: dict[str, Any]) -> None:
         session = self.session
+        assert session is not None
         if "subscribe" in data:
             session.metrics_subscribed = bool(data["subscribe"])
         self.sendS4("metrics", {**self.metricsSnapshot(), "subscribed": session.metrics_subscribed})
@@ -481,6 +403,7 @@ class RealtimeProtocol(VoiceServerProtocol):
     def metricsSnapshot(self) -> dict[str, Any]:
         """S4's connection and processing metrics for this connection and server (also pushed to subscribers)."""
         session = self.session
+        assert session is not None
         server = self.server
         counters = session.counters
         realtime = server.history.get_real_time_metrics()
@@ -497,23 +420,24 @@ class RealtimeProtocol(VoiceServerProtocol):
             "realtime": realtime,
         }
 
-    def on_connection_status(self, message: dict, data: dict) -> None:
-        self.sendS4("connection_status", {"status": "connected", "callId": self.call.call_id,
+    def on_connection_status(self, message: dict[str, Any], data: dict[str, Any]) -> None:
+        self.sendS4("connection_status", {"status": "connected", "callId": self._current().call_id,
                                           "heartbeat": self.heartbeat.config.as_s4() if self.heartbeat else None})
 
-    def on_processing_status(self, message: dict, data: dict) -> None:
-        channel = self.call.channel
-        self.sendS4("processing_status", {"stage": "session", "status": "streaming" if channel.stream else "idle",
-                                          "container": self.call.detected})
+    def on_processing_status(self, message: dict[str, Any], data: dict[str, Any]) -> None:
+        call = self._current()
+        streaming = call.channel is not None and call.channel.stream is not None
+        self.sendS4("processing_status", {"stage": "session", "status": "streaming" if streaming else "idle",
+                                          "container": call.detected})
 
-    def deliverEvent(self, event_type: str, data: dict, conversation_id: str | None) -> None:
+    def deliverEvent(self, event_type: str, data: dict[str, Any], conversation_id: str | None) -> None:
         """A broadcast (metrics pushes, server events): S4's envelope with that type."""
         self.sendS4(event_type, dict(data))
 
     def closeCall(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
         self.closeSession(code, reason)
 
-    _handlers: dict[str, Callable[["RealtimeProtocol", dict, dict], None]] = {}
+    _handlers: dict[str, Callable[["RealtimeProtocol", dict[str, Any], dict[str, Any]], None]] = {}
 
 
 RealtimeProtocol._handlers = {
@@ -521,17 +445,21 @@ RealtimeProtocol._handlers = {
 }
 
 
+#: Each server's call table, kept beside the server rather than as an attribute patched onto it.
+_tables: "weakref.WeakKeyDictionary[VoiceServer, CallTable]" = weakref.WeakKeyDictionary()
+
+
 def call_table(server: "VoiceServer") -> CallTable:
     """
     The server's call sessions (one table per server, made on first use), with its offline store and
-    the ``txvoice_offline_messages_dropped_total`` counter.  Embedding code reaches it as
-    ``server.realtime_calls`` (``updateHeartbeatConfig``, ``sendToUser``, ``sendToCall``).
+    the ``txvoice_offline_messages_dropped_total`` counter.  Embedding code reaches it here
+    (``updateHeartbeatConfig``, ``sendToUser``, ``sendToCall``).
     """
-    table = getattr(server, "realtime_calls", None)
+    table = _tables.get(server)
     if table is None:
         from prometheus_client import Counter
 
-        table = server.realtime_calls = CallTable(server)
+        table = _tables[server] = CallTable(server)
         table.dropped_counter = Counter(
             "offline_messages_dropped", "Messages for disconnected call sessions or users dropped from the offline "
             "queue (oldest first), by bound: count, bytes, expired", ["reason"],

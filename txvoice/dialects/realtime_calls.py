@@ -112,7 +112,7 @@ class CallSession:
 
     # connections
 
-    def attach(self, protocol: "CallConnection") -> Deferred:
+    def attach(self, protocol: "CallConnection") -> "Deferred[int]":
         """
         Serve the call from ``protocol``: fires with the queued messages' count once they have been
         written to it (live messages produced meanwhile follow them).
@@ -127,11 +127,9 @@ class CallSession:
         else:
             self.channel.session = protocol.session
         self._buffer = []
-        d = self.table.store.take(self.address)
-        d.addCallback(self._drained, protocol)
-        return d
+        return self.table.store.take(self.address).addCallback(self._drained, protocol)
 
-    def _drained(self, queued: list, protocol: "CallConnection") -> int:
+    def _drained(self, queued: list[Any], protocol: "CallConnection") -> int:
         buffered, self._buffer = self._buffer or [], None
         if self.protocol is not protocol:
             # Taken over (or dropped) while the store answered: requeue, in order.

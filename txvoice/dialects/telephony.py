@@ -32,7 +32,7 @@ log = NamespaceLogger(namespace="txvoice.network.telephony")
 class IDtmfListener(Interface):
     """A pipeline that wants to hear DTMF key presses as they happen."""
 
-    def dtmf(session_id: str, conversation_id: str | None, digit: str, details: dict) -> None:
+    def dtmf(session_id: str, conversation_id: str | None, digit: str, details: dict[str, Any]) -> None:
         """A key was pressed on the call (reactor thread); ``details`` names the call."""
 
 
@@ -72,7 +72,7 @@ def input_problem(server: "VoiceServer", session: Any, dialect: str, problem: st
              message=message, session_id=getattr(session, "id", None), **fields)
 
 
-def deliver_dtmf(server: "VoiceServer", channel: "VoiceChannel", dialect: str, digit: str, details: dict) -> None:
+def deliver_dtmf(server: "VoiceServer", channel: "VoiceChannel", dialect: str, digit: str, details: dict[str, Any]) -> None:
     """A DTMF digit for the pipeline: its listener now, and the stream's options for later turns."""
     telephony_metrics(server).dtmf.labels(dialect).inc()
     session = channel.session

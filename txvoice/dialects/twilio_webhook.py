@@ -36,11 +36,11 @@ if TYPE_CHECKING:  # pragma: no cover
 FORWARDED = ("From", "To", "Direction", "CallerName")
 
 
-class _Params(dict):
+class _Params(dict[str, list[str]]):
     """POST parameters with repeats, as ``RequestValidator`` reads them (``getall``)."""
 
     def getall(self, name: str) -> list[str]:
-        return self[name]
+        return list(self[name])
 
 
 class TwimlWebhook(Resource):
@@ -73,8 +73,10 @@ class TwimlWebhook(Resource):
         return f"{scheme}://{base.netloc}{prefix}/{self.voice.config.twilio_path.strip('/')}"
 
     def render_POST(self, request: "Request") -> bytes:
-        request.content.seek(0)
-        body = request.content.read().decode("utf-8", "replace")
+        body = ""
+        if request.content is not None:
+            request.content.seek(0)
+            body = request.content.read().decode("utf-8", "replace")
         params = _Params()
         for key, value in parse_qsl(body, keep_blank_values=True):
             params.setdefault(key, []).append(value)

@@ -130,7 +130,8 @@ class VocalProtocol(VoiceServerProtocol):
         self.sendError(error.code, error.message)
 
     def _acknowledge(self, result: object) -> None:
-        self.sendPreparedText(_CHUNK_RECEIVED)
+        # The acks of one audio batch leave in one write, after the batch (and before anything else).
+        self.sendPreparedTextSoon(_CHUNK_RECEIVED)
 
     def _chunkFailed(self, failure: Failure) -> None:
         error = failure.value

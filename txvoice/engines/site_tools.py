@@ -91,8 +91,7 @@ class SiteDescription:
             return cls.from_dict(json.load(f))
 
     def page(self, name: str) -> Page | None:
-        wanted = _words(name)
-        wanted = re.sub(r"\b(the|page)\b", " ", wanted).split()
+        wanted = re.sub(r"\b(the|page)\b", " ", _words(name)).split()
         key = " ".join(wanted)
         for page in self.pages:
             if page.name == key or page.title.lower() == key:

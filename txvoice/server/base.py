@@ -417,6 +417,26 @@ class VoiceServerProtocol(FastFraming, WebSocketServerProtocol):  # type: ignore
             session.counters.text_bytes_out += prepared.size
         self.sendPreparedMessage(prepared.message)
 
+    def sendPreparedTextSoon(self, prepared: PreparedText) -> None:
+        """
+        Send a text message framed in advance with the others of the audio batch being delivered:
+        held (:meth:`~txvoice.server.framing.FastFraming.holdFrame`) until the batch's results have
+        all been delivered (:meth:`~txvoice.audio.workers.AudioWorkers.afterBatch`), then written
+        in one go; anything this connection writes meanwhile goes out after it.  Outside a batch
+        it is written at once.  The checks and counters are those of :meth:`sendPreparedText`.
+        """
+        if self.state != self.STATE_OPEN:
+            return
+        budget = self.budget
+        if budget is not None and budget.watching() and budget.check() is EXCEEDED:
+            return
+        session = self.session
+        if session is not None:
+            session.counters.text_out += 1
+            session.counters.text_bytes_out += prepared.size
+        if self.holdFrame(prepared.message.payloadHybi):
+            self.factory.voice.workers.afterBatch(self.writeHeld)
+
     def sendBinary(self, payload: bytes) -> None:
         """Send a binary (response audio) message, never compressed; dropped while congested."""
         if self.state != self.STATE_OPEN:

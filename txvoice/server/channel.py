@@ -19,7 +19,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, Callable
 
 from txvoice.audio.format import AudioFormat
-from txvoice.audio.ingest import StreamIngest, StreamSettings, TurnFeeds, TurnOutput, Voiced
+from txvoice.audio.ingest import BargeOnset, StreamIngest, StreamSettings, TurnFeeds, TurnOutput, Voiced
 from txvoice.audio.turns import TurnEnded, TurnStarted
 from txvoice.audio.vad import SpeechStarted, SpeechStopped
 from txvoice.errors import StateError
@@ -181,6 +181,9 @@ class VoiceChannel:
                 code="stream_already_active",
             )
         options = dict(options or {})
+        rule = getattr(self.server.config, "barge_in_rule", None)
+        if rule is not None and "barge_in_rule" not in options and "bargeInRule" not in options:
+            options["barge_in_rule"] = rule  # the server's default (--barge-in-rule)
         settings = StreamSettings.parse(mode if mode is not None else options.get("mode"), options)
         pipeline = self.server.pipeline
         stream = VoiceStream(stream_id or "strm_" + uuid.uuid4().hex[:16], fmt, settings, options)
@@ -300,8 +303,11 @@ class VoiceChannel:
             elif isinstance(event, Voiced):
                 start = event.start
                 sink.event("vad", {"event": start.kind, "stream_time_ms": round(start.t_ms, 1)})
-                if self.playing is not None or self.responses:
+                if (self.playing is not None or self.responses) and stream.settings.barge_in_rule != "fast":
                     self.bargeIn(start, event.arrival)
+            elif isinstance(event, BargeOnset):
+                if self.playing is not None or self.responses:
+                    self.bargeIn(event.start, event.arrival)
             elif isinstance(event, SpeechStopped):
                 sink.event("vad", {"event": event.kind, "stream_time_ms": round(event.t_ms, 1)})
             elif isinstance(event, TurnStarted):

@@ -20,4 +20,5 @@ def apply_compression_level(pmce: Any, level: int) -> None:
         if pmce._compressor is None or pmce.server_no_context_takeover:
             pmce._compressor = zlib.compressobj(level, zlib.DEFLATED, -pmce.server_max_window_bits, pmce.mem_level)
 
-    pmce.start_compress_message = start_compress_message
+    # Autobahn has no hook for the level: its method is replaced on this one instance.
+    pmce.start_compress_message = start_compress_message  # type: ignore[method-assign]
