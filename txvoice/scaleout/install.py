@@ -18,6 +18,7 @@ from txvoice.config import VoiceConfig
 from txvoice.scaleout.bus import RedisEventBus
 from txvoice.scaleout.connection import RedisConnection
 from txvoice.scaleout.conversations import RedisConversationStore
+from txvoice.scaleout.offline import RedisOfflineStore
 from txvoice.scaleout.registry import RedisSessionRegistry
 from txvoice.scaleout.resume import RedisReliableLog, RedisResumeStore
 from txvoice.scaleout.settings import parse_redis_settings
@@ -54,6 +55,9 @@ class ScaleOut:
         server.health_checks.append(self.connection.health_reason)
         server.scaleout = self
         server.conversation_store = RedisConversationStore(self.connection, self.config.redis_conversation_ttl)
+        server.offline_store = RedisOfflineStore(
+            self.connection, max_messages=self.config.offline_queue_max_messages,
+            max_bytes=self.config.offline_queue_max_bytes, max_age=self.config.offline_queue_max_age)
         config = self.config
         server.admission.issuer = SessionTokenIssuer(
             store=RedisSessionTokenStore(self.connection), clock=self.connection.clock,

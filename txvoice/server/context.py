@@ -77,6 +77,8 @@ class VoiceServer:
         self.scaleout: Any = None
         #: Where conversations are shared between nodes (txvoice.scaleout.conversations); None: here only.
         self.conversation_store: Any = None
+        #: The offline message queue the realtime dialect uses (--redis: txvoice.scaleout.offline); None: its own.
+        self.offline_store: Any = None
         self.started_at = time.time()
         self.version = __version__
         self.shutting_down = False
