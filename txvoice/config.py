@@ -93,6 +93,7 @@ class VoiceConfig:
     # scale-out (doc/operations.md "Several nodes on Redis")
     redis: str = _opt("", "Redis URL (redis://[:password@]host:port/db or rediss:// for TLS) that several nodes share sessions, resume state, session tokens, conversations, offline queues and broadcasts through; also TXVOICE_REDIS_URL or REDIS_URL. Empty: everything stays in this process.")
     redis_password: str = _opt("", "Redis password (overrides the URL's). Prefer TXVOICE_REDIS_PASSWORD (or REDIS_PASSWORD).")
+    redis_ca_file: str = _opt("", "PEM file of the certificate authority a rediss:// server's certificate is checked against (empty: the system's trust store).")
     redis_db: int = _opt(-1, "Redis database number (-1: the URL's path, else 0).")
     redis_prefix: str = _opt("txvoice:", "Prefix of every Redis key and channel, so that several deployments can share one Redis.")
     redis_pool_size: int = _opt(2, "Connections to Redis for commands (one more carries the pub/sub subscription).")

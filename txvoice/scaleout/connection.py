@@ -99,7 +99,13 @@ class RedisConnection(Service):
 
     def _endpoint(self) -> Any:
         settings = self.settings
-        context = ssl.optionsForClientTLS(settings.host) if settings.tls else None
+        context = None
+        if settings.tls:
+            trust: Any = None
+            if settings.ca_file:
+                with open(settings.ca_file, "rb") as pem:
+                    trust = ssl.Certificate.loadPEM(pem.read())
+            context = ssl.optionsForClientTLS(settings.host, trustRoot=trust)
         return txredisapi._makeEndpoint(settings.host, settings.port, settings.timeout, context)
 
     def _configure(self, factory: Any) -> None:
