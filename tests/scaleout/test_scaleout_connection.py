@@ -19,6 +19,11 @@ def health(port: int) -> dict:
         return json.loads(r.read())
 
 
+def redis_ok(h: dict) -> bool:
+    """No Redis reason on /health (the busy test machine may add reactor_lag of its own)."""
+    return h["status"] != "unhealthy" and not any(r.startswith("redis") for r in h["reasons"])
+
+
 def wait_for(predicate, timeout: float, what: str):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -55,13 +60,13 @@ def test_health_degraded_while_redis_is_down_then_healthy(tmp_path):
                      "--node-id", "node-a", "--redis-reconnect-max-delay", "0.5")
     try:
         h = wait_for(lambda: (lambda h: h if "redis_down" in h["reasons"] else None)(health(d.port)), 5, "redis_down")
-        assert h["status"] == "degraded" and h["node_id"] == "node-a"
+        assert h["status"] == "degraded" and h["node_id"] == "node-a"  # degraded, not unhealthy: it serves
         redis.start()
-        wait_for(lambda: health(d.port)["status"] == "healthy", 10, "healthy after Redis started")
+        wait_for(lambda: redis_ok(health(d.port)), 10, "healthy after Redis started")
         redis.stop()
         wait_for(lambda: "redis_down" in health(d.port)["reasons"], 10, "degraded after Redis stopped")
         redis.start()
-        wait_for(lambda: health(d.port)["status"] == "healthy", 10, "healthy after Redis restarted")
+        wait_for(lambda: redis_ok(health(d.port)), 10, "healthy after Redis restarted")
         assert d.proc.poll() is None
     finally:
         d.stop()
@@ -108,7 +113,7 @@ def test_rediss_tls_with_a_ca_file(tmp_path):
     good = start_daemon(tmp_path, "--redis", redis.url, "--redis-ca-file", str(cert))
     untrusted = start_daemon(tmp_path, "--redis", redis.url)
     try:
-        wait_for(lambda: health(good.port)["status"] == "healthy", 10, "healthy over TLS")
+        wait_for(lambda: redis_ok(health(good.port)), 10, "healthy over TLS")
         time.sleep(1.5)
         assert "redis_down" in health(untrusted.port)["reasons"]  # the system does not trust this certificate
     finally:
