@@ -80,4 +80,6 @@ def test_bench_quick(tmp_path: Path) -> None:
         assert f"| `{name}` |" in table
     assert "## Turns" in table and "barge-in" in table
     assert (tmp_path / "latest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert result["elapsed_s"] < 75, f"the smoke run took {result['elapsed_s']} s (budget: 75 s)"
+    # A guard against --quick growing into a real run (a ladder, more reps), not a timing test: about
+    # 60 s on a quiet 2-core VM, twice that while other work shares the cores.
+    assert result["elapsed_s"] < 180, f"the smoke run took {result['elapsed_s']} s (budget: 180 s)"
