@@ -94,3 +94,18 @@ def send_reliable(client: VoiceClient, msg_type: str, message_id: str, data: dic
     client.ws.send(json.dumps({"type": msg_type, "data": data or {}, "message_id": message_id, "reliable": True}))
     return client.until(lambda m: isinstance(m, dict) and m.get("type") == "ack"
                         and m["data"].get("message_id") == message_id)[-1][1]["data"]
+
+
+def send_reliable_reply(client: VoiceClient, msg_type: str, message_id: str, data: dict | None = None) -> tuple[dict, dict]:
+    """Send one reliable request; (its answer's data, its ack's data), in whichever order they come."""
+    client.ws.send(json.dumps({"type": msg_type, "data": data or {}, "message_id": message_id, "reliable": True}))
+    reply = ack = None
+    while reply is None or ack is None:
+        _, msg = client.next()
+        if not isinstance(msg, dict):
+            continue
+        if msg.get("type") == "ack" and msg["data"].get("message_id") == message_id:
+            ack = msg["data"]
+        elif msg.get("type") == msg_type and msg["data"].get("reply_to") == message_id:
+            reply = msg["data"]
+    return reply, ack

@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from cluster import (authed_client, bearer, health, http, send_reliable, start_nodes, status_events, wait_for)
+from cluster import (authed_client, bearer, health, http, send_reliable, send_reliable_reply, start_nodes, status_events,
+                     wait_for)
 from voiceclient import VoiceClient
 
 pytestmark = pytest.mark.slow
@@ -139,9 +140,9 @@ def test_conversation_started_on_a_continues_on_b(two):
     a, b = two
     first, second = VoiceClient(a.url), VoiceClient(b.url)
     try:
-        started = send_reliable(first, "conversation_start", "c1", {"conversation_id": "conv-shared", "metadata": {"topic": "billing"}})
+        reply, started = send_reliable_reply(first, "conversation_start", "c1",
+                                             {"conversation_id": "conv-shared", "metadata": {"topic": "billing"}})
         assert started["duplicate"] is False
-        reply = first.until(lambda m: isinstance(m, dict) and m.get("type") == "conversation_start")[-1][1]["data"]
         # a turn on A (push to talk with the echo pipeline)
         first.send_json("voice_start", {"codec": "pcm_s16le", "sample_rate": 16000, "mode": "push_to_talk"}, message_id="vs")
         first.until(lambda m: isinstance(m, dict) and m.get("type") == "voice_start")

@@ -141,6 +141,8 @@ class NativeVoiceProtocol(VoiceServerProtocol):
     #: The reliable-message log this session writes to (its first session's id; kept on resume).
     _log_id: str | None = None
     _pending_steps = 0
+    #: Set by a handler that acknowledges its reliable message itself, once applied (asynchronously).
+    _ack_later = False
 
     # lifecycle
 
@@ -352,10 +354,10 @@ class NativeVoiceProtocol(VoiceServerProtocol):
         try:
             if not session.is_authenticated and env.type not in BEFORE_AUTH:
                 raise VoiceError(f"authenticate first: {env.type} needs an authenticated session", code="auth_required")
+            self._ack_later = False
             handler(self, env)
-            if env.reliable and env.message_id is not None:
-                self._acked.add(env.message_id)
-                self.sendEnvelope("ack", {"message_id": env.message_id, "duplicate": False})
+            if env.reliable and env.message_id is not None and not self._ack_later:
+                self._ack(env)
             return True
         except VoiceError as e:
             self.sendError(e, env.message_id)
@@ -363,6 +365,12 @@ class NativeVoiceProtocol(VoiceServerProtocol):
             self.wslog.failure("handling {msg_type} failed", msg_type=env.type)
             self.sendError(VoiceError("internal error handling the message", code="internal_error"), env.message_id)
         return False
+
+    def _ack(self, env: Envelope) -> None:
+        """Acknowledge a reliable message that has been applied."""
+        if env.reliable and env.message_id is not None:
+            self._acked.add(env.message_id)
+            self.sendEnvelope("ack", {"message_id": env.message_id, "duplicate": False})
 
     def binaryReceived(self, payload: bytes) -> None:
         if self._waiting is not None:
@@ -542,10 +550,14 @@ class NativeVoiceProtocol(VoiceServerProtocol):
             session.conversation_id = conv.id
             self._resumableChanged()
             self.reply(env, "conversation_start", conv.as_dict())
+            if deferred_ack:
+                self._ack(env)  # applied only now: its ack follows
 
+        deferred_ack = False
         if self.server.conversation_store is None:
             loaded(self.server.conversation(cid))  # in this process only: at once, errors answered as before
             return
+        self._ack_later = deferred_ack = True  # the ack waits for the shared state (loaded, above)
         d = self.server.load_conversation(cid)  # shared with the other nodes under --redis
         d.addCallback(loaded).addErrback(lambda f: self.wslog.failure("conversation_start failed", f))
         if not d.called:
