@@ -207,6 +207,17 @@ async def run(args: argparse.Namespace, port: int) -> dict[str, Any]:
     }
 
 
+def cpu_steal() -> dict[str, tuple[int, int]]:
+    """(stolen, total) clock ticks per CPU since boot (/proc/stat), to say how disturbed a run was."""
+    out = {}
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, _, rest = line.partition(" ")
+        if name.startswith("cpu") and name != "cpu":
+            v = [int(x) for x in rest.split()[:8]]
+            out[name] = (v[7] if len(v) > 7 else 0, sum(v))
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sessions", type=int, default=20)
@@ -226,7 +237,11 @@ def main() -> int:
     proc = start_daemon(port, args.daemon_args, log_path)
     try:
         wait_until_warm(log_path)
+        before = cpu_steal()
         result = asyncio.run(run(args, port))
+        after = cpu_steal()
+        result["steal"] = {cpu: round((after[cpu][0] - before[cpu][0]) / max(1, after[cpu][1] - before[cpu][1]), 3)
+                           for cpu in after if cpu in before}
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -243,7 +258,7 @@ def main() -> int:
           f"{result['loaded_seconds']} s; completed {result['completed']}, exact transcripts "
           f"{result['transcripts_exact']}, failures {len(result['failures'])}")
     print(f"reactor lag over the loaded window: p50 {lag['p50']} ms, p99 {lag['p99']} ms "
-          f"(highest p99 seen while loading: {result['reactor_lag_p99_ms_max_seen']} ms)")
+          f"(highest p99 seen while loading: {result['reactor_lag_p99_ms_max_seen']} ms); steal {result['steal']}")
     for stage, s in result["stage_latency_ms"].items():
         print(f"  {stage:12s} median {s['median']:8.2f} ms   p95 {s['p95']:8.2f} ms   max {s['max']:8.2f} ms")
     if args.json:

@@ -1135,15 +1135,35 @@ def turns_markdown(turns: dict[str, Any]) -> list[str]:
              "to /ws/audio at the same time. Client-side times, ms, p50 / p95 / max.", "",
              "| client audio | background sessions | explicit end → first reply frame | end of speech (VAD) → first "
              f"reply frame, net of silence_ms ({cfg.get('silence_ms')}) | barge-in: first voiced frame → `barge_in` | "
-             "server's detection_delay_ms | problems |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+             "barge-in: first sounding packet → `barge_in` | server's detection_delay_ms | reactor lag p99 | problems |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in turns.get("runs") or []:
         if "error" in r:
-            lines.append(f"| {r.get('codec')} | {r.get('background_sessions')} | – | – | – | – | {r['error'][:80]} |")
+            lines.append(f"| {r.get('codec')} | {r.get('background_sessions')} | – | – | – | – | – | – | {r['error'][:80]} |")
             continue
         lines.append(f"| {r['codec']} | {r['background_sessions']} | {cell(r, 'explicit_end_to_first_frame_ms')} | "
                      f"{cell(r, 'vad_end_to_first_frame_ms')} | {cell(r, 'barge_in_ms')} | "
-                     f"{cell(r, 'barge_in_server_detection_ms')} | {len(r.get('errors', []))} |")
+                     f"{cell(r, 'barge_in_from_onset_ms')} | {cell(r, 'barge_in_server_detection_ms')} | – | "
+                     f"{len(r.get('errors', []))} |")
+    sp = turns.get("speakers")
+    if sp:
+        if "error" in sp:
+            lines.append(f"| 20 speakers (speech pipeline) | – | – | – | – | – | – | – | {sp['error'][:80]} |")
+        else:
+            fa = (sp.get("stage_latency_ms") or {}).get("first_audio") or {}
+            lines.append(f"| opus, {sp['sessions']} speakers (speech pipeline, turns ending together) | {sp['sessions'] - 1} | "
+                         f"{fmt(fa.get('median'))} / {fmt(fa.get('p95'))} / {fmt(fa.get('max'))} (server: turn end → first "
+                         f"audio) | – | – | – | – | {fmt(sp['reactor_lag_ms_final'].get('p99'))} | "
+                         f"{len(sp.get('failures', []))} failures, {sp.get('transcripts_exact')}/{sp.get('completed')} exact |")
+    fb = turns.get("false_barge_in")
+    if fb:
+        if "error" in fb:
+            lines += ["", f"False barge-ins: {fb['error'][:120]}"]
+        else:
+            hits = ", ".join(i["name"] for i in fb.get("items", []) if i.get("triggered")) or "none"
+            lines += ["", f"False barge-ins (bench/barge_corpus.py played over playing replies, "
+                          f"{' '.join(fb.get('server_args') or []) or 'default rule'}): **{fb['triggers']}** in "
+                          f"{fb['exposure_s']} s ({fb['per_minute']}/min), on: {hits}."]
     lines += ["", "Explicit end: push-to-talk, `voice_end` sent → the reply's first binary frame (the echo of the "
               "turn's packets as sent). End of speech (VAD): `voice_activity` mode, from sending the packet that "
               "completes silence_ms after the last voiced frame (= last voiced frame + silence_ms, the packets going "
@@ -1307,11 +1327,13 @@ def run_turns(a: argparse.Namespace) -> dict[str, Any]:
     out.unlink(missing_ok=True)
     cmd = [PY, str(BENCH / "turns.py"), "--k", str(a.turns_k), "--background", a.turns_background,
            "--codecs", a.turns_codecs, "--json", str(out)]
+    if a.quick:
+        cmd += ["--false-barge", "0", "--speakers", "0"]  # --quick stays within its minutes
     measurements = len(a.turns_background.split(",")) * len(a.turns_codecs.split(","))
     log(f"turns: {' '.join(cmd[1:])}")
     try:
-        # + the false-barge-in corpus (bench/false_barge.py): 9 items of ~8 s each on one more server.
-        proc = subprocess.run(cmd, cwd=str(ROOT), timeout=240 + measurements * (30 + 6 * (a.turns_k + 1)))
+        # + the false-barge-in corpus (bench/false_barge.py: 9 items of ~11 s) and the 20 speakers (~65 s + start).
+        proc = subprocess.run(cmd, cwd=str(ROOT), timeout=420 + measurements * (30 + 6 * (a.turns_k + 1)))
     except subprocess.TimeoutExpired:
         return {"problems": ["turns: bench/turns.py timed out"]}
     if not out.exists():

@@ -501,7 +501,7 @@ def describe(r: dict[str, Any]) -> str:
 
 
 def run_all(k: int, backgrounds: list[int], silence_ms: int, codecs: list[str],
-            false_barge_s: float = 0.0) -> dict[str, Any]:
+            false_barge_s: float = 0.0, speakers: int = 0, speakers_s: float = 65.0) -> dict[str, Any]:
     bench.build_loadgen()
     bench.make_payloads()
     bench.raise_fd_limit(max(backgrounds + [0]) + 256)
@@ -525,7 +525,34 @@ def run_all(k: int, backgrounds: list[int], silence_ms: int, codecs: list[str],
         fb = false_barge.measure(bench, SERVER_ARGS, false_barge_s, Client, is_event, is_type, is_final, "turns")
         log(f"  [turns] false barge-in corpus: {false_barge.describe(fb)}")
         result["false_barge_in"] = fb
+    if speakers:
+        result["speakers"] = speakers_run(speakers, speakers_s)
+        log(f"  [turns] {speakers} speakers: {describe_speakers(result['speakers'])}")
     return result
+
+
+def speakers_run(n: int, duration: float) -> dict[str, Any]:
+    """bench/bench_speech_lag.py: ``n`` speech-pipeline sessions ending their turns together (its JSON)."""
+    out = bench.BUILD / "speakers-last.json"
+    out.unlink(missing_ok=True)
+    cmd = [bench.PY, str(BENCH / "bench_speech_lag.py"), "--sessions", str(n), "--duration", str(duration),
+           "--json", str(out), *([] if not SERVER_ARGS else ["--", *SERVER_ARGS])]
+    try:
+        subprocess.run(cmd, cwd=str(bench.ROOT), timeout=duration + 120, stdout=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return {"error": "bench_speech_lag.py timed out"}
+    if not out.exists():
+        return {"error": "bench_speech_lag.py wrote nothing"}
+    return json.loads(out.read_text(encoding="utf-8"))
+
+
+def describe_speakers(r: dict[str, Any]) -> str:
+    if "error" in r:
+        return f"ERROR {r['error']}"
+    fa = (r.get("stage_latency_ms") or {}).get("first_audio") or {}
+    return (f"first audio {fa.get('median')}/{fa.get('p95')}/{fa.get('max')} ms p50/p95/max, reactor lag p99 "
+            f"{r['reactor_lag_ms_final']['p99']} ms, {r['transcripts_exact']}/{r['completed']} exact, "
+            f"{len(r['failures'])} failures; steal {r.get('steal')}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -539,6 +566,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None, help="write the result here (else to stdout)")
     p.add_argument("--false-barge", type=float, default=3.0, metavar="SECONDS",
                    help="play each false-barge-in corpus item (bench/barge_corpus.py) this long over a reply; 0: skip [3]")
+    p.add_argument("--speakers", type=int, default=20,
+                   help="also run bench/bench_speech_lag.py with this many speech sessions ending turns together; 0: skip [20]")
+    p.add_argument("--speakers-duration", type=float, default=65.0, help="its seconds of load [65]")
     p.add_argument("--server-arg", action="append", default=[],
                    help="add to the server's command line, e.g. --server-arg=--barge-in-rule --server-arg=fast")
     p.add_argument("--quick", action="store_true", help="exit non-zero unless every figure was produced")
@@ -552,9 +582,9 @@ def main(argv: list[str] | None = None) -> int:
     if bench.PINNING:
         os.sched_setaffinity(0, {int(bench.GEN_CPU)})  # the client beside the generator, off the server's core
     SERVER_ARGS[:] = a.server_arg
-    if not 0 <= a.false_barge <= 30:
-        p.error("bounded runs only: 0 <= false-barge <= 30 s an item")
-    result = run_all(a.k, backgrounds, a.silence_ms, codecs, a.false_barge)
+    if not 0 <= a.false_barge <= 30 or not 0 <= a.speakers <= 100 or not 10 <= a.speakers_duration <= 300:
+        p.error("bounded runs only: 0 <= false-barge <= 30 s an item, 0 <= speakers <= 100, 10 <= speakers-duration <= 300")
+    result = run_all(a.k, backgrounds, a.silence_ms, codecs, a.false_barge, a.speakers, a.speakers_duration)
     bad = result["problems"] = problems(result)
     text = json.dumps(result, indent=1, default=str) + "\n"
     if a.json:

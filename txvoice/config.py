@@ -45,7 +45,7 @@ class VoiceConfig:
     twilio_auth_token: str = _opt("", "Twilio auth token the TwiML webhook checks X-Twilio-Signature with (403 on mismatch); unchecked when empty. Prefer TXVOICE_TWILIO_AUTH_TOKEN.")
     public_url: str = _opt("", "Public base URL of this daemon as callers reach it (e.g. https://voice.example.com behind a proxy): the URL Twilio signs and the stream URL the webhook names; empty: the request's own Host.")
     audiosocket: str = _opt("", "Twisted endpoint to listen on for Asterisk AudioSocket (TCP), e.g. tcp:9092:interface=127.0.0.1; off when empty (see doc/telephony.md).")
-    barge_in_rule: str = _opt("frames3", "When speech over a playing reply interrupts it: 'frames3' (the turn VAD's speech start, three voiced 20 ms frames, ~41 ms) or 'fast' (two consecutive voiced 10 ms frames when the VAD is not already in speech, ~20 ms; see doc/configuration.md 'Barge-in'). A stream may choose with the option barge_in_rule.")
+    barge_in_rule: str = _opt("fast", "When speech over a playing reply interrupts it: 'fast' (two consecutive voiced 10 ms frames when the VAD is not already in speech, ~20 ms) or 'frames3' (the turn VAD's speech start, three voiced 20 ms frames, ~41 ms; the rule before issue 27); see doc/configuration.md 'Barge-in'. A stream may choose with the option barge_in_rule.")
     pipeline: str = _opt("speech", "Voice pipeline answering turns: 'speech' (STT, agent, TTS) or 'echo' (the turn's own audio).")
     max_connections: int = _opt(1000, "Total concurrent WebSocket connections; more are refused with HTTP 503.")
     max_message_size: int = _opt(1048576, "Largest message (bytes) accepted; larger ones get an error 'message_too_large'.")

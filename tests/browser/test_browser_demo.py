@@ -78,6 +78,16 @@ def _signal_speech():
     return sys.modules[name]
 
 
+def mic_file(path: Path, pcm: np.ndarray, rate: int = 48000) -> Path:
+    """Write mono 16-bit ``pcm`` as the WAV that Chromium's fake microphone plays (``Browser``)."""
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm.tobytes())
+    return path
+
+
 @pytest.fixture(scope="module")
 def speech_wav(tmp_path_factory) -> tuple[Path, float]:
     """The fake microphone's file: the phrase, 48 kHz mono, with silence around it; and its speech span (ms)."""
@@ -88,13 +98,7 @@ def speech_wav(tmp_path_factory) -> tuple[Path, float]:
     rate = 48000
     pcm = signal.speak(PHRASE, rate, pad_ms=(700, 2500))
     start, end = signal.speech_span(pcm, rate)
-    path = tmp_path_factory.mktemp("mic") / "speech.wav"
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(pcm.tobytes())
-    return path, end - start
+    return mic_file(tmp_path_factory.mktemp("mic") / "speech.wav", pcm, rate), end - start
 
 
 @pytest.fixture(scope="module")
@@ -105,13 +109,7 @@ def barge_wav(tmp_path_factory) -> Path:
     first = signal.speak(PHRASE, rate, pad_ms=(700, 0))
     second = signal.speak("what is the date", rate, pad_ms=(1200, 2500))
     pcm = np.concatenate([first, second])
-    path = tmp_path_factory.mktemp("barge") / "barge.wav"
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(pcm.tobytes())
-    return path
+    return mic_file(tmp_path_factory.mktemp("barge") / "barge.wav", pcm, rate)
 
 
 # Records every WebSocket message the page sends and receives, below the client library.
@@ -134,7 +132,9 @@ WIRE_SPY = """
     constructor(...args) {
       super(...args);
       this.addEventListener("message", (e) => {
-        if (typeof e.data === "string") wire.recv.push(JSON.parse(e.data));
+        if (typeof e.data === "string") {
+          try { wire.recv.push(JSON.parse(e.data)); } catch (err) { wire.recv.push({ raw: e.data }); }  // e.g. Socket.IO's frames
+        }
         else wire.recvBinary += e.data.byteLength;
       });
     }
@@ -153,7 +153,7 @@ ARGS = [
 class Browser:
     """A headless Chromium with the fake microphone playing ``wav`` once."""
 
-    def __init__(self, tmp_path: Path, wav: Path) -> None:
+    def __init__(self, tmp_path: Path, wav: Path, extra_args: tuple[str, ...] = ()) -> None:
         sync_playwright = _playwright()
         executable = _chromium()
         self.pw = sync_playwright().start()
@@ -161,7 +161,7 @@ class Browser:
         profile.mkdir()
         self.context = self.pw.chromium.launch_persistent_context(
             str(profile), executable_path=executable, headless=True,
-            args=[*ARGS, f"--use-file-for-fake-audio-capture={wav}%noloop"],
+            args=[*ARGS, *extra_args, f"--use-file-for-fake-audio-capture={wav}%noloop"],
             viewport={"width": 1280, "height": 800}, device_scale_factor=1,
         )
         self.context.set_default_timeout(30_000)

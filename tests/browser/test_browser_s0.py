@@ -163,7 +163,8 @@ def test_s0_module_served_and_packaged(echo_daemon):
     tree = ast.parse((ROOT / "setup.py").read_text())
     package_data = next(ast.literal_eval(kw.value) for node in ast.walk(tree) if isinstance(node, ast.Call)
                         for kw in node.keywords if kw.arg == "package_data")
-    globs = package_data["txvoice.static"]
+    # static/s0 ships as s0/... globs of txvoice.static, or as its own package txvoice.static.s0.
+    globs = package_data.get("txvoice.static", []) + [f"s0/{g}" for g in package_data.get("txvoice.static.s0", [])]
     for path in S0_DIR.iterdir():
         rel = f"s0/{path.name}"
         assert any(fnmatch.fnmatch(rel, g) for g in globs), f"setup.py package_data does not ship {rel}: {globs}"

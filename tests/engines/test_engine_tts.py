@@ -201,3 +201,24 @@ def test_pump_can_start_the_synthesis_in_the_worker(tts):
     samples = yield pumpSynthesis(start, chunks.append)
     assert threads == [False]
     assert samples == sum(len(c) for c in chunks) > NATIVE_RATE // 4
+
+
+def test_warm_processes_speak_the_same_and_start_sooner():
+    """A synthesis takes a process started ahead (its voice loaded) and the next one is started for it."""
+    warm = EspeakTTS(warm=1)
+    cold = EspeakTTS(warm=0)
+    try:
+        first = np.concatenate(list(warm.synthesize("It is ten past nine.")))  # cold: none waited yet
+        assert (warm.warm.taken_warm, warm.warm.taken_cold) == (0, 1)
+        time.sleep(0.3)  # the replacement loads its voice
+        again = warm.synthesize("It is ten past nine.")
+        second = np.concatenate(list(again))
+        assert (warm.warm.taken_warm, warm.warm.taken_cold) == (1, 1)
+        reference = np.concatenate(list(cold.synthesize("It is ten past nine.")))
+        assert np.array_equal(first, second) and np.array_equal(second, reference)
+        assert again.time_to_first_audio_ms is not None and again.time_to_first_audio_ms < 50
+        assert not cold.warm._idle  # warm=0 keeps nothing waiting
+    finally:
+        idle = [p for q in warm.warm._idle.values() for p in q]
+        warm.warm.close()
+        assert idle and all(p.poll() is not None for p in idle)

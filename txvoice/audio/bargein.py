@@ -1,10 +1,10 @@
 """
 Barge-in rules: when speech over a playing reply interrupts it.
 
-* ``frames3`` (the default): the turn VAD's own speech start -- at least 60 ms of the last 120 ms
+* ``frames3`` (the default until issue 27): the turn VAD's own speech start -- at least 60 ms of the last 120 ms
   voiced in 20 ms frames (:class:`txvoice.audio.vad.VoiceActivityDetector`), i.e. three voiced
   frames: ~41 ms after the first voiced frame arrives (``bench/turns.py``).
-* ``fast``: :class:`FastOnset`, a second classifier on 10 ms frames (webrtcvad and the
+* ``fast`` (the default): :class:`FastOnset`, a second classifier on 10 ms frames (webrtcvad and the
   :class:`~txvoice.audio.vad.SpectralGate`, both at 10 ms) that fires on ``need`` (2)
   consecutive voiced 10 ms frames -- 20 ms of speech, often inside the first voiced packet -- when
   the 20 ms VAD is not already in speech, and then waits for ``rearm_ms`` without a voiced 10 ms
@@ -29,7 +29,7 @@ __all__ = ["RULES", "DEFAULT_RULE", "FastOnset"]
 
 #: Barge-in rule names (``--barge-in-rule``, stream option ``barge_in_rule``).
 RULES: tuple[str, ...] = ("frames3", "fast")
-DEFAULT_RULE = "frames3"
+DEFAULT_RULE = "fast"
 #: The fast rule's margin over the noise floor beyond the 20 ms gate's, and its stationarity band.
 EXTRA_SNR_DB = 3.0
 STATIONARY_DB = 3.0

@@ -74,8 +74,8 @@ class StreamSettings:
     #: ~100 ms blocks (40-120 ms more before the VAD hears speech start); "QQ" adds none (cubic
     #: interpolation): the telephony bridges use it, since barge-in is what a phone call needs fast.
     resample_quality: str = "HQ"
-    #: When speech over a playing reply interrupts it (txvoice.audio.bargein): "frames3" (the turn
-    #: VAD's speech start, three 20 ms frames) or "fast" (two 10 ms frames).
+    #: When speech over a playing reply interrupts it (txvoice.audio.bargein): "fast" (two 10 ms
+    #: frames, the default) or "frames3" (the turn VAD's speech start, three 20 ms frames).
     barge_in_rule: str = DEFAULT_RULE
 
     @classmethod

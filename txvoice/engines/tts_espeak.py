@@ -32,6 +32,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from txvoice.engines.interfaces import ISynthesis, ITextToSpeech
+from txvoice.engines.warm import WarmProcesses
 from txvoice.errors import VoiceError
 
 NATIVE_RATE = 22050
@@ -94,6 +95,7 @@ class EspeakTTS:
         ssml: bool = False,
         chunk_ms: int = 50,
         executable: str = "espeak-ng",
+        warm: int = 2,
     ) -> None:
         path = shutil.which(executable)
         if path is None:
@@ -107,10 +109,12 @@ class EspeakTTS:
         self.sample_rate = sample_rate
         self.ssml = ssml
         self.chunk_ms = chunk_ms
+        #: espeak-ng processes started ahead per command line (txvoice.engines.warm); 0: none.
+        self.warm = WarmProcesses(warm)
 
     @classmethod
     def fromOptions(cls, options: Mapping[str, Any]) -> "EspeakTTS":
-        """Make one from deployment options (strings are fine): voice, rate, pitch, amplitude, word_gap, sample_rate, ssml, chunk_ms, executable."""
+        """Make one from deployment options (strings are fine): voice, rate, pitch, amplitude, word_gap, sample_rate, ssml, chunk_ms, executable, warm."""
         o = {k: v for k, v in options.items() if v is not None}
         integer = lambda key: int(o[key]) if key in o else None  # noqa: E731
         return cls(
@@ -118,6 +122,7 @@ class EspeakTTS:
             amplitude=integer("amplitude"), word_gap=integer("word_gap"), sample_rate=integer("sample_rate"),
             ssml=str(o.get("ssml", "false")).lower() in ("1", "true", "yes", "on"),
             chunk_ms=int(o.get("chunk_ms", 50)), executable=str(o.get("executable", "espeak-ng")),
+            warm=int(o.get("warm", 2)),
         )
 
     def voices(self, language: str | None = None) -> list[str]:
@@ -141,7 +146,10 @@ class EspeakTTS:
         if not 8000 <= outRate <= 192000:
             raise InvalidTTSOption(f"unsupported output sample rate {outRate}")
         text = _CONTROL.sub(" ", text)
-        return EspeakSynthesis(argv, text, outRate, self.chunk_ms)
+        return EspeakSynthesis(argv, text, outRate, self.chunk_ms, self.warm)
+
+
+_COLD = WarmProcesses(0)  # a fresh process for every synthesis
 
 
 @implementer(ISynthesis)
@@ -150,7 +158,8 @@ class EspeakSynthesis:
 
     log = Logger()
 
-    def __init__(self, argv: list[str], text: str, sample_rate: int, chunk_ms: int = 50) -> None:
+    def __init__(self, argv: list[str], text: str, sample_rate: int, chunk_ms: int = 50,
+                 warm: WarmProcesses | None = None) -> None:
         self.sample_rate = sample_rate
         self.text = text
         self.cancelled = False
@@ -165,16 +174,16 @@ class EspeakSynthesis:
         if not text.strip():
             self.finished_at = self.started_at
             return
-        self.process = process = subprocess.Popen(
-            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0,
-            close_fds=True, start_new_session=True,
-        )
+        if warm is None:
+            warm = _COLD
+        self.process = process = warm.take(argv)
         stdin = _piped(process.stdin)
         try:
             stdin.write(text.encode("utf-8"))
             stdin.close()
         except BrokenPipeError:
             pass  # the process died at once; __iter__ reports why
+        warm.refill(argv)  # the next one starts while this one speaks
 
     @property
     def time_to_first_audio_ms(self) -> float | None:
