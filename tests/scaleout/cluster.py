@@ -43,6 +43,11 @@ def health(base: str) -> dict:
     return http("GET", f"{base}/health")[1]
 
 
+def redis_ok(h: dict) -> bool:
+    """/health names no Redis trouble (other reasons, reactor lag on a busy machine, are not ours here)."""
+    return h["status"] != "unhealthy" and not any(r.startswith("redis") for r in h["reasons"])
+
+
 def wait_for(predicate, timeout: float, what: str) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -62,7 +67,7 @@ def start_nodes(tmp_path: Path, redis_url: str, count: int, *extra: str, prefix:
             nodes.append(start_daemon(tmp_path, "--redis", redis_url, "--redis-prefix", prefix, "--node-id", f"n{i}",
                                       "--jwt-secret", SECRET, "--redis-reconnect-max-delay", "0.5", *extra))
         for node in nodes:
-            wait_for(lambda: health(f"http://127.0.0.1:{node.port}")["status"] == "healthy", 10, f"node {node.port} healthy")
+            wait_for(lambda: redis_ok(health(f"http://127.0.0.1:{node.port}")), 10, f"node {node.port} connected to Redis")
     except BaseException:
         for node in nodes:
             node.stop()
@@ -89,3 +94,18 @@ def send_reliable(client: VoiceClient, msg_type: str, message_id: str, data: dic
     client.ws.send(json.dumps({"type": msg_type, "data": data or {}, "message_id": message_id, "reliable": True}))
     return client.until(lambda m: isinstance(m, dict) and m.get("type") == "ack"
                         and m["data"].get("message_id") == message_id)[-1][1]["data"]
+
+
+def send_reliable_reply(client: VoiceClient, msg_type: str, message_id: str, data: dict | None = None) -> tuple[dict, dict]:
+    """Send one reliable request; (its answer's data, its ack's data), in whichever order they come."""
+    client.ws.send(json.dumps({"type": msg_type, "data": data or {}, "message_id": message_id, "reliable": True}))
+    reply = ack = None
+    while reply is None or ack is None:
+        _, msg = client.next()
+        if not isinstance(msg, dict):
+            continue
+        if msg.get("type") == "ack" and msg["data"].get("message_id") == message_id:
+            ack = msg["data"]
+        elif msg.get("type") == msg_type and msg["data"].get("reply_to") == message_id:
+            reply = msg["data"]
+    return reply, ack

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import signal
+import time
 
 import pytest
 
-from cluster import (authed_client, bearer, health, http, send_reliable, start_nodes, status_events, wait_for)
+from cluster import (authed_client, bearer, health, http, send_reliable, send_reliable_reply, start_nodes, status_events,
+                     wait_for)
 from voiceclient import VoiceClient
 
 pytestmark = pytest.mark.slow
@@ -132,3 +134,49 @@ def test_no_redis_command_per_audio_frame(two, shared_redis):
 
 def test_health_names_the_node(two):
     assert [health(base(n))["node_id"] for n in two] == ["n0", "n1"]
+
+
+def test_conversation_started_on_a_continues_on_b(two):
+    a, b = two
+    first, second = VoiceClient(a.url), VoiceClient(b.url)
+    try:
+        reply, started = send_reliable_reply(first, "conversation_start", "c1",
+                                             {"conversation_id": "conv-shared", "metadata": {"topic": "billing"}})
+        assert started["duplicate"] is False
+        # a turn on A (push to talk with the echo pipeline)
+        first.send_json("voice_start", {"codec": "pcm_s16le", "sample_rate": 16000, "mode": "push_to_talk"}, message_id="vs")
+        first.until(lambda m: isinstance(m, dict) and m.get("type") == "voice_start")
+        for _ in range(25):
+            first.ws.send(b"\x10\x00" * 320)
+        first.send_json("voice_end", {}, message_id="ve")
+        first.until(lambda m: isinstance(m, dict) and m.get("type") == "voice_end")
+        second.send_json("conversation_start", {"conversation_id": "conv-shared", "metadata": {"agent": "b"}}, message_id="c2")
+        joined = second.until(lambda m: isinstance(m, dict) and m.get("type") == "conversation_start")[-1][1]["data"]
+        assert joined["started_at"] == reply["started_at"]
+        assert joined["metadata"] == {"topic": "billing", "agent": "b"}
+
+        def turns() -> int:
+            second.send_json("conversation_state", {}, message_id=f"s{time.monotonic()}")
+            return second.until(lambda m: isinstance(m, dict) and m.get("type") == "conversation_state")[-1][1]["data"]["turns"]
+
+        assert wait_for(lambda: turns() >= 1, 10, "A's turn counted in the shared conversation")
+    finally:
+        first.close()
+        second.close()
+
+
+def test_resume_on_b_after_a_clean_close(two):
+    a, b = two
+    client = VoiceClient(a.url)
+    token = client.greeting["data"]["resume_token"]
+    send_reliable(client, "conversation_start", "k1", {"conversation_id": "conv-k"})
+    client.close()
+    time.sleep(0.3)
+    again = VoiceClient(b.url)
+    try:
+        again.send_json("connect", {"resume_token": token}, message_id="r")
+        answer = again.until(lambda m: isinstance(m, dict) and m.get("type") == "connect")[-1][1]
+        assert answer["data"]["resumed"] is True and answer.get("conversation_id") == "conv-k", answer
+        assert send_reliable(again, "conversation_start", "k1", {"conversation_id": "conv-k"})["duplicate"] is True
+    finally:
+        again.close()

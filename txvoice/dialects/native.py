@@ -140,6 +140,9 @@ class NativeVoiceProtocol(VoiceServerProtocol):
     _waiting: list[tuple[bool, bytes]] | None = None
     #: The reliable-message log this session writes to (its first session's id; kept on resume).
     _log_id: str | None = None
+    _pending_steps = 0
+    #: Set by a handler that acknowledges its reliable message itself, once applied (asynchronously).
+    _ack_later = False
 
     # lifecycle
 
@@ -274,11 +277,22 @@ class NativeVoiceProtocol(VoiceServerProtocol):
             VoiceError(f"message of {size} bytes exceeds max_message_size {limit}", code="message_too_large"), None
         )
 
+    def _resumableChanged(self) -> None:
+        """The user, tenant or conversation changed: a store shared by nodes writes the resume state now."""
+        session = self.session
+        if session is not None and self._log_id is not None and self.server.config.resume_ttl > 0:
+            self.server.resume_store.opened(session, self._log_id)
+
     def _hold(self, d: Deferred) -> None:
-        """Hold incoming messages until ``d`` has fired, then handle them in order."""
-        self._waiting = []
+        """Hold incoming messages until ``d`` (and any other step pending) has fired, then handle them in order."""
+        if self._waiting is None:
+            self._waiting = []
+        self._pending_steps += 1
 
         def release(_: object) -> None:
+            self._pending_steps -= 1
+            if self._pending_steps:
+                return  # another step is pending: the last one to finish releases
             held, self._waiting = self._waiting or [], None
             while held:
                 is_binary, payload = held.pop(0)
@@ -340,10 +354,10 @@ class NativeVoiceProtocol(VoiceServerProtocol):
         try:
             if not session.is_authenticated and env.type not in BEFORE_AUTH:
                 raise VoiceError(f"authenticate first: {env.type} needs an authenticated session", code="auth_required")
+            self._ack_later = False
             handler(self, env)
-            if env.reliable and env.message_id is not None:
-                self._acked.add(env.message_id)
-                self.sendEnvelope("ack", {"message_id": env.message_id, "duplicate": False})
+            if env.reliable and env.message_id is not None and not self._ack_later:
+                self._ack(env)
             return True
         except VoiceError as e:
             self.sendError(e, env.message_id)
@@ -351,6 +365,12 @@ class NativeVoiceProtocol(VoiceServerProtocol):
             self.wslog.failure("handling {msg_type} failed", msg_type=env.type)
             self.sendError(VoiceError("internal error handling the message", code="internal_error"), env.message_id)
         return False
+
+    def _ack(self, env: Envelope) -> None:
+        """Acknowledge a reliable message that has been applied."""
+        if env.reliable and env.message_id is not None:
+            self._acked.add(env.message_id)
+            self.sendEnvelope("ack", {"message_id": env.message_id, "duplicate": False})
 
     def binaryReceived(self, payload: bytes) -> None:
         if self._waiting is not None:
@@ -449,6 +469,7 @@ class NativeVoiceProtocol(VoiceServerProtocol):
             session.user_id, session.tenant = principal.user_id, principal.tenant
             if session.state is SessionState.CONNECTED:
                 session.transition(SessionState.AUTHENTICATED)
+            self._resumableChanged()
             self.watchExpiry(principal.expires_at)
             self.reply(
                 env,
@@ -521,11 +542,26 @@ class NativeVoiceProtocol(VoiceServerProtocol):
         session = self.session
         assert session is not None
         cid = env.data.get("conversation_id") or env.conversation_id
-        conv = self.server.conversation(cid)
-        if "metadata" in env.data:
-            conv.metadata.update(env.data["metadata"])
-        session.conversation_id = conv.id
-        self.reply(env, "conversation_start", conv.as_dict())
+
+        def loaded(conv: Any) -> None:
+            if "metadata" in env.data:
+                conv.metadata.update(env.data["metadata"])
+            self.server.save_conversation(conv)  # shared (--redis): known to the other nodes from now
+            session.conversation_id = conv.id
+            self._resumableChanged()
+            self.reply(env, "conversation_start", conv.as_dict())
+            if deferred_ack:
+                self._ack(env)  # applied only now: its ack follows
+
+        deferred_ack = False
+        if self.server.conversation_store is None:
+            loaded(self.server.conversation(cid))  # in this process only: at once, errors answered as before
+            return
+        self._ack_later = deferred_ack = True  # the ack waits for the shared state (loaded, above)
+        d = self.server.load_conversation(cid)  # shared with the other nodes under --redis
+        d.addCallback(loaded).addErrback(lambda f: self.wslog.failure("conversation_start failed", f))
+        if not d.called:
+            self._hold(d)
 
     def _current_conversation(self, env: Envelope) -> str:
         session = self.session
@@ -544,6 +580,7 @@ class NativeVoiceProtocol(VoiceServerProtocol):
         conv = self.server.conversation(cid)
         self.reply(env, "conversation_end", {**conv.as_dict(), "state": "ended"})
         session.conversation_id = None
+        self._resumableChanged()
         if not self.server.registry.by_conversation(cid):
             self.server.conversations.pop(cid, None)
 
@@ -554,7 +591,10 @@ class NativeVoiceProtocol(VoiceServerProtocol):
             self.reply(env, "conversation_state", {"conversation_id": None, "state": "none"})
             return
         cid = self._current_conversation(env)
-        self.reply(env, "conversation_state", {**self.server.conversation(cid).as_dict(), "state": "active"})
+        d = self.server.load_conversation(cid)
+        d.addCallback(lambda conv: self.reply(env, "conversation_state", {**conv.as_dict(), "state": "active"}))
+        if not d.called:
+            self._hold(d)
 
     def on_status(self, env: Envelope) -> None:
         session = self.session

@@ -192,6 +192,10 @@ class CallTable:
         self.heartbeat = replace(config_heartbeat(config), enabled=config.realtime_heartbeat)
         self.on_heartbeat_config: list[Callable[[HeartbeatConfig], None]] = []
         self.dropped_counter: Any = None
+        if store is None and server.offline_store is not None:
+            shared: Any = server.offline_store  # --redis: bounded Redis lists with a TTL
+            shared.on_drop = self._dropped
+            store = shared
         if store is None:
             store = MemoryOfflineStore(
                 server.clock.seconds, max_messages=config.offline_queue_max_messages,

@@ -22,6 +22,7 @@ import txredisapi
 from twisted.application.service import Service
 from twisted.internet import defer, ssl
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet import task
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -33,6 +34,8 @@ log = Logger(namespace="txvoice.redis")
 
 #: Seconds between PINGs (the health of the link).
 PING_INTERVAL = 1.0
+#: Longest a stop waits for commands in flight (what closing sessions wrote) before disconnecting.
+STOP_WAIT = 1.0
 #: First reconnection delay (s); txredisapi multiplies it by e per failed attempt up to the max.
 INITIAL_DELAY = 0.2
 
@@ -94,12 +97,19 @@ class RedisConnection(Service):
         self._pinger = LoopingCall(self._ping)
         self._pinger.clock = clock
         self._pinging = False
+        self._inflight = 0
 
     # service
 
     def _endpoint(self) -> Any:
         settings = self.settings
-        context = ssl.optionsForClientTLS(settings.host) if settings.tls else None
+        context = None
+        if settings.tls:
+            trust: Any = None
+            if settings.ca_file:
+                with open(settings.ca_file, "rb") as pem:
+                    trust = ssl.Certificate.loadPEM(pem.read())
+            context = ssl.optionsForClientTLS(settings.host, trustRoot=trust)
         return txredisapi._makeEndpoint(settings.host, settings.port, settings.timeout, context)
 
     def _configure(self, factory: Any) -> None:
@@ -125,14 +135,17 @@ class RedisConnection(Service):
         self._pinger.start(PING_INTERVAL, now=False)
         self.clock.callLater(0.05, self._ping)
 
-    def stopService(self) -> defer.Deferred[None]:
+    @defer.inlineCallbacks
+    def stopService(self) -> Any:
         super().stopService()
         if self._pinger.running:
             self._pinger.stop()
+        # What the closing sessions wrote (resume state, registry removals) goes out first: bounded.
+        deadline = self.clock.seconds() + STOP_WAIT
+        while self._inflight and self.clock.seconds() < deadline:
+            yield task.deferLater(self.clock, 0.01, lambda: None)
         stops = [f.disconnect() for f in (self._factory, self._subscriber_factory) if f is not None]
-        d = defer.gatherResults(stops, consumeErrors=True)
-        d.addErrback(lambda f: None)
-        return d.addCallback(lambda _: None)
+        yield defer.gatherResults(stops, consumeErrors=True).addErrback(lambda f: None)
 
     # health
 
@@ -196,7 +209,13 @@ class RedisConnection(Service):
             d: defer.Deferred[Any] = factory.handler.execute_command(*args)
         except txredisapi.ConnectionError as e:
             return defer.fail(RedisUnavailable(str(e)))
-        return d
+        self._inflight += 1
+
+        def done(result: object) -> object:
+            self._inflight -= 1
+            return result
+
+        return d.addBoth(done)
 
     def eval(self, script: str, keys: list[str], args: list[Any]) -> defer.Deferred[Any]:
         """Run a Lua script atomically (EVAL: one round trip)."""

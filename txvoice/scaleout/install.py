@@ -17,6 +17,8 @@ from twisted.internet.interfaces import IReactorTime
 from txvoice.config import VoiceConfig
 from txvoice.scaleout.bus import RedisEventBus
 from txvoice.scaleout.connection import RedisConnection
+from txvoice.scaleout.conversations import RedisConversationStore
+from txvoice.scaleout.offline import RedisOfflineStore
 from txvoice.scaleout.registry import RedisSessionRegistry
 from txvoice.scaleout.resume import RedisReliableLog, RedisResumeStore
 from txvoice.scaleout.settings import parse_redis_settings
@@ -52,6 +54,10 @@ class ScaleOut:
         server.node_id = self.connection.node_id
         server.health_checks.append(self.connection.health_reason)
         server.scaleout = self
+        server.conversation_store = RedisConversationStore(self.connection, self.config.redis_conversation_ttl)
+        server.offline_store = RedisOfflineStore(
+            self.connection, max_messages=self.config.offline_queue_max_messages,
+            max_bytes=self.config.offline_queue_max_bytes, max_age=self.config.offline_queue_max_age)
         config = self.config
         server.admission.issuer = SessionTokenIssuer(
             store=RedisSessionTokenStore(self.connection), clock=self.connection.clock,
@@ -63,9 +69,16 @@ class ScaleOut:
         return [self.connection, self.registry, self.resume_store]
 
 
-def scale_out(config: VoiceConfig, clock: IReactorTime) -> ScaleOut | None:
-    """None without ``--redis``; ValueError for settings that do not make sense."""
+def scale_out(config: VoiceConfig, clock: IReactorTime, worker: int | None = None) -> ScaleOut | None:
+    """
+    None without ``--redis``; ValueError for settings that do not make sense.  Worker process
+    ``i`` of ``--processes N`` is node ``<node-id>.<i>`` (each process is a node of its own: it
+    has its own sessions and subscription).
+    """
     if not config.redis:
         return None
     settings = parse_redis_settings(config)
-    return ScaleOut(config, RedisConnection(settings, clock, config.node_id))
+    node_id = config.node_id
+    if node_id and worker is not None:
+        node_id = f"{node_id}.{worker}"
+    return ScaleOut(config, RedisConnection(settings, clock, node_id))

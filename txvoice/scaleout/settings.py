@@ -16,6 +16,7 @@ class RedisSettings:
     password: str | None
     username: str | None
     tls: bool
+    ca_file: str
     prefix: str
     pool_size: int
     timeout: float
@@ -53,6 +54,7 @@ def parse_redis_settings(config: VoiceConfig) -> RedisSettings:
         password=password,
         username=username or None,
         tls=url.scheme == "rediss",
+        ca_file=config.redis_ca_file,
         prefix=config.redis_prefix,
         pool_size=config.redis_pool_size,
         timeout=config.redis_timeout,

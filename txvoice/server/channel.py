@@ -336,7 +336,7 @@ class VoiceChannel:
         stream.handles.pop(handle.number, None)
         self.session.counters.turns += 1
         if self.session.conversation_id is not None:
-            self.server.conversation(self.session.conversation_id).turns += 1
+            self.server.count_turn(self.session.conversation_id)
         response = handle.response
         if response.done:
             return  # cancelled (barge-in, disconnect) before it ended

@@ -15,7 +15,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
+from twisted.python.failure import Failure
 from twisted.internet.interfaces import IReactorTime
 
 from txvoice import __version__
@@ -74,6 +75,10 @@ class VoiceServer:
         self.node_id: str | None = None
         #: What --redis added (txvoice.scaleout.install.ScaleOut), for routes that list the cluster.
         self.scaleout: Any = None
+        #: Where conversations are shared between nodes (txvoice.scaleout.conversations); None: here only.
+        self.conversation_store: Any = None
+        #: The offline message queue the realtime dialect uses (--redis: txvoice.scaleout.offline); None: its own.
+        self.offline_store: Any = None
         self.started_at = time.time()
         self.version = __version__
         self.shutting_down = False
@@ -103,6 +108,45 @@ class VoiceServer:
         if conv is None:
             conv = self.conversations[cid] = Conversation(cid)
         return conv
+
+    def load_conversation(self, conversation_id: str | None) -> "Deferred[Conversation]":
+        """
+        The conversation, with the state other nodes left in the shared store (--redis): its start,
+        turns and metadata.  Without a store, or while it cannot be read, this node's own.
+        """
+        conv = self.conversation(conversation_id)
+        store = self.conversation_store
+        if store is None:
+            return succeed(conv)
+
+        def merged(doc: dict[str, Any] | None) -> Conversation:
+            if doc is not None:
+                conv.started_at, conv.turns = doc["started_at"], doc["turns"]
+                conv.metadata = dict(doc["metadata"])
+            return conv
+
+        def unavailable(failure: Failure) -> Conversation:
+            return conv
+
+        d: Deferred[Conversation] = store.load(conv.id).addCallbacks(merged, unavailable)
+        return d
+
+    def save_conversation(self, conv: Conversation) -> None:
+        """Share the conversation's metadata (and when it started) with the other nodes."""
+        if self.conversation_store is not None:
+            self.conversation_store.save(conv.id, conv.started_at, conv.metadata).addErrback(lambda f: None)
+
+    def count_turn(self, conversation_id: str) -> None:
+        """A turn of the conversation finished here."""
+        conv = self.conversation(conversation_id)
+        conv.turns += 1
+        if self.conversation_store is not None:
+            d = self.conversation_store.count_turn(conversation_id)
+
+            def counted(turns: int) -> None:
+                conv.turns = turns
+
+            d.addCallbacks(counted, lambda f: None)
 
     def authenticate(self, token: str, user_id: str | None) -> Deferred:
         """

@@ -230,7 +230,7 @@ def makeVoiceService(
     workers = AudioWorkers(reactor, threads=config.audio_threads, batch_delay=config.audio_batch_ms / 1000.0)
     pipeline = pipeline or make_pipeline(config.pipeline, config)
     try:
-        redis = scale_out(config, reactor)  # --redis: the stores several nodes share
+        redis = scale_out(config, reactor, worker)  # --redis: the stores several nodes share
     except ValueError as e:
         raise UsageError(str(e)) from None
     server = VoiceServer(config, pipeline, workers, reactor, **(redis.server_stores() if redis else {}))
