@@ -140,3 +140,38 @@ def test_reset_starts_a_new_stream() -> None:
     first = stream(r, pcm, [882])
     r.reset()
     assert np.array_equal(stream(r, pcm, [882]), first)
+
+
+def test_low_latency_gives_output_on_every_20ms_chunk_at_48k() -> None:
+    """Issue #21: "LL" (the ingest default) never holds a 20 ms frame back; "HQ" did, every other chunk."""
+    pcm = tone(440, 48000)
+    for quality, every_chunk in (("LL", True), ("HQ", False)):
+        r = Resampler(48000, quality=quality)
+        sizes = [len(r.process(pcm[i : i + 960])) for i in range(0, len(pcm), 960)]
+        behind = np.arange(1, len(sizes) + 1) * 320 - np.cumsum(sizes)  # samples not yet out
+        assert (min(sizes) > 0) is every_chunk, (quality, sizes[:8])
+        if every_chunk:
+            assert behind.max() < 320 / 2  # under 10 ms behind the input, always
+        assert sum(sizes) + len(r.flush()) == PIPELINE_RATE
+
+
+@pytest.mark.parametrize("rate", [8000, 22050, 44100, 48000])
+def test_low_latency_is_the_same_for_any_chunking(rate: int) -> None:
+    pcm = speech.speak(rate=rate)
+    expected = resample_once(pcm, rate, PIPELINE_RATE, quality="LL")
+    assert len(expected) == round(len(pcm) * PIPELINE_RATE / rate)
+    for sizes in ([rate // 50], [961, 7, 1, 3000]):
+        assert np.array_equal(stream(Resampler(rate, quality="LL"), pcm, sizes), expected)
+
+
+@pytest.mark.parametrize("freq", [100, 1000, 4000, 7000, 7300])
+def test_low_latency_passband_is_flat(freq: int) -> None:
+    kept = stream(Resampler(48000, quality="LL"), tone(freq, 48000), [960])[1000:-1000]
+    assert abs(speech.rms_db(kept) - speech.rms_db(tone(freq, 16000)[1000:-1000])) < 0.1
+
+
+@pytest.mark.parametrize("freq", [8500, 9000, 12000, 20000])
+def test_low_latency_aliasing_is_below_minus_50_db(freq: int) -> None:
+    ref = speech.rms_db(tone(1000, 16000))
+    alias = stream(Resampler(48000, quality="LL"), tone(freq, 48000), [960])[1000:-1000]
+    assert speech.rms_db(alias) - ref < -50

@@ -71,9 +71,10 @@ class StreamSettings:
     output_sample_rate: int | None = None
     response_lead_ms: int = 100
     #: soxr quality of the input's resampling to the pipeline rate.  "HQ" holds audio back in
-    #: ~100 ms blocks (40-120 ms more before the VAD hears speech start); "QQ" adds none (cubic
-    #: interpolation): the telephony bridges use it, since barge-in is what a phone call needs fast.
-    resample_quality: str = "HQ"
+    #: blocks (at 48 kHz: ~490 samples every other 20 ms chunk, up to 37 ms); "LL" (the default) is
+    #: HQ's filter at minimum phase in small blocks: output on every chunk, at most ~9 ms behind
+    #: (issue #21); "QQ" adds none (cubic interpolation): the telephony bridges use it.
+    resample_quality: str = "LL"
     #: When speech over a playing reply interrupts it (txvoice.audio.bargein): "fast" (two 10 ms
     #: frames, the default) or "frames3" (the turn VAD's speech start, three 20 ms frames).
     barge_in_rule: str = DEFAULT_RULE

@@ -9,7 +9,9 @@ keeps the GIL and writes into a reused buffer: ~10 µs per 20 ms of 48 kHz input
 thread never waits for the reactor to hand the GIL back (python-soxr drops it for every chunk).
 
 soxr emits its output in bursts -- e.g. 0, 490, 0, 489 samples for each 20 ms of 48 kHz input at
-``HQ`` -- so callers re-slice it with :class:`txvoice.audio.frames.FrameAssembler`.
+``HQ`` (a frame held back every other chunk) -- so callers re-slice it with
+:class:`txvoice.audio.frames.FrameAssembler`.  ``LL`` (the ingest default, see
+:data:`txvoice.audio._libsoxr.LOW_LATENCY`) gives output on every 20 ms chunk.
 """
 
 from __future__ import annotations
@@ -49,6 +51,10 @@ def float_to_int16(x: np.ndarray, out: np.ndarray) -> np.ndarray:
 
 def resample_once(pcm: np.ndarray, in_rate: int, out_rate: int = 16000, quality: str = "HQ") -> np.ndarray:
     """One-shot mono resampling that :class:`Resampler` matches exactly for any chunking."""
+    if quality.upper() == "LL":  # a tuning python-soxr does not offer: the binding, in one chunk
+        stream = SoxrStream(in_rate, out_rate, quality=quality)
+        head = stream.process(np.ascontiguousarray(pcm, dtype=np.int16)).copy()
+        return np.concatenate((head, stream.process(None)))
     y = soxr.resample(pcm.astype(np.float32) / np.float32(32768.0), in_rate, out_rate, quality=quality)
     return float_to_int16(y.astype(np.float32, copy=False), np.empty(len(y), dtype=np.int16))
 
