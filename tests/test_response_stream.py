@@ -1,7 +1,8 @@
 """
 A response's audio is encoded a slice at a time: the first packet goes out once the first
-``ENCODE_SLICE_MS`` are encoded, a barge-in stops the encoding, and the packets are the same as
-encoding it all at once.
+``ENCODE_SLICE_MS`` are encoded, then slices are kept ``ENCODE_AHEAD_MS`` beyond the pacer's lead
+(so a slow worker round trip does not run the pacer dry), a barge-in stops the encoding, and the
+packets are the same as encoding it all at once.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from txvoice.audio.format import AudioFormat
 from txvoice.audio.ingest import StreamSettings
 from txvoice.audio.output import ResponseEncoder
 from txvoice.audio.workers import AudioWorkers
-from txvoice.server.response import ENCODE_SLICE_MS, Pacer, ResponseStream
+from txvoice.server.response import ENCODE_AHEAD_MS, ENCODE_SLICE_MS, Pacer, ResponseStream
 
 OPUS = AudioFormat("opus", 48000, 1, 20)
 PCM16K = AudioFormat("pcm_s16le", 16000, 1, 20)
@@ -104,19 +105,74 @@ def test_small_chunks_are_encoded_together() -> None:
         response.audio(pcm[i:i + 320])
     assert [len(job[1]) for job in workers.jobs] == [320]
     workers.run_next()
-    assert [len(job[1]) for job in workers.jobs] == [SLICE]  # the next 100 ms in one job
+    sizes = [len(job[1]) for job in workers.jobs]
+    assert sizes[:-1] == [SLICE] * (len(sizes) - 1) and sizes[-1] <= SLICE  # the 20 ms chunks, 100 ms a job
+    assert sum(sizes) == len(pcm) - 320
 
 
 def test_a_barge_in_stops_the_encoding() -> None:
     workers = ManualWorkers()
-    response, sink, _ = stream(workers)
+    response, sink, _ = stream(workers, lead_ms=100)
     response.audio(speech(10.0))
     response.endResponse({})
     workers.run_next()
+    sent = len(sink.packets)
+    assert 1 <= sent <= ENCODE_SLICE_MS // 20
+    at_workers = len(workers.jobs)
+    assert at_workers <= (100 + ENCODE_AHEAD_MS) // ENCODE_SLICE_MS  # the window, not the 10 s
     response.cancel("barge_in")
-    workers.run_next()  # the slice already at a worker comes back and is dropped
-    assert not workers.jobs and 1 <= len(sink.packets) <= ENCODE_SLICE_MS // 20
+    while workers.jobs:  # the slices already at a worker come back and are dropped
+        workers.run_next()
+        at_workers -= 1
+    assert at_workers == 0  # nothing more was handed out after the cancel
+    assert len(sink.packets) == sent
     assert sink.ended[0]["cancelled"] and sink.ended[0]["reason"] == "barge_in"
+
+
+def test_after_the_first_slice_the_encoding_keeps_ahead_of_the_pacer() -> None:
+    """A slow worker: what is encoded or at a worker stays lead + ENCODE_AHEAD_MS ahead of what was sent."""
+    workers = ManualWorkers()
+    response, sink, clock = stream(workers, lead_ms=100)
+    response.pacer.startService()
+    response.audio(speech(3.0))
+    response.endResponse({})
+    assert len(workers.jobs) == 1  # the first slice alone: it comes back soonest
+    workers.run_next()
+    window = (100 + ENCODE_AHEAD_MS) // ENCODE_SLICE_MS
+    assert len(workers.jobs) == window  # 100 ms of it sent at once (the lead): the window is all open
+    # Every 100 ms the worker returns what it was given in one batch (one round trip), and the
+    # pacer never runs dry: the next packet is always there when it is due.
+    for _ in range(40):
+        jobs, workers.jobs = workers.jobs, []
+        for work, arg, deliver in jobs:
+            deliver(work(arg))
+        for _ in range(10):
+            clock.advance(0.01)
+            due = (clock.seconds() * 1000.0 + 100) // 20  # packets the pacer may have sent by now
+            assert len(sink.packets) >= min(due, 150) - 1, (clock.seconds(), len(sink.packets))
+        assert len(workers.jobs) <= window
+        if sink.ended:
+            break
+    assert sink.ended and not sink.ended[0]["cancelled"] and len(sink.packets) == 150
+    response.pacer.stopService()
+
+
+def test_a_response_waiting_its_turn_is_encoded_only_a_window_ahead() -> None:
+    workers = ManualWorkers()
+    clock = Clock()
+    sink = Sink()
+    response = ResponseStream(
+        OPUS, turn_number=1, sink=sink, settings=StreamSettings(response_lead_ms=100),
+        pacer=Pacer(clock), submit=workers.submit, clock=clock,
+        ready=lambda s: None, done=lambda s: None,  # not activated: another response is playing
+    )
+    response.startResponse(None, PCM16K, {})
+    response.audio(speech(10.0))
+    response.endResponse({})
+    while workers.jobs:
+        workers.run_next()
+    assert response.queue and 350 <= sum(ms for _, ms in response.queue) <= 100 + ENCODE_AHEAD_MS + ENCODE_SLICE_MS
+    assert response._to_encode  # the rest waits, as PCM, until it can be played
 
 
 def test_a_long_response_with_inline_workers() -> None:

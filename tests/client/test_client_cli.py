@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import json
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from daemons import ROOT, free_port, source_env
+from daemons import free_port, source_env
 from signal_speech import silence, speak
 from txvoice.client.cli import main
 
@@ -104,7 +103,9 @@ def test_failures_exit_non_zero(spoken, tmp_path: Path) -> None:
 
 
 def test_the_console_script_is_declared() -> None:
-    tree = ast.parse((ROOT / "setup.py").read_text())
-    scripts = [ast.literal_eval(kw.value)["console_scripts"] for node in ast.walk(tree) if isinstance(node, ast.Call)
-               for kw in node.keywords if kw.arg == "entry_points"]
-    assert "txvoice-client = txvoice.client.cli:main" in scripts[0]
+    """The installed distribution declares ``txvoice-client`` (pyproject.toml's [project.scripts])."""
+    from importlib.metadata import entry_points
+
+    (script,) = entry_points(group="console_scripts", name="txvoice-client")
+    assert script.value == "txvoice.client.cli:main"
+    assert script.load() is main

@@ -3,8 +3,8 @@ Sending a turn's response: encoded on the worker pool, paced at real time on the
 
 A :class:`ResponseStream` is the :class:`IResponseSink` a pipeline turn writes to.  Audio goes to
 the worker pool to be resampled and encoded in the client's format, ``ENCODE_SLICE_MS`` at a
-time so that the first packet need not wait for the rest; the packets come back to a
-queue that the :class:`Pacer` drains at real time plus a small lead, so a slow client is never
+time so that the first packet need not wait for the rest, then kept ``ENCODE_AHEAD_MS`` ahead
+of what the pacer may send; the packets come back to a queue that the :class:`Pacer` drains at real time plus a small lead, so a slow client is never
 flooded and a barge-in can stop the response within one pacer tick.  A channel plays one
 response at a time; later ones wait their turn.
 """
@@ -41,6 +41,13 @@ log = Logger(namespace="txvoice.audio.output")
 #: or a synthesized sentence: ~20 ms of Opus encoding per second of audio here), and a barge-in
 #: stops the encoding of what will not be played.
 ENCODE_SLICE_MS = 100
+
+#: Encoded audio kept ready beyond the pacer's lead once the first slice is back: slices are
+#: handed to the workers while what is encoded and not yet sent plus what is at a worker is under
+#: ``response_lead_ms + ENCODE_AHEAD_MS``.  One slice at a time (one worker round trip per 100 ms
+#: of audio) ran the pacer dry whenever a round trip took longer than the slice's margin: with
+#: 100 calls on one core, bench/bench_twilio.py saw 300-500 ms gaps in the replies.
+ENCODE_AHEAD_MS = 300
 
 
 class Pacer(Service):
@@ -135,7 +142,12 @@ class ResponseStream:
         self.encoder: ResponseEncoder | None = None
         self._to_encode: deque[np.ndarray] = deque()  # source PCM slices not yet handed to a worker
         self._slice_samples = 0
-        self._encoding = False  # one job (a slice or the flush) at a worker
+        self._samples_per_ms = 16.0
+        #: The source milliseconds of each job at a worker (a slice, or 0.0 for the flush), in order.
+        self._in_flight: deque[float] = deque()
+        self._in_flight_ms = 0.0
+        self._queued_ms = 0.0  # encoded audio in ``queue``, not yet sent
+        self._primed = False  # the first slice is back: from now on, encode ahead
         self._flush_pending = False  # endResponse seen: flush once the slices are encoded
         self._submitting = False
         self.passthrough = False
@@ -168,6 +180,7 @@ class ResponseStream:
                 self.format = wanted
                 self.encoder = ResponseEncoder(audio_format.sample_rate, wanted)
                 self._slice_samples = max(1, audio_format.sample_rate * ENCODE_SLICE_MS // 1000) * audio_format.channels
+                self._samples_per_ms = audio_format.sample_rate * audio_format.channels / 1000.0
         self.announce = (text_content, self.format, metadata)
         self._ready(self)
 
@@ -210,22 +223,44 @@ class ResponseStream:
         return [(data[i:i + step], packet_duration_ms(fmt, data[i:i + step])) for i in range(0, len(data), step)]
 
     def _encodeNext(self) -> None:
-        """Hand the next slice (or, after the last, the flush) to a worker, unless one is there."""
+        """
+        Hand slices (and, after the last, the flush) to the workers: the first alone, so that it
+        comes back soon; then as many as keep the encoded audio ``ENCODE_AHEAD_MS`` beyond the
+        pacer's lead.  The workers run one stream's jobs in order, so several may be out at once.
+        """
         if self._submitting:
             return  # a job delivered inline (no audio threads): the loop below goes on
         self._submitting = True
         try:
             submit = self.submit
-            while not self.done and not self._encoding and (self._to_encode or self._flush_pending):
-                self._encoding = True
+            in_flight = self._in_flight
+            ahead = self.settings.response_lead_ms + ENCODE_AHEAD_MS
+            while not self.done and (self._to_encode or self._flush_pending):
                 assert self.encoder is not None
                 if self._to_encode:
-                    submit(self.key, self.encoder.encode, self._nextSlice(), self._encoded, self._failed)
+                    if self._primed:
+                        if self._in_flight_ms + self._queued_ms >= ahead:
+                            return  # enough is ready or coming: asked again as it comes or is sent
+                    elif in_flight:
+                        return  # the first slice alone
+                    piece = self._nextSlice()
+                    ms = len(piece) / self._samples_per_ms
+                    in_flight.append(ms)
+                    self._in_flight_ms += ms
+                    submit(self.key, self.encoder.encode, piece, self._encoded, self._failed)
                 else:
                     self._flush_pending = False
+                    in_flight.append(0.0)
                     submit(self.key, self.encoder.flush, None, self._flushed, self._failed)
         finally:
             self._submitting = False
+
+    def _delivered(self) -> None:
+        """A job came back (in order): it is no longer at a worker."""
+        if self._in_flight:
+            self._in_flight_ms -= self._in_flight.popleft()
+            if not self._in_flight:
+                self._in_flight_ms = 0.0  # no drift from float sums
 
     def _nextSlice(self) -> np.ndarray:
         """At least one slice's worth of what is waiting (small chunks from a pipeline go together)."""
@@ -239,7 +274,8 @@ class ResponseStream:
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def _encoded(self, packets: list[tuple[bytes, float]]) -> None:
-        self._encoding = False
+        self._delivered()
+        self._primed = True
         self._queued(packets)
         self._encodeNext()
 
@@ -262,12 +298,13 @@ class ResponseStream:
             self._drop(len(packets))
             packets = []
         self.pending_bytes += sum(len(p) for p, _ in packets)
+        self._queued_ms += sum(ms for _, ms in packets)
         self.queue.extend(packets)
         if self.active:
             self.pump(self.clock.seconds())
 
     def _flushed(self, packets: list[tuple[bytes, float]]) -> None:
-        self._encoding = False
+        self._delivered()
         self.finished = True
         self._queued(packets)
         if self.active and not self.queue:
@@ -295,11 +332,16 @@ class ResponseStream:
             while queue and self.sent_ms < allowed:
                 packet, ms = queue.popleft()
                 self.pending_bytes -= len(packet)
+                self._queued_ms -= ms
                 sink.audio(packet)
                 self.sent_ms += ms
                 self.packets += 1
+            if not queue:
+                self._queued_ms = 0.0
         if self.finished and not self.queue:
             self._complete(cancelled=False)
+        elif self._to_encode and self._primed:
+            self._encodeNext()  # what was sent opened the window
 
     def played_ms(self, now: float) -> tuple[float, str]:
         """How much the client has played: its own report when it sent one, else the pacing's."""
@@ -318,6 +360,7 @@ class ResponseStream:
         self.queue.clear()
         self._to_encode.clear()  # not encoded at all: it will not be played
         self.pending_bytes = 0
+        self._queued_ms = 0.0
         if self.turn is not None:
             self.turn.cancel()
         info = {"played_ms": round(played, 1), "played_source": source, "sent_ms": round(self.sent_ms, 1)}
