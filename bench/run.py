@@ -125,6 +125,8 @@ SERVERS: dict[str, ServerSpec] = {
                    about="txvoice with Twisted's buffered writes (--no-write-through), for comparison"),
         ServerSpec("txvoice-batch2ms", _txvoice_cmd(["--audio-batch-ms", "2"]), env=_txvoice_env,
                    about="txvoice holding audio chunks 2 ms before the hop to the audio thread (--audio-batch-ms 2), for comparison"),
+        ServerSpec("txvoice-frames3", _txvoice_cmd(["--barge-in-rule", "frames3"]), env=_txvoice_env,
+                   about="txvoice with the three-frame barge-in rule (--barge-in-rule frames3, no 10 ms onset detector), for comparison"),
         ServerSpec("txvoice-deflate", _txvoice_cmd(["--compression"]), deflate=True, env=_txvoice_env,
                    about="the same with --compression; the generator offers permessage-deflate"),
         ServerSpec("autobahn-echo", lambda port, n: [PY, str(BENCH / "servers" / "autobahn_echo.py"), "--port", str(port)],
