@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from txvoice.audio.format import CODEC_ALIASES, AudioFormat
 from txvoice.dialects.native_conversations import HANDLERS as conversation_handlers
@@ -24,6 +25,7 @@ from txvoice.protocol.envelope import Envelope, decode_envelope, encode_envelope
 from txvoice.protocol.messages import SUBPROTOCOL
 from txvoice.server.base import CLOSE_NORMAL, VoiceServerProtocol
 from txvoice.server.channel import VoiceChannel
+from txvoice.server.observer import IChannelObserver
 from txvoice.session.appheartbeat import AppHeartbeat, native_heartbeat
 from txvoice.session.resume import AckedIds, ResumeState, new_resume_token
 from txvoice.session.session import SessionState
@@ -61,6 +63,7 @@ def _category(error: VoiceError) -> str:
     return "server"
 
 
+@implementer(IChannelObserver)
 class NativeVoiceProtocol(VoiceServerProtocol):
     """txvoice.v1 over one WebSocket connection."""
 
@@ -85,8 +88,7 @@ class NativeVoiceProtocol(VoiceServerProtocol):
         session = self.session
         assert session is not None
         self._sink = NativeResponseSink(self)
-        self.channel = VoiceChannel(self.server, session, self._sink)
-        self.channel.on_chunk_error = self._chunkFailed
+        self.channel = VoiceChannel(self.server, session, self._sink, self)
         if self.budget is not None:
             self.channel.budget = self.budget
             self.channel.drop_output = self.dropOutput
@@ -129,7 +131,10 @@ class NativeVoiceProtocol(VoiceServerProtocol):
             "resume_token": session.resume_token,
         }
 
-    def _chunkFailed(self, failure: Failure) -> None:
+    def chunkProcessed(self, events: list[Any] | None) -> None:
+        """Audio is not acknowledged chunk by chunk in txvoice.v1 (IChannelObserver)."""
+
+    def chunkFailed(self, failure: Failure) -> None:
         error = failure.value
         if isinstance(error, VoiceError):
             self.sendError(error, None)
