@@ -129,9 +129,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         redis = RedisServer(tmp).start()
-        a, b = start_nodes(tmp, redis.url, 2, "--redis-session-ttl", "300")
-        plain = start_daemon(tmp, "--jwt-secret", "x" * 32)
+        started: list = []
         try:
+            a, b = start_nodes(tmp, redis.url, 2, "--redis-session-ttl", "300")
+            started += [a, b]
+            plain = start_daemon(tmp, "--jwt-secret", "x" * 32)
+            started.append(plain)
             result: dict = {"fanout": fanout(a, b, 5, 40), "resume": resume_times(a, b, 20)}
             moved: dict[str, int] = {}
             frames = stream(a, args.clients, 2.0, redis, moved)  # sessions open before, close after the count
@@ -153,7 +156,7 @@ def main() -> None:
             result["cpu_ratio_with_over_without"] = round(statistics.median(cpu["with --redis"]) / statistics.median(cpu["without"]), 3)
             result["steal_percent"] = [round(s, 1) for s in steals]
         finally:
-            for n in (a, b, plain):
+            for n in started:
                 n.stop()
             redis.stop()
     print(json.dumps(result, indent=2))

@@ -125,6 +125,8 @@ SERVERS: dict[str, ServerSpec] = {
                    about="txvoice with Twisted's buffered writes (--no-write-through), for comparison"),
         ServerSpec("txvoice-batch2ms", _txvoice_cmd(["--audio-batch-ms", "2"]), env=_txvoice_env,
                    about="txvoice holding audio chunks 2 ms before the hop to the audio thread (--audio-batch-ms 2), for comparison"),
+        ServerSpec("txvoice-frames3", _txvoice_cmd(["--barge-in-rule", "frames3"]), env=_txvoice_env,
+                   about="txvoice with the three-frame barge-in rule (--barge-in-rule frames3, no 10 ms onset detector), for comparison"),
         ServerSpec("txvoice-deflate", _txvoice_cmd(["--compression"]), deflate=True, env=_txvoice_env,
                    about="the same with --compression; the generator offers permessage-deflate"),
         ServerSpec("autobahn-echo", lambda port, n: [PY, str(BENCH / "servers" / "autobahn_echo.py"), "--port", str(port)],
@@ -142,14 +144,14 @@ SERVERS: dict[str, ServerSpec] = {
 BASELINE = "txvoice-base"
 
 
-def add_baseline(tree: str) -> None:
+def add_baseline(tree: str, name: str = BASELINE) -> None:
     root = str(Path(tree).resolve())
     if not (Path(root) / "txvoice" / "__init__.py").exists():
         raise SystemExit(f"bench: --baseline-tree {tree} holds no txvoice/ package")
     commit = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip() or "?"
-    SERVERS[BASELINE] = ServerSpec(
-        BASELINE, _txvoice_cmd([]), env=lambda n: {**_txvoice_env(n), "PYTHONPATH": root},
+    SERVERS[name] = ServerSpec(
+        name, _txvoice_cmd([]), env=lambda n: {**_txvoice_env(n), "PYTHONPATH": root},
         about=f"txvoice as in {root} (commit {commit}), otherwise as txvoice: the before of a side-by-side")
 
 
@@ -1289,15 +1291,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--turns-background", default=None,
                    help="comma-separated background sessions for the turn measurement [0,50; quick: 0]")
     p.add_argument("--turns-codecs", default=None, help="the turn client's audio: opus, pcm16k [opus,pcm16k; quick: opus]")
-    p.add_argument("--baseline-tree", metavar="DIR", default=None,
+    p.add_argument("--baseline-tree", metavar="DIR", action="append", default=None,
                    help=f"add the server {BASELINE}: txvoice from this checkout (e.g. a git worktree of main), "
-                   "to compare a change side by side")
+                   f"to compare a change side by side; given again, {BASELINE}2, {BASELINE}3 ... (several befores)")
     p.add_argument("--resummarize", metavar="JSON", default=None,
                    help="rebuild the summary, table and plot from a saved latest.json's runs (no measuring)")
     p.add_argument("--out-dir", default=str(BENCH / "results"), help="where latest.json/.md/.png go")
     a = p.parse_args(argv)
-    if a.baseline_tree:
-        add_baseline(a.baseline_tree)
+    for i, tree in enumerate(a.baseline_tree or []):
+        add_baseline(tree, BASELINE if i == 0 else f"{BASELINE}{i + 1}")
     a.servers = [s.strip() for s in a.servers.split(",") if s.strip()]
     unknown = [s for s in a.servers if s not in SERVERS]
     if unknown or not a.servers:

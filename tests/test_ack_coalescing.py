@@ -194,7 +194,7 @@ def test_a_close_written_during_the_batch_follows_its_acks(hand) -> None:
     client = MemoryClient(server, VocalProtocol, subprotocol=None, path=PCM16K)
     client.messages()
     protocol = client.protocol
-    acknowledge = protocol._acknowledge
+    acknowledge = protocol.chunkProcessed
     acked = [0]
 
     def then_close(result):
@@ -203,7 +203,7 @@ def test_a_close_written_during_the_batch_follows_its_acks(hand) -> None:
         if acked[0] == 2:
             protocol.sendClose(1000, "enough")
 
-    protocol.channel.on_chunk = then_close
+    protocol.chunkProcessed = then_close  # the channel's observer is the protocol
     for _ in range(3):
         client.send_binary(FRAME)
     reactor.advance(0)

@@ -110,13 +110,16 @@ def test_rediss_tls_with_a_ca_file(tmp_path):
     """rediss:// to a TLS-only redis-server: healthy with its CA; degraded (not connected) without it."""
     cert, key = self_signed(tmp_path)
     redis = RedisServer(tmp_path, tls=(cert, key)).start()
-    good = start_daemon(tmp_path, "--redis", redis.url, "--redis-ca-file", str(cert))
-    untrusted = start_daemon(tmp_path, "--redis", redis.url)
+    daemons = []
     try:
+        good = start_daemon(tmp_path, "--redis", redis.url, "--redis-ca-file", str(cert))
+        daemons.append(good)
+        untrusted = start_daemon(tmp_path, "--redis", redis.url)
+        daemons.append(untrusted)
         wait_for(lambda: redis_ok(health(good.port)), 10, "healthy over TLS")
         time.sleep(1.5)
         assert "redis_down" in health(untrusted.port)["reasons"]  # the system does not trust this certificate
     finally:
-        good.stop()
-        untrusted.stop()
+        for d in daemons:
+            d.stop()
         redis.stop()

@@ -31,13 +31,18 @@ DRIVER = Path(__file__).with_name("lbdriver.py")
 def cluster(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("lb")
     redis = RedisServer(tmp).start()
-    nodes = start_nodes(tmp, redis.url, 3, "--redis-session-ttl", "6", "--trusted-proxies", f"{SOURCE}/32")
-    lb = start_haproxy(tmp, [n.port for n in nodes])
-    yield redis, nodes, lb
-    lb.stop()
-    for node in nodes:
-        node.stop()
-    redis.stop()
+    nodes: list = []
+    lb = None
+    try:  # whatever fails to start, what did start is stopped
+        nodes = start_nodes(tmp, redis.url, 3, "--redis-session-ttl", "6", "--trusted-proxies", f"{SOURCE}/32")
+        lb = start_haproxy(tmp, [n.port for n in nodes])
+        yield redis, nodes, lb
+    finally:
+        if lb is not None:
+            lb.stop()
+        for node in nodes:
+            node.stop()
+        redis.stop()
 
 
 def via(lb, cookie: str | None = None, **kw) -> VoiceClient:

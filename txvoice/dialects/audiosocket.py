@@ -39,6 +39,7 @@ from txvoice.dialects.telephony import deliver_dtmf, input_problem, log, telepho
 from txvoice.errors import VoiceError
 from txvoice.pipeline.interfaces import IResponseSink
 from txvoice.server.channel import VoiceChannel
+from txvoice.server.observer import IChannelObserver
 from txvoice.session.session import Session, SessionState
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -84,6 +85,7 @@ class _AudioSocketSink:
         log.debug("audiosocket call {call_id}: reply ended", call_id=self.protocol.call_id, summary=summary)
 
 
+@implementer(IChannelObserver)
 class AudioSocketProtocol(Protocol):
     """One Asterisk call over AudioSocket."""
 
@@ -116,8 +118,7 @@ class AudioSocketProtocol(Protocol):
         session.attributes["subscriber"] = self
         session.close = self.closeSession
         session.transition(SessionState.AUTHENTICATED)
-        self.channel = VoiceChannel(server, session, _AudioSocketSink(self))
-        self.channel.on_chunk_error = self._chunkFailed
+        self.channel = VoiceChannel(server, session, _AudioSocketSink(self), self)
         server.registry.add(session)
         server.connection_opened(session)
         log.info("audiosocket session {session_id} opened from {peer}", session_id=session.id, peer=session.peer)
@@ -213,7 +214,10 @@ class AudioSocketProtocol(Protocol):
     def problem(self, code: str, message: str, **fields: Any) -> None:
         input_problem(self.server, self.session, DIALECT, code, message, call_id=self.call_id, **fields)
 
-    def _chunkFailed(self, failure: Any) -> None:
+    def chunkProcessed(self, events: list[Any] | None) -> None:
+        """AudioSocket acknowledges nothing (IChannelObserver)."""
+
+    def chunkFailed(self, failure: Any) -> None:
         error = failure.value
         if isinstance(error, VoiceError):
             self.problem(error.code, error.message)

@@ -7,28 +7,28 @@ Every client message is answered or acted on; every bad input gets an ``error`` 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import base64
 import binascii
-import uuid
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txvoice.audio.format import CODEC_ALIASES, AudioFormat
+from txvoice.dialects.native_conversations import HANDLERS as conversation_handlers
+from txvoice.dialects.native_resume import HANDLERS as resume_handlers
+from txvoice.dialects.native_sink import NativeResponseSink
+from txvoice.dialects.registry import websocket_endpoint
 from txvoice.errors import AudioError, ProtocolError, StateError, VoiceError
-from txvoice.pipeline.interfaces import IResponseSink
 from txvoice.protocol.envelope import Envelope, decode_envelope, encode_envelope, encoded_size
 from txvoice.protocol.messages import SUBPROTOCOL
 from txvoice.server.base import CLOSE_NORMAL, VoiceServerProtocol
 from txvoice.server.channel import VoiceChannel
-from txvoice.session.resume import AckedIds, ResumeState, new_resume_token
+from txvoice.server.observer import IChannelObserver
 from txvoice.session.appheartbeat import AppHeartbeat, native_heartbeat
+from txvoice.session.resume import AckedIds, ResumeState, new_resume_token
 from txvoice.session.session import SessionState
-from txvoice.dialects.registry import websocket_endpoint
 
 if TYPE_CHECKING:  # pragma: no cover
     from twisted.web.resource import IResource
@@ -44,16 +44,9 @@ MAX_PING_DATA = 4096
 BEFORE_AUTH = frozenset({"auth", "ping", "pong", "heartbeat", "connect", "disconnect", "error"})
 
 _CATEGORY = {
-    "invalid_json": "protocol",
-    "invalid_message": "protocol",
-    "unknown_type": "protocol",
-    "missing_field": "protocol",
-    "invalid_field": "protocol",
-    "ping_too_large": "limit",
-    "message_too_large": "limit",
-    "auth_required": "auth",
-    "auth_failed": "auth",
-    "internal_error": "server",
+    "invalid_json": "protocol", "invalid_message": "protocol", "unknown_type": "protocol",
+    "missing_field": "protocol", "invalid_field": "protocol", "ping_too_large": "limit",
+    "message_too_large": "limit", "auth_required": "auth", "auth_failed": "auth", "internal_error": "server",
 }
 
 
@@ -70,62 +63,7 @@ def _category(error: VoiceError) -> str:
     return "server"
 
 
-@implementer(IResponseSink)
-class _NativeResponseSink:
-    """Writes a turn's response as ``voice_response`` + audio + a final ``voice_stream_chunk``."""
-
-    def __init__(self, protocol: "NativeVoiceProtocol") -> None:
-        self.protocol = protocol
-        self.response_id: str | None = None
-        self.sequence = 0
-        self.transport = "binary"
-        self.stream_id: str | None = None
-
-    def event(self, event_type: str, data: dict) -> None:
-        self.protocol.sendEnvelope("status", {"event_type": event_type, **data})
-
-    def startResponse(self, text_content: str | None, audio_format: AudioFormat | None, metadata: dict) -> None:
-        self.response_id = "resp_" + uuid.uuid4().hex[:16]
-        self.sequence = 0
-        self.protocol.sendEnvelope(
-            "voice_response",
-            {
-                "response_id": self.response_id,
-                "stream_id": self.stream_id,
-                "text_content": text_content,
-                "audio": audio_format.as_dict() if audio_format is not None else None,
-                "audio_transport": self.transport,
-                "metadata": metadata,
-            },
-        )
-
-    def audio(self, chunk: bytes) -> None:
-        protocol = self.protocol
-        self.sequence += 1
-        if protocol.session is not None:
-            protocol.session.counters.audio_frames_out += 1
-        if self.transport == "binary":
-            protocol.sendBinary(chunk)
-        elif protocol.outputCongested():
-            protocol.dropOutput("audio")
-        else:
-            protocol.sendEnvelope(
-                "voice_stream_chunk",
-                {
-                    "response_id": self.response_id,
-                    "sequence": self.sequence,
-                    "audio": base64.b64encode(chunk).decode("ascii"),
-                    "final": False,
-                },
-            )
-
-    def endResponse(self, summary: dict) -> None:
-        self.protocol.sendEnvelope(
-            "voice_stream_chunk",
-            {"response_id": self.response_id, "sequence": self.sequence + 1, "final": True, "audio": None, **summary},
-        )
-
-
+@implementer(IChannelObserver)
 class NativeVoiceProtocol(VoiceServerProtocol):
     """txvoice.v1 over one WebSocket connection."""
 
@@ -149,9 +87,8 @@ class NativeVoiceProtocol(VoiceServerProtocol):
     def sessionOpened(self) -> None:
         session = self.session
         assert session is not None
-        self._sink = _NativeResponseSink(self)
-        self.channel = VoiceChannel(self.server, session, self._sink)
-        self.channel.on_chunk_error = self._chunkFailed
+        self._sink = NativeResponseSink(self)
+        self.channel = VoiceChannel(self.server, session, self._sink, self)
         if self.budget is not None:
             self.channel.budget = self.budget
             self.channel.drop_output = self.dropOutput
@@ -194,7 +131,10 @@ class NativeVoiceProtocol(VoiceServerProtocol):
             "resume_token": session.resume_token,
         }
 
-    def _chunkFailed(self, failure: Failure) -> None:
+    def chunkProcessed(self, events: list[Any] | None) -> None:
+        """Audio is not acknowledged chunk by chunk in txvoice.v1 (IChannelObserver)."""
+
+    def chunkFailed(self, failure: Failure) -> None:
         error = failure.value
         if isinstance(error, VoiceError):
             self.sendError(error, None)
@@ -388,50 +328,6 @@ class NativeVoiceProtocol(VoiceServerProtocol):
 
     # handlers
 
-    def on_connect(self, env: Envelope) -> None:
-        session = self.session
-        assert session is not None
-        if "client" in env.data:
-            session.attributes["client"] = env.data["client"]
-        token = env.data.get("resume_token")
-        if token is None:
-            self.reply(env, "connect", self.greeting())
-            return
-        d: Deferred[Any] = maybeDeferred(self.server.resume_store.take, token)
-        d.addErrback(self._resumeUnavailable)
-        d.addCallback(self._resume, env)
-        if not d.called:
-            self._hold(d)  # what follows the resume (re-sent reliable messages) waits for it
-
-    def _resumeUnavailable(self, failure: Failure) -> None:
-        self.wslog.warn("resume state could not be read: {error}", error=failure.getErrorMessage())
-        return None
-
-    def _resume(self, state: ResumeState | None, env: Envelope) -> None:
-        session = self.session
-        if session is None or session.state is SessionState.CLOSED:
-            return
-        greeting = self.greeting()
-        if state is None:
-            greeting.update(resumed=False, resume_error="unknown_or_expired_token")
-        elif state.user_id is not None and self.server.admission.authenticator is not None and not (
-            session.is_authenticated and (session.user_id, session.tenant) == (state.user_id, state.tenant)
-        ):
-            # A resume token is no credential: with keys configured, an authenticated user's
-            # session is taken over only by a connection already authenticated as that user
-            # (the token is used up).
-            greeting.update(resumed=False, resume_error="authentication_required")
-        else:
-            session.user_id, session.tenant = state.user_id, state.tenant
-            session.conversation_id = state.conversation_id
-            self._acked = state.acked
-            if state.log_id is not None:
-                self._log_id = state.log_id
-                self.server.resume_store.opened(session, state.log_id)
-            self.server.stats.resumes += 1
-            greeting.update(resumed=True, previous_session_id=state.session_id)
-        self.reply(env, "connect", greeting)
-
     def on_disconnect(self, env: Envelope) -> None:
         self.reply(env, "disconnect", {"reason": env.data.get("reason", "client_request")})
         self.sendClose(CLOSE_NORMAL, "client disconnect")
@@ -538,64 +434,6 @@ class NativeVoiceProtocol(VoiceServerProtocol):
         assert channel is not None
         channel.playbackPosition(env.data.get("response_id"), float(env.data["position_ms"]))
 
-    def on_conversation_start(self, env: Envelope) -> None:
-        session = self.session
-        assert session is not None
-        cid = env.data.get("conversation_id") or env.conversation_id
-
-        def loaded(conv: Any) -> None:
-            if "metadata" in env.data:
-                conv.metadata.update(env.data["metadata"])
-            self.server.save_conversation(conv)  # shared (--redis): known to the other nodes from now
-            session.conversation_id = conv.id
-            self._resumableChanged()
-            self.reply(env, "conversation_start", conv.as_dict())
-            if deferred_ack:
-                self._ack(env)  # applied only now: its ack follows
-
-        deferred_ack = False
-        if self.server.conversation_store is None:
-            loaded(self.server.conversation(cid))  # in this process only: at once, errors answered as before
-            return
-        self._ack_later = deferred_ack = True  # the ack waits for the shared state (loaded, above)
-        d = self.server.load_conversation(cid)  # shared with the other nodes under --redis
-        d.addCallback(loaded).addErrback(lambda f: self.wslog.failure("conversation_start failed", f))
-        if not d.called:
-            self._hold(d)
-
-    def _current_conversation(self, env: Envelope) -> str:
-        session = self.session
-        assert session is not None
-        cid = env.data.get("conversation_id") or env.conversation_id
-        if session.conversation_id is None:
-            raise StateError("no conversation is active; send conversation_start", code="no_active_conversation")
-        if cid is not None and cid != session.conversation_id:
-            raise StateError(f"conversation {cid!r} is not this session's conversation", code="unknown_conversation")
-        return session.conversation_id
-
-    def on_conversation_end(self, env: Envelope) -> None:
-        session = self.session
-        assert session is not None
-        cid = self._current_conversation(env)
-        conv = self.server.conversation(cid)
-        self.reply(env, "conversation_end", {**conv.as_dict(), "state": "ended"})
-        session.conversation_id = None
-        self._resumableChanged()
-        if not self.server.registry.by_conversation(cid):
-            self.server.conversations.pop(cid, None)
-
-    def on_conversation_state(self, env: Envelope) -> None:
-        session = self.session
-        assert session is not None
-        if session.conversation_id is None:
-            self.reply(env, "conversation_state", {"conversation_id": None, "state": "none"})
-            return
-        cid = self._current_conversation(env)
-        d = self.server.load_conversation(cid)
-        d.addCallback(lambda conv: self.reply(env, "conversation_state", {**conv.as_dict(), "state": "active"}))
-        if not d.called:
-            self._hold(d)
-
     def on_status(self, env: Envelope) -> None:
         session = self.session
         channel = self.channel
@@ -654,7 +492,7 @@ class NativeVoiceProtocol(VoiceServerProtocol):
 
 NativeVoiceProtocol._handlers = {
     name[3:]: getattr(NativeVoiceProtocol, name) for name in dir(NativeVoiceProtocol) if name.startswith("on_")
-}
+} | conversation_handlers | resume_handlers
 
 
 def endpoints(server: "VoiceServer") -> dict[str, IResource]:

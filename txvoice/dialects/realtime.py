@@ -198,8 +198,7 @@ class RealtimeProtocol(VoiceServerProtocol):
         channel = call.channel
         assert channel is not None
         if channel.stream is None:
-            channel.start(self._streamFormat(call, payload), options=dict(call.options), mode="voice_activity",
-                          on_chunk_error=self._chunkFailed)
+            channel.start(self._streamFormat(call, payload), options=dict(call.options), mode="voice_activity")
         channel.audio(payload)
 
     def _streamFormat(self, call: CallSession, first: bytes) -> AudioFormat:
@@ -216,7 +215,7 @@ class RealtimeProtocol(VoiceServerProtocol):
                              "WAV or raw PCM", code="unsupported_container")
         return declared
 
-    def _chunkFailed(self, failure: Failure) -> None:
+    def chunkFailed(self, failure: Failure) -> None:
         error = failure.value
         if isinstance(error, VoiceError):
             self.sendError(error, "audio_chunk")

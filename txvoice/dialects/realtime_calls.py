@@ -18,10 +18,13 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from txvoice.audio.format import AudioFormat
 from txvoice.audio.ingest import StreamSettings
 from txvoice.server.channel import VoiceChannel
+from txvoice.server.observer import IChannelObserver
 from txvoice.session.appheartbeat import HeartbeatConfig, config_heartbeat
 from txvoice.session.offline import IOfflineStore, MemoryOfflineStore
 
@@ -57,6 +60,9 @@ class CallConnection(Protocol):
 
     def sink_for(self, call: "CallSession") -> Any: ...
 
+    def chunkFailed(self, failure: Failure) -> None: ...
+
+@implementer(IChannelObserver)
 class CallSession:
     """One call: its user, channel, audio settings and the connection serving it (None: offline)."""
 
@@ -123,7 +129,7 @@ class CallSession:
         self._flushAudio()
         self.protocol = protocol
         if self.channel is None:
-            self.channel = VoiceChannel(self.table.server, protocol.session, protocol.sink_for(self))
+            self.channel = VoiceChannel(self.table.server, protocol.session, protocol.sink_for(self), self)
         else:
             self.channel.session = protocol.session
         self._buffer = []
@@ -143,6 +149,19 @@ class CallSession:
         for payload, is_binary in buffered:
             protocol.writeOut(payload, is_binary)
         return len(queued)
+
+    # IChannelObserver: the call's channel outlives its connections; what it reports goes to the
+    # connection serving the call now (a reconnect's, not the one that started the stream).
+
+    def chunkProcessed(self, events: list[Any] | None) -> None:
+        """S4 acknowledges no audio chunk."""
+
+    def chunkFailed(self, failure: Failure) -> None:
+        protocol = self.protocol
+        if protocol is not None:
+            protocol.chunkFailed(failure)
+        else:
+            log.failure("call {call_id}: audio failed while offline", failure, call_id=self.call_id)
 
     def detach(self, protocol: "CallConnection") -> None:
         """The connection dropped: finish the turn in progress offline, keep the call ``resume_ttl``."""

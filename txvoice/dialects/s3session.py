@@ -22,6 +22,7 @@ from txvoice.audio.format import AudioFormat
 from txvoice.errors import ProtocolError, VoiceError
 from txvoice.pipeline.interfaces import IResponseSink
 from txvoice.server.channel import VoiceChannel
+from txvoice.server.observer import IChannelObserver
 from txvoice.session.session import Session
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -121,6 +122,7 @@ class S3Sink:
                           cancelled=bool(summary.get("cancelled")) or None)
 
 
+@implementer(IChannelObserver)
 class UnifiedSession:
     """One S3 session: a txvoice session and voice channel, reached over one or two transports."""
 
@@ -133,8 +135,7 @@ class UnifiedSession:
         self.format = DEFAULT_FORMAT
         self.mode = "voice_activity"
         self.sink = S3Sink(self)
-        self.channel = VoiceChannel(server, session, self.sink)
-        self.channel.on_chunk_error = self._chunkFailed
+        self.channel = VoiceChannel(server, session, self.sink, self)
         session.attributes["transports"] = []
 
     # transports
@@ -174,7 +175,10 @@ class UnifiedSession:
         for transport in [to] if to is not None else list(self.transports.values()):
             transport.sendS3(msg)
 
-    def _chunkFailed(self, failure: Any) -> None:
+    def chunkProcessed(self, events: list[Any] | None) -> None:
+        """S3 acknowledges no audio frame (IChannelObserver)."""
+
+    def chunkFailed(self, failure: Any) -> None:
         error = failure.value
         if not isinstance(error, VoiceError):
             self.channel.log.failure("processing S3 audio failed", failure)

@@ -46,6 +46,7 @@ from txvoice.errors import VoiceError
 from txvoice.pipeline.interfaces import IResponseSink
 from txvoice.server.base import CLOSE_NORMAL, VoiceServerProtocol
 from txvoice.server.channel import VoiceChannel
+from txvoice.server.observer import IChannelObserver
 
 if TYPE_CHECKING:  # pragma: no cover
     from twisted.web.resource import IResource
@@ -141,6 +142,7 @@ class _TwilioSink:
         self.protocol.recordDone(record)
 
 
+@implementer(IChannelObserver)
 class TwilioMediaStreamProtocol(VoiceServerProtocol):
     """One Twilio Media Stream: one phone call."""
 
@@ -154,8 +156,7 @@ class TwilioMediaStreamProtocol(VoiceServerProtocol):
         assert session is not None
         self.metrics = telephony_metrics(self.server)
         self.sink = _TwilioSink(self)
-        self.channel = VoiceChannel(self.server, session, self.sink)
-        self.channel.on_chunk_error = self._chunkFailed
+        self.channel = VoiceChannel(self.server, session, self.sink, self)
         self.call: dict[str, Any] = {}
         self.turns: list[dict[str, Any]] = []
         self.records: dict[str, dict[str, Any]] = {}
@@ -224,7 +225,10 @@ class TwilioMediaStreamProtocol(VoiceServerProtocol):
         input_problem(self.server, self.session, DIALECT, code, message,
                       call_sid=self.call.get("callSid") if hasattr(self, "call") else None, **fields)
 
-    def _chunkFailed(self, failure: Any) -> None:
+    def chunkProcessed(self, events: list[Any] | None) -> None:
+        """Twilio acknowledges no media message (IChannelObserver)."""
+
+    def chunkFailed(self, failure: Any) -> None:
         error = failure.value
         if isinstance(error, VoiceError):
             self.problem(error.code, error.message)

@@ -29,6 +29,7 @@ from txvoice.pipeline.interfaces import IResponseSink
 from txvoice.server.base import VoiceServerProtocol
 from txvoice.server.channel import VoiceChannel
 from txvoice.server.framing import PreparedText
+from txvoice.server.observer import IChannelObserver
 from txvoice.dialects.registry import websocket_endpoint
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -74,6 +75,7 @@ class _VocalResponseSink:
         self.protocol.sendJSON({"status": "response_end", **summary})
 
 
+@implementer(IChannelObserver)
 class VocalProtocol(VoiceServerProtocol):
     """S2's ``/ws/audio``."""
 
@@ -93,10 +95,9 @@ class VocalProtocol(VoiceServerProtocol):
     def sessionOpened(self) -> None:
         session = self.session
         assert session is not None
-        self.channel = VoiceChannel(self.server, session, _VocalResponseSink(self))
+        self.channel = VoiceChannel(self.server, session, _VocalResponseSink(self), self)
         session.transition(session.state.AUTHENTICATED)
-        self.channel.start(self.format, options={}, mode="voice_activity", respond=self.respond,
-                           on_chunk=self._acknowledge, on_chunk_error=self._chunkFailed)
+        self.channel.start(self.format, options={}, mode="voice_activity", respond=self.respond)
         self.sendJSON(
             {
                 "status": "connected",
@@ -129,11 +130,11 @@ class VocalProtocol(VoiceServerProtocol):
     def reportError(self, error: VoiceError) -> None:
         self.sendError(error.code, error.message)
 
-    def _acknowledge(self, result: object) -> None:
+    def chunkProcessed(self, events: list[Any] | None) -> None:  # IChannelObserver
         # The acks of one audio batch leave in one write, after the batch (and before anything else).
         self.sendPreparedTextSoon(_CHUNK_RECEIVED)
 
-    def _chunkFailed(self, failure: Failure) -> None:
+    def chunkFailed(self, failure: Failure) -> None:  # IChannelObserver
         error = failure.value
         if isinstance(error, VoiceError):
             self.sendError(error.code, error.message)

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, Callable
 
+from twisted.python.failure import Failure
+
 from txvoice.audio.format import AudioFormat
 from txvoice.audio.ingest import BargeOnset, StreamIngest, StreamSettings, TurnFeeds, TurnOutput, Voiced
 from txvoice.audio.turns import TurnEnded, TurnStarted
@@ -25,6 +27,7 @@ from txvoice.audio.vad import SpeechStarted, SpeechStopped
 from txvoice.errors import StateError
 from txvoice.logging import NamespaceLogger
 from txvoice.pipeline.interfaces import IResponseSink, TurnContext
+from txvoice.server.observer import IChannelObserver, LoggingObserver
 from txvoice.server.response import ResponseStream
 from txvoice.session.session import Session, SessionState
 
@@ -116,18 +119,19 @@ class VoiceChannel:
 
     log = NamespaceLogger(namespace="txvoice.session")
 
-    def __init__(self, server: "VoiceServer", session: Session, sink: IResponseSink) -> None:
+    def __init__(self, server: "VoiceServer", session: Session, sink: IResponseSink,
+                 observer: IChannelObserver | None = None) -> None:
         self.server = server
         self.session = session
         self.sink = sink
+        #: Told of each chunk's fate (the dialect: acks, errors to the client).
+        self.observer: IChannelObserver = observer if observer is not None else LoggingObserver()
         self.pacer = server.pacer
         self.stream: VoiceStream | None = None
         self.settings = StreamSettings()
         self.responses: deque[ResponseStream] = deque()  # ready, in play order
         self.playing: ResponseStream | None = None
         self.open_turns: list[ResponseStream] = []  # turns whose pipeline has not finished
-        self.on_chunk: Callable[[Any], None] | None = None
-        self.on_chunk_error: Callable[[Any], None] | None = None
         self.barge_ins: list[dict] = []
         #: What the active stream's worker was last told (StreamIngest.replying): a reply is playing or queued.
         self._told_replying = False
@@ -169,8 +173,6 @@ class VoiceChannel:
         stream_id: str | None = None,
         options: dict[str, Any] | None = None,
         mode: str | None = None,
-        on_chunk: Callable[[Any], None] | None = None,
-        on_chunk_error: Callable[[Any], None] | None = None,
         respond: bool = True,
     ) -> VoiceStream:
         """
@@ -212,10 +214,6 @@ class VoiceChannel:
         for event in stream.ingest.initial:
             if isinstance(event, TurnStarted) and respond:
                 self._openTurn(stream, event.turn, attach_now=True)
-        if on_chunk is not None:
-            self.on_chunk = on_chunk
-        if on_chunk_error is not None:
-            self.on_chunk_error = on_chunk_error
         self.stream = stream
         self.session.transition(SessionState.STREAMING)
         return stream
@@ -272,14 +270,10 @@ class VoiceChannel:
     def _chunkDone(self, stream: VoiceStream, events: list | None) -> None:
         if events:
             self._dispatch(stream, events)
-        if self.on_chunk is not None:
-            self.on_chunk(events)
+        self.observer.chunkProcessed(events)
 
-    def _chunkFailed(self, failure) -> None:
-        if self.on_chunk_error is not None:
-            self.on_chunk_error(failure)
-        else:
-            self.log.failure("audio chunk failed", failure)
+    def _chunkFailed(self, failure: Failure) -> None:
+        self.observer.chunkFailed(failure)
 
     def active(self, stream_id: str | None = None) -> VoiceStream:
         stream = self.stream

@@ -1,0 +1,48 @@
+"""
+The one interface a dialect implements for what its channel tells it about audio
+(``IChannelObserver``): every dialect provides it, and an S4 call's reports follow the call to the
+connection that serves it now.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.python.failure import Failure
+from zope.interface.verify import verifyClass
+
+from txvoice.dialects.audiosocket import AudioSocketProtocol
+from txvoice.dialects.native import NativeVoiceProtocol
+from txvoice.dialects.realtime_calls import CallSession
+from txvoice.dialects.s3session import UnifiedSession
+from txvoice.dialects.twilio import TwilioMediaStreamProtocol
+from txvoice.dialects.vocal import VocalProtocol
+from txvoice.server.observer import IChannelObserver, LoggingObserver
+
+
+def test_every_dialect_is_an_observer() -> None:
+    for cls in (NativeVoiceProtocol, VocalProtocol, TwilioMediaStreamProtocol, UnifiedSession,
+                AudioSocketProtocol, CallSession, LoggingObserver):
+        assert verifyClass(IChannelObserver, cls), cls
+
+
+class _Connection:
+    def __init__(self) -> None:
+        self.failures: list[Failure] = []
+
+    def chunkFailed(self, failure: Failure) -> None:
+        self.failures.append(failure)
+
+
+def test_a_call_reports_audio_failures_to_the_connection_serving_it_now() -> None:
+    call: Any = CallSession.__new__(CallSession)
+    call.call_id = "call-1"
+    first, second = _Connection(), _Connection()
+    call.protocol = first
+    call.chunkFailed(Failure(ValueError("one")))
+    call.protocol = second  # the caller reconnected: the channel (and its stream) stayed with the call
+    call.chunkFailed(Failure(ValueError("two")))
+    assert [str(f.value) for f in first.failures] == ["one"]
+    assert [str(f.value) for f in second.failures] == ["two"]
+    call.protocol = None  # offline: logged, not lost in a closed connection
+    call.chunkFailed(Failure(ValueError("three")))
