@@ -199,7 +199,7 @@ def cases(seconds: float) -> dict[str, Callable[[], Callable[[], int]]]:
 
     out["chain 48k: resample+frames+denoise+AGC+turns"] = chain
 
-    def ingest(codec: str) -> Callable[[], Callable[[], int]]:
+    def ingest(codec: str, replying: bool = False) -> Callable[[], Callable[[], int]]:
         # What the server does per client chunk on its audio thread (voice_activity mode): decode
         # (Opus straight to 16 kHz), frames, VAD, turns; packets made once, outside the timing.
         if codec == "opus":
@@ -211,6 +211,8 @@ def cases(seconds: float) -> dict[str, Callable[[], Callable[[], int]]]:
 
         def setup() -> Callable[[], int]:
             stream = StreamIngest(fmt, StreamSettings(mode="voice_activity"), answers=False)
+            if replying and hasattr(stream, "replying"):
+                stream.replying(True)  # a reply plays: the fast barge-in onset classifies every frame
 
             def run() -> int:
                 for k, packet in enumerate(packets):
@@ -223,6 +225,8 @@ def cases(seconds: float) -> dict[str, Callable[[], Callable[[], int]]]:
 
     out["ingest opus 48k, 20 ms packet (decode+VAD+turns)"] = ingest("opus")
     out["ingest pcm 16k, 20 ms chunk (VAD+turns)"] = ingest("pcm")
+    out["ingest opus 48k, 20 ms packet, reply playing (fast onset on)"] = ingest("opus", True)
+    out["ingest pcm 16k, 20 ms chunk, reply playing (fast onset on)"] = ingest("pcm", True)
 
     n_ops = 20000
 

@@ -100,6 +100,7 @@ def test_the_ingest_reports_a_barge_onset_only_with_the_fast_rule(rule):
     x, first = with_speech(np.zeros(3 * 16000))
     settings = StreamSettings.parse("voice_activity", {"barge_in_rule": rule})
     ingest = StreamIngest(AudioFormat("pcm_s16le", 16000, 1), settings, answers=False)
+    ingest.replying(True)  # a reply is playing: barge-in is possible
     seen: list[tuple[int, object]] = []
     for k, chunk in enumerate(pcm_chunks(x)):
         for e in ingest.process((chunk, None, float(k))) or []:
@@ -118,3 +119,109 @@ def test_an_unknown_rule_is_an_invalid_field():
     with pytest.raises(ProtocolError) as e:
         StreamSettings.parse("voice_activity", {"barge_in_rule": "psychic"})
     assert e.value.details.get("field") == "barge_in_rule"
+
+
+class CountingClassify:
+    """Wraps a FastOnset's classifier.classify and counts the calls (the onset's expensive part)."""
+
+    def __init__(self, onset: FastOnset) -> None:
+        self.calls = 0
+        self._classify = onset.classifier.classify
+        onset.classifier.classify = self  # type: ignore[method-assign]
+
+    def __call__(self, frame: np.ndarray) -> bool:
+        self.calls += 1
+        return self._classify(frame)
+
+
+def fast_ingest() -> StreamIngest:
+    settings = StreamSettings.parse("voice_activity", {"barge_in_rule": "fast"})
+    return StreamIngest(AudioFormat("pcm_s16le", 16000, 1), settings, answers=False)
+
+
+def test_no_onset_classification_while_no_reply_is_playing():
+    x, first = with_speech(corpus.to_int16(corpus.at_level(corpus.pink(3 * 16000), -45.0)))
+    ingest = fast_ingest()
+    assert ingest.onset is not None and ingest.onset.active is False
+    counter = CountingClassify(ingest.onset)
+    seen = []
+    for k, chunk in enumerate(pcm_chunks(x)):
+        seen += [e for e in ingest.process((chunk, None, float(k))) or [] if isinstance(e, BargeOnset)]
+    assert counter.calls == 0 and seen == []
+    # The noise floor was still tracked on every 10 ms frame.
+    assert ingest.onset.frames == len(x) // 160
+    assert ingest.onset.classifier.gate.floor_db > -60.0
+
+
+def barge_onsets(x: np.ndarray, reply_at: int | None) -> tuple[list[tuple[int, BargeOnset]], FastOnset, CountingClassify]:
+    """The ingest's barge onsets over ``x`` in 20 ms chunks, told at chunk ``reply_at`` that a reply plays (None: from the start)."""
+    ingest = fast_ingest()
+    onset = ingest.onset
+    assert onset is not None
+    counter = CountingClassify(onset)
+    if reply_at is None:
+        ingest.replying(True)
+    fired = []
+    for k, chunk in enumerate(pcm_chunks(x)):
+        if k == reply_at:
+            assert counter.calls == 0
+            ingest.replying(True)
+        fired += [(k, e) for e in ingest.process((chunk, None, k * 0.02)) or [] if isinstance(e, BargeOnset)]
+    return fired, onset, counter
+
+
+@pytest.mark.parametrize("bed", ["silence", "pink -45 dBFS"])
+def test_barge_onset_within_30_ms_of_speech_over_a_reply(bed):
+    n = 5 * 16000
+    noise = np.zeros(n) if bed == "silence" else corpus.at_level(corpus.pink(n), float(bed.split()[1]))
+    x, first = with_speech(noise, at_s=2.0)
+    fired, onset, counter = barge_onsets(x, 50)  # the reply starts 1 s before the user speaks
+    assert fired, "no barge onset"
+    k, barge = fired[0]
+    assert first <= k <= first + 2, (k, first, barge)
+    detected_ms = (k + 1) * 20.0  # the end of the chunk whose processing reported it
+    assert detected_ms - barge.start.t_ms <= 30.0, (k, first, barge)
+    assert counter.calls == 2 * (len(x) // FRAME - 50)  # only since the reply started
+    # The same onset, at the same chunk, as with the detector classifying all along.
+    always, _, _ = barge_onsets(x, None)
+    assert [(k, e.start) for k, e in always if k >= 50][:1] == [(k, barge.start)]
+    # The reply ended: the onset stops classifying again.
+    ingest = fast_ingest()
+    ingest.replying(True)
+    ingest.replying(False)
+    c2 = CountingClassify(ingest.onset)  # type: ignore[arg-type]
+    for chunk in pcm_chunks(x[:16000]):
+        ingest.process((chunk, None, 0.0))
+    assert c2.calls == 0
+
+
+def onsets_from(x: np.ndarray, start: int) -> list[int]:
+    """As :func:`onsets` with the fast rule, but its onset only classifying from 20 ms frame ``start`` (a reply)."""
+    vad = VoiceActivityDetector(16000, 20, 0.5, hangover_ms=300)
+    fast = FastOnset(16000, 0.5)
+    fast.set_active(False)
+    fired = []
+    for k, i in enumerate(range(0, len(x) - FRAME + 1, FRAME)):
+        if k == start:
+            fast.set_active(True)
+        frame = x[i:i + FRAME]
+        speaking = vad.speaking
+        vad.process(frame)
+        if isinstance(fast.push(frame, speaking), SpeechStarted):
+            fired.append(k)
+    return fired
+
+
+def test_starting_the_onset_at_reply_start_fires_no_more_often_on_the_corpus():
+    reply = corpus.espeak(REPLY)
+    always, late = {}, {}
+    for name, kind, _, x in corpus.clips(10.0):
+        if kind == "echo":
+            x = corpus.to_int16(corpus.echo_of(reply, len(x)))
+        always[name] = len([k for k in onsets(x, "fast") if k >= 100])
+        late[name] = len(onsets_from(x, 100))  # the reply starts 2 s into the stream
+    print(always, late)
+    assert sum(late.values()) <= sum(always.values()), (always, late)
+    for name in ("pink -50 dBFS", "pink -40 dBFS", "pink -30 dBFS", "coughs -25 dBFS", "clicks -20 dBFS",
+                 "echo -20 dB", "babble -45 dBFS", "babble -38 dBFS"):
+        assert late[name] == 0, (name, late)

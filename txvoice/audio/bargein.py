@@ -12,6 +12,11 @@ Barge-in rules: when speech over a playing reply interrupts it.
   the noise floor than the 20 ms one and lets the floor snap to noise within 3 dB (10 ms levels
   vary more).
 
+The fast rule is only needed while a reply is playing or queued (the channel decides barge-in only
+then): the channel tells the stream's worker through its queue (:meth:`StreamIngest.replying`),
+and while idle :meth:`FastOnset.push` only keeps the gate's 10 ms level and noise floor current
+(no webrtcvad, no spectrum), so that the floor is right the moment a reply starts (issue 26).
+
 Either rule only decides barge-in; turns are still cut by the 20 ms VAD.  See doc/configuration.md
 (``--barge-in-rule``) for what each measured on the false-barge-in corpus.
 """
@@ -60,6 +65,8 @@ class FastOnset:
         self.sub = frame_samples(sample_rate, self.SUB_MS)
         self.need = max(1, need)
         self._rearm = max(1, math.ceil(rearm_ms / self.SUB_MS))
+        #: Whether a reply is playing or queued (barge-in possible): only then is the onset classified.
+        self.active = True
         self.reset()
 
     def reset(self) -> None:
@@ -68,6 +75,18 @@ class FastOnset:
         self.run = 0  # consecutive voiced 10 ms frames up to the last
         self.quiet = self._rearm  # 10 ms frames since the last voiced one
         self.armed = True
+
+    def set_active(self, active: bool) -> None:
+        """
+        A reply started (``True``) or the last one ended (``False``).  While inactive :meth:`push`
+        only tracks the gate's level and floor; on activation the onset starts afresh (no run,
+        armed unless the 20 ms VAD is in speech, which :meth:`push` still checks).
+        """
+        if active and not self.active:
+            self.run = 0
+            self.quiet = self._rearm
+            self.armed = True
+        self.active = active
 
     def push(self, frame: np.ndarray, speaking: bool = False) -> SpeechStarted | None:
         """
@@ -78,6 +97,13 @@ class FastOnset:
         sub = self.sub
         if len(frame) % sub:
             raise ValueError(f"frame has {len(frame)} samples, not a multiple of {sub}")
+        if not self.active:
+            # Nothing can be barged into: keep the noise floor current, skip the classifier.
+            track = self.classifier.gate.track
+            for i in range(0, len(frame), sub):
+                track(frame[i:i + sub])
+            self.frames += len(frame) // sub
+            return None
         fired: SpeechStarted | None = None
         classify = self.classifier.classify
         for i in range(0, len(frame), sub):

@@ -297,6 +297,8 @@ class StreamIngest:
         #: The fast barge-in rule's own onset detector (None with the default rule).
         self.onset = (FastOnset(pipeline_rate, float(settings.vad_threshold))
                       if settings.barge_in_rule == "fast" and settings.vad and settings.frame_ms % 10 == 0 else None)
+        if self.onset is not None:
+            self.onset.set_active(False)  # until the channel says a reply is playing (replying)
         self.feeds = TurnFeeds()
         self.attach = self.feeds.attach
         self.chunks = 0
@@ -325,6 +327,14 @@ class StreamIngest:
         self._arrivals.append((self._samples_in * 1000.0 / self._rate_in, arrival))
         resample = self._resample
         return self._frames(self.assembler.push(pcm if resample is None else resample(pcm)), events)
+
+    def replying(self, active: bool) -> None:
+        """
+        A reply is playing or queued (``True``) or none is (``False``): the fast onset is only
+        classified then.  Submitted on the stream's worker queue, so ordered with its chunks.
+        """
+        if self.onset is not None:
+            self.onset.set_active(active)
 
     def _arrival_of(self, t_ms: float) -> float | None:
         for end_ms, arrival in self._arrivals:

@@ -199,6 +199,16 @@ class SpectralGate:
         else:
             self.floor_db += self._rise
 
+    def track(self, frame: np.ndarray) -> None:
+        """Only update the level and noise floor with ``frame`` (as :meth:`accept` does), deciding nothing."""
+        x = self._x
+        np.copyto(x, frame)
+        mean_square = float(np.vdot(x, x)) * _FULL_SCALE_SQUARED_INV / len(x)
+        level = 10.0 * math.log10(mean_square) if mean_square > 1e-10 else _SILENCE_DB
+        self.level_db = level
+        self._track_floor(level)
+        self._tonal_level = None
+
     def accept(self, frame: np.ndarray, spectral: bool = True) -> bool:
         """
         Update the noise floor with ``frame`` and return whether it may be speech.  With

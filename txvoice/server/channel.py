@@ -133,6 +133,8 @@ class VoiceChannel:
         self.playing: ResponseStream | None = None
         self.open_turns: list[ResponseStream] = []  # turns whose pipeline has not finished
         self.barge_ins: list[dict] = []
+        #: What the active stream's worker was last told (StreamIngest.replying): a reply is playing or queued.
+        self._told_replying = False
         #: The connection's output bound (txvoice.server.backpressure), when the dialect has one.
         self.budget: Any = None
         self.drop_output: Callable[[str], None] | None = None
@@ -200,6 +202,10 @@ class VoiceChannel:
         else:
             stream.ingest = RawIngest(answers=respond)
         stream.respond = respond
+        # Nothing is at a worker yet: tell the new ingest at once whether a reply is playing.
+        self._told_replying = self.playing is not None or bool(self.responses)
+        if isinstance(stream.ingest, StreamIngest):
+            stream.ingest.replying(self._told_replying)
         stream.chunk_done = partial(self._chunkDone, stream)
         if isinstance(stream.ingest, RawIngest) and respond:
             self._openTurn(stream, 1, attach_now=True)
@@ -368,6 +374,17 @@ class VoiceChannel:
         if self.playing is None and self.responses:
             self.playing = self.responses.popleft()
             self.playing.activate()
+        self._tellReplying()
+
+    def _tellReplying(self) -> None:
+        """Tell the active stream's worker, in order with its chunks, when barge-in became possible or not."""
+        replying = self.playing is not None or bool(self.responses)
+        stream = self.stream
+        if replying == self._told_replying or stream is None:
+            return
+        self._told_replying = replying
+        if isinstance(stream.ingest, StreamIngest):
+            self.server.workers.submit(stream.key, stream.ingest.replying, replying, None, self._chunkFailed)
 
     def playbackPosition(self, response_id: str | None, position_ms: float) -> None:
         """The client reported how much of a response it has played."""
