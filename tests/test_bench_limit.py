@@ -101,7 +101,10 @@ def test_latency_counts_from_the_intended_send_time_when_the_generator_stalls(be
     g = json.loads(out)
     assert g["frames_lost"] == 0 and g["frames_acked"] == g["frames_sent"] == 5 * 100
     assert g["latency_us"]["max"] >= 250_000, g["latency_us"]  # the stall is in the latency ...
-    assert g["latency_from_send_us"]["max"] < 250_000, g["latency_from_send_us"]  # ... not in the send-to-answer time
+    # ... not in the send-to-answer time.  Not its max: a frame already on the wire when SIGSTOP lands has its
+    # answer read after SIGCONT, so that one frame (at most one per session, 5 of 500) carries the stall from its
+    # send too; that race failed this assertion once in ~10 runs under load.
+    assert g["latency_from_send_us"]["p99"] < 250_000, g["latency_from_send_us"]
     assert g["send_slip_us"]["max"] >= 250_000 and g["slip_over_limit"]
     assert not g["saturated"]  # a slip is not saturation: the generator's CPU was idle
 
