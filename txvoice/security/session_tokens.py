@@ -421,7 +421,8 @@ class AuthWebSocketResource(Resource):
         gone: list[bool] = []
         request.notifyFinish().addErrback(lambda _: gone.append(True))
 
-        d = self._authenticator.authenticate(Credentials(token=token))
+        # The chain changes what it carries (Principal, issued token, response body): not one type.
+        d: defer.Deferred[Any] = self._authenticator.authenticate(Credentials(token=token))
         if binding:
             d.addCallback(_bind, binding)
         d.addCallback(self._issuer.issue)
