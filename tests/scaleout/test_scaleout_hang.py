@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import pytest_twisted
 from twisted.internet import reactor, task
@@ -60,3 +61,29 @@ def test_a_hung_redis_fails_commands_fast_and_is_reconnected_when_it_goes_on(red
         sender.stop()
         yield conn.stopService()
 
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_node_whose_own_reactor_was_held_does_not_take_redis_for_hung(redis_server):
+    """Answers that wait unread while this process holds its reactor past STALLED are not a stall."""
+    conn = yield connected(redis_server.url, "held:")
+    failures: list[str] = []
+
+    def command() -> None:
+        conn.call("INCR", conn.key("n")).addErrback(lambda f: failures.append(f.type.__name__))
+
+    sender = task.LoopingCall(command)
+    sender.start(0.01)
+    try:
+        def held(_: object) -> None:  # in an I/O callback (a reply): what arrives meanwhile is read a poll later
+            command()  # in flight, its answer on the way
+            time.sleep(3 * STALLED)  # the reactor held (a test's stand-in for a stall of the node's own)
+
+        for _ in range(3):
+            yield task.deferLater(reactor, 0.2, lambda: None)
+            yield conn.call("PING").addCallback(held)
+        yield task.deferLater(reactor, 0.5, lambda: None)
+        assert failures == [] and conn.up
+    finally:
+        sender.stop()
+        yield conn.stopService()

@@ -10,7 +10,9 @@ returns): callers degrade to what this node knows.  So does a command while Redi
 commands in flight unanswered for :data:`STALLED` seconds (a Redis that hangs keeps its
 connections open): otherwise every command of the ``--redis-timeout`` until the first times out
 piles up (~200 at 100 reliable messages a second) and each waits that long before the node handles
-it alone; txredisapi then fails them all in one reactor turn.  A ``PING`` every second tells whether Redis
+it alone; txredisapi then fails them all in one reactor turn.  A stall is only concluded after the
+reactor has polled its sockets once more (a node whose own reactor was held past STALLED has its
+answers waiting there, unread: that is not Redis hanging).  A ``PING`` every second tells whether Redis
 answers; :meth:`RedisConnection.health_reason` is what ``/health`` shows as ``degraded`` while it
 does not.  Callbacks registered with :meth:`RedisConnection.on_up` run each time Redis is back (a
 registry re-writes its sessions then).
@@ -43,6 +45,8 @@ STOP_WAIT = 1.0
 #: Seconds without an answer, commands in flight, after which new commands fail at once (a healthy
 #: Redis answers in well under a millisecond; this leaves room for a slow script).
 STALLED = 0.25
+#: Seconds between checks for a stall.
+STALL_CHECK = 0.1
 #: First reconnection delay (s); txredisapi multiplies it by e per failed attempt up to the max.
 INITIAL_DELAY = 0.2
 
@@ -132,6 +136,9 @@ class RedisConnection(Service):
         self._inflight = 0
         #: Since when commands have been in flight with no answer (None: none in flight).
         self._waiting_since: float | None = None
+        self._stalled = False
+        self._stall_check = LoopingCall(self._checkStall)
+        self._stall_check.clock = clock
 
     # service
 
@@ -167,6 +174,7 @@ class RedisConnection(Service):
         sub.startConnecting(self._endpoint())
         log.info("connecting to Redis at {address} as node {node_id}", address=s.address, node_id=self.node_id)
         self._pinger.start(PING_INTERVAL, now=False)
+        self._stall_check.start(STALL_CHECK, now=False)
         self.clock.callLater(0.05, self._ping)
 
     @defer.inlineCallbacks
@@ -174,6 +182,8 @@ class RedisConnection(Service):
         super().stopService()
         if self._pinger.running:
             self._pinger.stop()
+        if self._stall_check.running:
+            self._stall_check.stop()
         # What the closing sessions wrote (resume state, registry removals) goes out first: bounded.
         deadline = self.clock.seconds() + STOP_WAIT
         while self._inflight and self.clock.seconds() < deadline:
@@ -239,7 +249,7 @@ class RedisConnection(Service):
         if factory is None or factory.size == 0:
             return defer.fail(RedisUnavailable(f"Redis at {self.settings.address} is not connected"))
         now = self.clock.seconds()
-        if self._waiting_since is not None and now - self._waiting_since > STALLED:
+        if self._stalled and self._waiting_since is not None:
             return defer.fail(RedisNotAnswering(
                 f"Redis at {self.settings.address} has not answered for {now - self._waiting_since:.1f} s"))
         self.commands += 1
@@ -255,9 +265,20 @@ class RedisConnection(Service):
             self._inflight -= 1
             # An answer (or a failure: the connection is gone): what is still in flight waits from now.
             self._waiting_since = self.clock.seconds() if self._inflight else None
+            self._stalled = False
             return result
 
         return d.addBoth(done)
+
+    def _checkStall(self) -> None:
+        since = self._waiting_since
+        if not self._stalled and since is not None and self.clock.seconds() - since > STALLED:
+            # Concluded a turn later: after the reactor has read what its sockets hold.
+            self.clock.callLater(0, self._confirmStall, since)
+
+    def _confirmStall(self, since: float) -> None:
+        if self._waiting_since == since:
+            self._stalled = True
 
     def eval(self, script: str, keys: list[str], args: list[Any]) -> defer.Deferred[Any]:
         """Run a Lua script atomically (EVAL: one round trip)."""
