@@ -300,24 +300,51 @@ class RealtimeProtocol(VoiceServerProtocol):
             raise VoiceError("this session token was issued for another call", code="call_mismatch")
         if user_id is not None and user_id != principal.user_id and self.server.admission.authenticator is not None:
             raise VoiceError("data.userId is not the token's user", code="user_mismatch")
-        table = self.calls
-        call = table.get(call_id)
-        resumed = call is not None
+        call = self.calls.get(call_id)
         if call is not None:
-            if call.user_id != principal.user_id or call.tenant != principal.tenant:
-                raise VoiceError("this call belongs to another user", code="call_in_use")
+            self._startCall(principal, call, True, audio, heartbeat)
+            return
+        # Not held here: the call store says whether it is new or another node's (then handed over).
+        fmt, options, chunk = audio
+        self._pending_start = True
+        d = self.calls.claim(call_id, principal.user_id, principal.tenant,
+                             {"fallbackFormat": fmt.as_dict(), "options": options, "maxChunkSize": chunk})
+        d.addCallback(self._claimed, principal, audio, heartbeat)
+        d.addErrback(self._startFailed)
+
+    def _claimed(self, claim: tuple[CallSession, bool], principal: Any,
+                 audio: tuple[AudioFormat, dict[str, Any], int], heartbeat: HeartbeatConfig | None) -> None:
+        self._pending_start = False
+        call, resumed = claim
+        session = self.session
+        if session is None or session.state is SessionState.CLOSED or self.state != self.STATE_OPEN:
+            if call.protocol is None and call._expiry is None and not call.ended:
+                call.park()  # claimed for a connection that went meanwhile: kept for its reconnect
+            return
+        self._startCall(principal, call, resumed, audio, heartbeat)
+
+    def takenOver(self, call: CallSession) -> None:
+        """A newer connection (on this node or another) serves ``call`` now: close this one with 4005."""
+        self.call = None
+        call.detach(self)
+        self.sendS4("connection_status", {"status": "taken_over", "callId": call.call_id})
+        self.closeSession(CLOSE_TAKEN_OVER, "call taken over by a new connection")
+
+    def _startCall(self, principal: Any, call: CallSession, resumed: bool,
+                   audio: tuple[AudioFormat, dict[str, Any], int], heartbeat: HeartbeatConfig | None) -> None:
+        session = self.session
+        assert session is not None
+        table = self.calls
+        call_id = call.call_id
+        if call.user_id != principal.user_id or call.tenant != principal.tenant:
+            raise VoiceError("this call belongs to another user", code="call_in_use")
+        if resumed:
             previous = call.protocol
             if previous is not None and previous is not self:
-                assert isinstance(previous, RealtimeProtocol)  # only this dialect serves calls
-                previous.call = None
-                call.detach(previous)
-                previous.sendS4("connection_status", {"status": "taken_over", "callId": call_id})
-                previous.closeSession(CLOSE_TAKEN_OVER, "call taken over by a new connection")
+                previous.takenOver(call)
             table.resumes += 1
             self.server.stats.resumes += 1
             self.server.metrics.reconnection()
-        else:
-            call = table.open(call_id, principal.user_id, principal.tenant)
         call.fallback_format, call.options, call.max_chunk_size = audio
         session.user_id, session.tenant = principal.user_id, principal.tenant
         session.conversation_id = call_id
@@ -327,19 +354,20 @@ class RealtimeProtocol(VoiceServerProtocol):
         if heartbeat is not None and self.heartbeat is not None:
             self.heartbeat.reconfigure(heartbeat)
         self.call = call
-        call._flushAudio()
-        pending = table.store.pending(call.address)
-        self.sendS4("connection_status", {
-            "status": "session_started", "callId": call_id, "userId": principal.user_id, "sessionId": session.id,
-            "resumed": resumed, "queued": pending,
-            "heartbeat": (self.heartbeat.config if self.heartbeat else table.heartbeat).as_s4(),
-            "audio": {"fallbackFormat": call.fallback_format.as_dict(), "detect": ["webm", "wav", "ogg"],
-                      "maxChunkSize": call.max_chunk_size or self.server.config.max_message_size,
-                      "response": {"format": call.options["output_codec"],
-                                   "sampleRate": call.options["output_sample_rate"], "channels": 1}},
-            "limits": self._limits(),
-        })
-        d = call.attach(self)
+
+        def announce(queued: int) -> None:
+            self.sendS4("connection_status", {
+                "status": "session_started", "callId": call_id, "userId": principal.user_id, "sessionId": session.id,
+                "resumed": resumed, "queued": queued,
+                "heartbeat": (self.heartbeat.config if self.heartbeat else table.heartbeat).as_s4(),
+                "audio": {"fallbackFormat": call.fallback_format.as_dict(), "detect": ["webm", "wav", "ogg"],
+                          "maxChunkSize": call.max_chunk_size or self.server.config.max_message_size,
+                          "response": {"format": call.options["output_codec"],
+                                       "sampleRate": call.options["output_sample_rate"], "channels": 1}},
+                "limits": self._limits(),
+            })
+
+        d = call.attach(self, announce)
         d.addCallback(self._deliverUserQueue, principal.user_id)
         d.addErrback(lambda f: self.wslog.failure("delivering queued messages failed", f))
 
