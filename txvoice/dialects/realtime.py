@@ -28,9 +28,9 @@ from autobahn.twisted.resource import WebSocketResource
 from twisted.python.failure import Failure
 
 from txvoice.audio.format import AudioFormat
-from txvoice.audio.ingest import StreamSettings
 from txvoice.audio.sniff import sniff_container, wav_shape
 from txvoice.dialects.realtime_calls import CallSession, CallTable, envelope, user_address
+from txvoice.dialects.realtime_options import audio_options
 from txvoice.dialects.realtime_sink import RealtimeSink
 from txvoice.errors import ProtocolError, StateError, VoiceError
 from txvoice.security.session_tokens import BINDING_CLAIM
@@ -46,11 +46,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: Close code of a connection whose call was taken over by a newer connection (a reconnect).
 CLOSE_TAKEN_OVER = 4005
-
-#: session_start.data keys that are S4 AudioProcessingOptions (also accepted under data.audioOptions).
-AUDIO_OPTIONS = ("sampleRate", "channels", "enableVAD", "vadThreshold", "enableDenoising", "enableAGC",
-                 "maxChunkSize", "bufferDuration", "format", "codec", "maxAudioDuration", "outputFormat",
-                 "outputSampleRate")
 
 _ERROR_CATEGORY = {
     "auth_required": "auth", "auth_failed": "auth", "token_expired": "auth", "token_missing": "auth",
@@ -247,7 +242,7 @@ class RealtimeProtocol(VoiceServerProtocol):
             raise VoiceError("the envelope's callId and data.callId differ", code="call_mismatch")
         if user_id is not None and not isinstance(user_id, str):
             raise ProtocolError("data.userId must be a string", code="invalid_field", field="userId")
-        audio = self._audioOptions(data)
+        audio = audio_options(data, self.server.config.max_message_size)
         heartbeat = self.calls.heartbeat.updated(data["heartbeat"]) if isinstance(data.get("heartbeat"), dict) else None
         token = data.get("authToken")
         admitted = self.admission.principal if self.admission is not None else None
@@ -265,29 +260,6 @@ class RealtimeProtocol(VoiceServerProtocol):
             d = self.server.authenticate(token, user_id)
         d.addCallback(self._authenticated, call_id, user_id, audio, heartbeat)
         d.addErrback(self._startFailed)
-
-    def _audioOptions(self, data: dict[str, Any]) -> tuple[AudioFormat, dict[str, Any], int]:
-        """S4's AudioProcessingOptions -> the fallback format, stream options and the chunk limit."""
-        opts = dict(data.get("audioOptions") or data.get("options") or {})
-        for key in AUDIO_OPTIONS:
-            if key in data:
-                opts.setdefault(key, data[key])
-        codec = opts.get("format") or opts.get("codec") or "pcm_s16le"
-        fmt = AudioFormat.validated(codec=codec, sample_rate=opts.get("sampleRate", 16000),
-                                    channels=opts.get("channels", 1))
-        options: dict[str, Any] = {k: v for k, v in opts.items()
-                                   if k in ("enableVAD", "vadThreshold", "enableDenoising", "enableAGC",
-                                            "maxAudioDuration")}
-        turn_ms = min(int(opts.get("bufferDuration", 180_000)), int(opts.get("maxAudioDuration", 180_000)))
-        options["max_turn_ms"] = turn_ms
-        options.pop("maxAudioDuration", None)
-        options["output_codec"] = opts.get("outputFormat", "pcm_s16le")
-        options["output_sample_rate"] = opts.get("outputSampleRate", 16000)
-        StreamSettings.parse("voice_activity", options)  # refuse bad options now, not at the first chunk
-        chunk = opts.get("maxChunkSize", 0)
-        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 0:
-            raise ProtocolError("maxChunkSize must be a non-negative integer", code="invalid_field", field="maxChunkSize")
-        return fmt, options, min(chunk, self.server.config.max_message_size) if chunk else 0
 
     def _authenticated(self, principal: Any, call_id: str, user_id: str | None,
                        audio: tuple[AudioFormat, dict[str, Any], int], heartbeat: HeartbeatConfig | None) -> None:
