@@ -20,6 +20,7 @@ from txvoice.scaleout.calls import RedisCallStore
 from txvoice.scaleout.connection import RedisConnection
 from txvoice.scaleout.conversations import RedisConversationStore
 from txvoice.scaleout.offline import RedisOfflineStore
+from txvoice.scaleout.quota import RedisTokenQuota
 from txvoice.scaleout.registry import RedisSessionRegistry
 from txvoice.scaleout.resume import RedisReliableLog, RedisResumeStore
 from txvoice.scaleout.settings import parse_redis_settings
@@ -53,7 +54,7 @@ class ScaleOut:
                 "reliable_log": self.reliable_log}
 
     def attach(self, server: Any) -> None:
-        """Plug Redis into a VoiceServer: session tokens, its health, its node id."""
+        """Plug Redis into a VoiceServer: session tokens (and their count per user), its health, its node id."""
         server.node_id = self.connection.node_id
         server.health_checks.append(self.connection.health_reason)
         server.scaleout = self
@@ -66,6 +67,7 @@ class ScaleOut:
         server.admission.issuer = SessionTokenIssuer(
             store=RedisSessionTokenStore(self.connection), clock=self.connection.clock,
             ttl=config.session_token_ttl, max_per_principal=config.session_tokens_per_user,
+            quota=RedisTokenQuota(self.connection),
         )
 
     def services(self) -> list[IService]:
