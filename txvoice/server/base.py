@@ -404,18 +404,26 @@ class VoiceServerProtocol(FastFraming, WebSocketServerProtocol):  # type: ignore
             payload, False, doNotCompress=len(payload) < self.server.config.compression_threshold
         )
 
-    def sendPreparedText(self, prepared: PreparedText) -> None:
-        """Send a text message framed in advance (see :class:`PreparedText`)."""
+    def _admitPrepared(self, prepared: PreparedText) -> bool:
+        """
+        Whether a message framed in advance may go out now (open, not over the output bound's
+        hard mark), counting it when it may: what both ways of sending one check.
+        """
         if self.state != self.STATE_OPEN:
-            return
+            return False
         budget = self.budget
         if budget is not None and budget.watching() and budget.check() is EXCEEDED:
-            return
+            return False  # being closed with 4006: nothing more is queued
         session = self.session
         if session is not None:
             session.counters.text_out += 1
             session.counters.text_bytes_out += prepared.size
-        self.sendPreparedMessage(prepared.message)
+        return True
+
+    def sendPreparedText(self, prepared: PreparedText) -> None:
+        """Send a text message framed in advance (see :class:`PreparedText`)."""
+        if self._admitPrepared(prepared):
+            self.sendPreparedMessage(prepared.message)
 
     def sendPreparedTextSoon(self, prepared: PreparedText) -> None:
         """
@@ -425,16 +433,7 @@ class VoiceServerProtocol(FastFraming, WebSocketServerProtocol):  # type: ignore
         in one go; anything this connection writes meanwhile goes out after it.  Outside a batch
         it is written at once.  The checks and counters are those of :meth:`sendPreparedText`.
         """
-        if self.state != self.STATE_OPEN:
-            return
-        budget = self.budget
-        if budget is not None and budget.watching() and budget.check() is EXCEEDED:
-            return
-        session = self.session
-        if session is not None:
-            session.counters.text_out += 1
-            session.counters.text_bytes_out += prepared.size
-        if self.holdFrame(prepared.message.payloadHybi):
+        if self._admitPrepared(prepared) and self.holdFrame(prepared.message.payloadHybi):
             self.factory.voice.workers.afterBatch(self.writeHeld)
 
     def sendBinary(self, payload: bytes) -> None:
