@@ -106,7 +106,11 @@ def test_dropped_call_resumes_on_the_other_node_with_its_reply_once(two, shared_
         assert kinds.index("processing_status:turn_end") < kinds.index("audio_start") < kinds.index("binary") \
             < kinds.index("audio_end"), kinds
         audio = b"".join(m for m in second.received if isinstance(m, bytes))
+        end = next(m for m in second.of_type("audio_response") if m["data"]["status"] == "end")
+        assert end["data"]["cancelled"] is False, end  # the whole reply, not cut at the hand-over
+        assert len(audio) == int(end["data"]["duration_ms"] * 32), (len(audio), end)  # every packet it sent
         assert len(audio) > 16000  # the echo of more than half a second of speech
+        print(f"reply: {len(audio)} bytes, {end['data']['duration_ms']} ms")
         print(f"cross-node resume with the reply in progress: session_started after {elapsed * 1000:.0f} ms")
         record = call_record(shared_redis, "call-x1")
         assert record is not None and record["node"] == "n1" and record["resumes"] == 1 and record["user_id"] == "ann", record

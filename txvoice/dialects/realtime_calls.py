@@ -249,11 +249,20 @@ class CallSession:
         return (channel.stream is None and channel.playing is None and not channel.responses
                 and not channel.open_turns)
 
+    def _hurry(self) -> None:
+        """Replies being made for the queue go out as fast as they are encoded, not at real time."""
+        channel = self.channel
+        if channel is not None:
+            for response in [channel.playing, *channel.responses, *channel.open_turns]:
+                if response is not None:
+                    response.hurry()
+
     def handOff(self, timeout: float) -> "Deferred[None]":
         """
         Another node took the call over: let the turn in progress finish into the offline queue
-        (at most ``timeout`` s), then forget the call here without discarding its queue; fires
-        once what it queued has been stored (the other node takes the queue then).
+        (at most ``timeout`` s; its reply is sent into the queue as fast as it is encoded, since
+        nobody listens live), then forget the call here without discarding its queue; fires once
+        what it queued has been stored (the other node takes the queue then).
         """
         if self._expiry is not None and self._expiry.active():
             self._expiry.cancel()
@@ -267,6 +276,7 @@ class CallSession:
             if self.ended or self.idle() or clock.seconds() >= deadline:
                 finish()
             else:
+                self._hurry()
                 clock.callLater(HANDOFF_POLL, check)
 
         def finish() -> None:
