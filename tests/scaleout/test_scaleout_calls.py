@@ -217,3 +217,53 @@ def test_call_of_a_killed_node_resumes_on_the_other(tmp_path, redis_server):
     finally:
         a.stop()
         b.stop()
+
+
+def test_through_haproxy_resumed_on_another_node_and_after_its_node_is_killed(tmp_path, redis_server):
+    """examples/haproxy.cfg in front of three nodes: the sticky cookie picks the node, as a browser's would."""
+    from haproxyd import SOURCE, start_haproxy
+
+    nodes = start_nodes(tmp_path, redis_server.url, 3, "--redis-session-ttl", "3", "--trusted-proxies", f"{SOURCE}/32")
+    lb = None
+    try:
+        lb = start_haproxy(tmp_path, [n.port for n in nodes])
+
+        def via(node_name: str) -> S4Client:
+            return S4Client(lb, headers={"Cookie": f"TXVOICE_NODE={node_name}"})
+
+        first = via("n0")
+        start(first, lb, "fay", "call-lb")
+        assert call_record(redis_server, "call-lb")["node"] == "n0"
+        first.ws.send(speak(PHRASE, 16000, pad_ms=(200, 0)).tobytes())
+        first.until(is_type("processing_status", status="speech_start"), timeout=5)
+        first.close()
+        second = via("n1")  # the reconnect lands on another node
+        started, elapsed = start(second, lb, "fay", "call-lb")
+        assert started["data"]["resumed"] is True and started["data"]["queued"] >= 4, started
+        second.until(is_type("audio_response", status="end"), timeout=10)
+        kinds = reply_kinds(second, started)
+        assert kinds.count("audio_start") == 1 and kinds.index("audio_start") < kinds.index("binary"), kinds
+        assert call_record(redis_server, "call-lb")["node"] == "n1"
+        print(f"through HAProxy, resumed on n1 after a drop mid-reply on n0: {elapsed * 1000:.0f} ms")
+        # n1 dies under the live call; the client comes back with its cookie and is sent elsewhere.
+        nodes[1].proc.send_signal(signal.SIGKILL)
+        nodes[1].proc.wait(5)
+        second.close()
+        third = wait_for(lambda: _try(lambda: via("n1")), 10, "HAProxy routes around the dead node")
+        again, elapsed = start(third, lb, "fay", "call-lb")
+        assert again["data"]["resumed"] is True and again["data"]["queued"] == 0, again
+        assert call_record(redis_server, "call-lb")["node"] in ("n0", "n2")
+        print(f"through HAProxy, resumed after its node was killed: {elapsed * 1000:.0f} ms")
+        third.close()
+    finally:
+        if lb is not None:
+            lb.stop()
+        for n in nodes:
+            n.stop()
+
+
+def _try(make):
+    try:
+        return make()
+    except Exception:
+        return None
