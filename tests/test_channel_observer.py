@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from zope.interface.verify import verifyClass
 
@@ -44,5 +45,13 @@ def test_a_call_reports_audio_failures_to_the_connection_serving_it_now() -> Non
     call.chunkFailed(Failure(ValueError("two")))
     assert [str(f.value) for f in first.failures] == ["one"]
     assert [str(f.value) for f in second.failures] == ["two"]
-    call.protocol = None  # offline: logged, not lost in a closed connection
-    call.chunkFailed(Failure(ValueError("three")))
+    call.protocol = None  # offline: logged with its traceback, not lost in a closed connection
+    with capturedLogs() as logs:
+        call.chunkFailed(Failure(ValueError("three")))
+    (event,) = logs
+    assert event["log_level"] is LogLevel.critical  # Logger.failure's level
+    assert event["log_namespace"] == "txvoice.session.calls"
+    assert event["call_id"] == "call-1"
+    assert formatEvent(event) == "call call-1: audio failed while offline"
+    assert event["log_failure"].check(ValueError) and str(event["log_failure"].value) == "three"
+    assert [str(f.value) for f in first.failures + second.failures] == ["one", "two"]  # neither got it
