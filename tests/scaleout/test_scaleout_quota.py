@@ -99,3 +99,20 @@ def test_redis_down_falls_back_to_this_nodes_count_without_waiting(redis_server)
     finally:
         yield conn.stopService()
         redis_server.start()
+
+
+def test_a_killed_nodes_tokens_stop_counting_when_they_expire(tmp_path, redis_server):
+    import signal
+
+    a, b = start_nodes(tmp_path, redis_server.url, 2, "--session-tokens-per-user", "2", "--session-token-ttl", "2")
+    try:
+        assert [issue(a, "kill-user")[0] for _ in range(2)] == [200, 200]
+        a.proc.send_signal(signal.SIGKILL)
+        a.proc.wait(5)
+        status, body = issue(b, "kill-user")
+        assert status == 429 and body["error"]["code"] == "too_many_session_tokens", body  # A's still count
+        time.sleep(2.2)
+        assert issue(b, "kill-user")[0] == 200  # ... until they expire
+    finally:
+        a.stop()
+        b.stop()
