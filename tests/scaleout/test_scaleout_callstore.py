@@ -62,7 +62,7 @@ def test_claims_epochs_and_forget(redis_server):
 @pytest_twisted.inlineCallbacks
 def test_handoff_released_timed_out_or_to_a_dead_node(redis_server):
     ca, a = yield node(redis_server.url, "ho:", "A")
-    cb, b = yield node(redis_server.url, "ho:", "B", handoff_timeout=0.4)
+    cb, b = yield node(redis_server.url, "ho:", "B", handoff_timeout=1.0)
     try:
         asked: list[tuple[str, str]] = []
         let_go: defer.Deferred[None] = defer.Deferred()
@@ -83,16 +83,16 @@ def test_handoff_released_timed_out_or_to_a_dead_node(redis_server):
         yield task.deferLater(reactor, 0.1, lambda: None)
         assert asked == [("c", "B")] and not waiting.called and "c" not in a.owned
         let_go.callback(None)  # A let it go: B hears "released"
-        assert (yield waiting) is True and time.monotonic() - t0 < 0.4
+        assert (yield waiting) is True and time.monotonic() - t0 < 1.0  # released, not timed out
         # A node that never answers: bounded by the timeout.
         a.serve(lambda call_id, new_node: defer.Deferred())
         t0 = time.monotonic()
         assert (yield b.handoff(record("A", call="c2"), new_epoch())) is False
-        assert 0.35 < time.monotonic() - t0 < 1.5 and b.handoff_timeouts == 1
+        assert 0.95 < time.monotonic() - t0 < 3.0 and b.handoff_timeouts == 1
         # A node that is gone: nobody subscribes to its channel, nothing is waited for.
         t0 = time.monotonic()
         assert (yield b.handoff(record("ghost", call="c3"), new_epoch())) is False
-        assert time.monotonic() - t0 < 0.3 and b.handoff_timeouts == 1
+        assert time.monotonic() - t0 < 1.0 and b.handoff_timeouts == 1  # not the timeout
     finally:
         yield ca.stopService()
         yield cb.stopService()
