@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest_twisted
+from twisted.internet import defer
 
 from inprocess import connected
 from txvoice.scaleout.offline import RedisOfflineStore
