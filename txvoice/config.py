@@ -9,7 +9,7 @@ documented table in ``doc/configuration.md`` come from one place.
 from __future__ import annotations
 
 import os
-from dataclasses import MISSING, dataclass, field, fields, replace
+from dataclasses import MISSING, Field, dataclass, field, fields, replace
 from typing import Any, Mapping
 
 ENV_PREFIX = "TXVOICE_"
@@ -131,7 +131,7 @@ class VoiceConfig:
     server_name: str = _opt("txvoice", "Server header and greeting name.")
 
     @classmethod
-    def option_fields(cls) -> list:
+    def option_fields(cls) -> list[Field[Any]]:
         return [f for f in fields(cls)]
 
     @classmethod

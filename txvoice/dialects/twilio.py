@@ -36,12 +36,13 @@ import json
 import uuid
 from typing import TYPE_CHECKING, Any, Callable
 
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from zope.interface import implementer
 
 from txvoice.audio.format import AudioFormat
 from txvoice.dialects.registry import websocket_endpoint
-from txvoice.dialects.telephony import deliver_dtmf, input_problem, telephony_metrics
+from txvoice.dialects.telephony import audio_failed, deliver_dtmf, input_problem, telephony_metrics
 from txvoice.errors import VoiceError
 from txvoice.pipeline.interfaces import IResponseSink
 from txvoice.server.base import CLOSE_NORMAL, VoiceServerProtocol
@@ -231,13 +232,8 @@ class TwilioMediaStreamProtocol(VoiceServerProtocol):
     def chunkProcessed(self, events: list[Any] | None) -> None:
         """Twilio acknowledges no media message (IChannelObserver)."""
 
-    def chunkFailed(self, failure: Any) -> None:
-        error = failure.value
-        if isinstance(error, VoiceError):
-            self.problem(error.code, error.message)
-        else:
-            self.wslog.failure("processing Twilio audio failed", failure)
-            self.problem("internal_error", "the audio could not be processed")
+    def chunkFailed(self, failure: Failure) -> None:
+        audio_failed(failure, self.problem, self.wslog, "Twilio")
 
     def _sequence(self, msg: dict[str, Any]) -> None:
         """Check ``sequenceNumber`` (a string counting up from 1); a gap is counted, and the call goes on."""
