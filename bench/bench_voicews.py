@@ -180,6 +180,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
                 "lost_total": sum(r["lost"] or 0 for r in these),
                 "errors": sum(1 for r in these if r.get("error")),
                 "turns_per_session": run.median([r["turns_per_session"] for r in these]),
+                "turns_runs": [r["turns_per_session"] for r in these],
                 "reactor_lag_p99_ms": run.median([r["reactor_lag_p99_ms"] for r in these]),
                 "stolen_max": round(max(stolen_of(r) for r in these), 4),
                 "others_cores": [r["others_cores"] for r in these],
@@ -187,28 +188,46 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         ref = summary.get(f"native/{codec}@{n}", {}).get("cpu_us_per_frame")
         got = summary.get(f"voicews/{codec}@{n}", {}).get("cpu_us_per_frame")
         summary[f"ratio/{codec}@{n}"] = round(got / ref, 2) if ref and got else None
+        summary[f"paired_ratios/{codec}@{n}"] = paired_ratios(counted, codec, n)
     return summary
+
+
+def paired_ratios(rows: list[dict[str, Any]], codec: str, n: int) -> list[float]:
+    """voicews ÷ native CPU per frame within each repetition (the two ran back to back)."""
+    by_rep: dict[int, dict[str, float]] = {}
+    for r in rows:
+        if r["codec"] == codec and r["sessions"] == n and r.get("cpu_us_per_frame_sent"):
+            by_rep.setdefault(r["rep"], {})[r["endpoint"]] = r["cpu_us_per_frame_sent"]
+    return [round(v["voicews"] / v["native"], 2) for _, v in sorted(by_rep.items()) if "voicews" in v and "native" in v]
 
 
 def cell(v: Any, digits: int = 1) -> str:
     return "–" if v is None else f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
 
+def spread(values: list[float | None]) -> str:
+    known = [v for v in values if v is not None]
+    return f"{min(known):.2f}-{max(known):.2f}" if known else "–"
+
+
 def markdown(summary: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     lines = ["| codec | N | endpoint | CPU µs/frame (median; runs) | ratio to native | p50 / p99 ms (probes) "
-             "| lost | turns/session | reactor lag p99 ms | steal max |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| lost | turns/session | reactor lag p99 ms | steal max | other processes (cores) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for key, s in summary.items():
-        if key.startswith("ratio/"):
+        if key.startswith(("ratio/", "paired_ratios/")):
             continue
         endpoint, rest = key.split("/", 1)
         codec, n = rest.split("@")
         ref = summary.get(f"native/{codec}@{n}", {}).get("cpu_us_per_frame")
         ratio = f"{s['cpu_us_per_frame'] / ref:.2f}×" if ref and s["cpu_us_per_frame"] else "–"
+        pairs = summary.get(f"paired_ratios/{codec}@{n}") or []
+        if endpoint == "voicews" and pairs:
+            ratio += f" (per rep: {', '.join(f'{v:.2f}' for v in pairs)})"
         runs = ", ".join(cell(v) for v in s["cpu_runs"])
         lines.append(f"| {codec} | {n} | `{endpoint}` | {cell(s['cpu_us_per_frame'])} ({runs}) | {ratio} "
-                     f"| {cell(s['p50_ms'], 2)} / {cell(s['p99_ms'], 2)} | {s['lost_total']} | {cell(s['turns_per_session'])} "
-                     f"| {cell(s['reactor_lag_p99_ms'])} | {s['stolen_max'] * 100:.1f} % |")
+                     f"| {cell(s['p50_ms'], 2)} / {cell(s['p99_ms'], 2)} | {s['lost_total']} | {cell(s['turns_per_session'], 2)} "
+                     f"| {cell(s['reactor_lag_p99_ms'])} | {s['stolen_max'] * 100:.1f} % | {spread(s['others_cores'])} |")
     others = [r["others_cores"] for r in rows if r.get("counted", True) and r.get("others_cores") is not None]
     if others:
         lines.append("")
