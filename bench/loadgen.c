@@ -18,7 +18,8 @@
  * fragmented or not, are inflated with zlib (raw deflate + the 00 00 ff ff tail), honouring
  * server_no_context_takeover.  Client frames are never compressed (RSV1 is per message).
  *
- * Turn-based protocols (--mode none) answer no frame: the frames are counted as sent, and latency is
+ * Turn-based protocols (--mode none) answer no frame: the frames are counted as sent, the drain runs
+ * its full --drain (nothing says what the server still owes), and latency is
  * measured instead by probes, a WebSocket ping after every K-th frame of a session (--probe-every K)
  * whose 16-byte payload carries that frame's intended send time and its actual one; the pong echoes
  * it, so each probe is timed from its frame's slot in the schedule like an answer.  Probes work in
@@ -1185,7 +1186,9 @@ int main(int argc, char **argv) {
         for (int j = 0; j < opt_sessions; j++)
             if (sess[j].state == S_READY) pending += outstanding(&sess[j]) + sess[j].probes_out;
         uint64_t t = now_ns();
-        if (!pending || t >= drain_deadline) break;
+        /* Mode none: nothing says what the server still owes (a backlog of audio work, turns it has
+         * yet to close), so the drain runs its full length and the server's CPU window covers it. */
+        if ((!pending && !opt_none) || t >= drain_deadline) break;
         pump((int64_t)(drain_deadline - t < 5000000 ? drain_deadline - t : 5000000));
     }
     uint64_t t_end = now_ns();
