@@ -26,7 +26,8 @@ Neither ``native`` nor ``voicews`` answers a frame, so latency is measured by pr
 whose payload is that frame's intended send time; the pong, timed from it, says how long the
 daemon took to reach the frame and the ping behind it (its reactor's responsiveness under the load,
 not the audio thread's work).  Every endpoint gets the same probes.  CPU per frame is the daemon's
-CPU time (all threads) from the start of sending to the end of the drain over the frames sent.
+CPU time (all threads) from the start of sending to the end of the drain (3 s, run in full: nothing
+says what the daemon still owes, so its backlog is in the window) over the frames sent.
 ``lost``: frames on connections that failed plus probes unanswered.  ``turns/session``: replies
 announced per session (``voice_response`` / the streaming ``audio_response``), the check that
 both did the same turn work.  Each run records the share of each core the hypervisor took.
