@@ -105,6 +105,7 @@ class VoiceConfig:
     # health, alerts, monitoring
     health_max_latency_ms: float = _opt(1000.0, "/health is degraded when the average turn latency exceeds this.")
     health_max_error_rate: float = _opt(0.05, "/health is degraded when the error rate (errors per message) exceeds this (S3).")
+    reactor_lag_interval: float = _opt(0.25, "Seconds between the reactor-lag probe's timed calls (/health, txvoice_reactor_lag_seconds); shorter catches shorter stalls.")
     health_max_reactor_lag_ms: float = _opt(100.0, "/health is degraded when the reactor lag p99 exceeds this (unhealthy at 10x).")
     health_max_queue_depth: int = _opt(1000, "/health is degraded when the audio queue is deeper than this (unhealthy at 10x).")
     alert_max_latency_ms: float = _opt(1000.0, "performance_alert when the average latency crosses this (S1 max_latency_ms).")
