@@ -16,6 +16,9 @@ balancer to node B is resumed on B, with its offline queue, once.
   nothing is waited for; otherwise the wait is bounded by ``handoff_timeout``.
 - :meth:`RedisCallStore.forget` (the call ended) deletes the record only if it is still this
   claim's (compare the epoch, in a script).
+- What this node sends for one record (claim, forget, the refresh) goes out in order
+  (:meth:`~txvoice.scaleout.connection.RedisConnection.ordered`): a forget is not applied before
+  the claim it ends.
 
 Nothing here runs per audio frame: a claim per ``session_start`` of a call this node does not
 hold, a forget per call end, the refresh timer.
@@ -121,8 +124,9 @@ class RedisCallStore(Service):
 
     def claim(self, record: CallRecord) -> defer.Deferred[CallRecord | None]:
         doc = {**record.as_dict(), "who": _who(record.user_id, record.tenant)}
-        d = self.redis.eval(_CLAIM, [self._key(record.call_id)],
-                            [json.dumps(doc, separators=(",", ":")), doc["who"], self.ttl_ms])
+        key = self._key(record.call_id)
+        d = self.redis.ordered(key, lambda: self.redis.eval(
+            _CLAIM, [key], [json.dumps(doc, separators=(",", ":")), doc["who"], self.ttl_ms]))
 
         def claimed(result: list[Any]) -> CallRecord | None:
             ok, raw = int(result[0]), result[1]
@@ -177,7 +181,8 @@ class RedisCallStore(Service):
     def forget(self, call_id: str, epoch: str) -> defer.Deferred[bool]:
         if self.owned.get(call_id) == epoch:
             del self.owned[call_id]
-        d = self.redis.eval(_FORGET, [self._key(call_id)], [epoch])
+        key = self._key(call_id)
+        d = self.redis.ordered(key, lambda: self.redis.eval(_FORGET, [key], [epoch]))
         return d.addCallback(lambda n: bool(int(n)))
 
     def serve(self, handler: TakeoverHandler) -> None:
@@ -215,7 +220,7 @@ class RedisCallStore(Service):
             pairs += [self._key(call_id), epoch]
         if not pairs:
             return defer.succeed(0)
-        d = self.redis.eval(_REFRESH, [], [self.ttl_ms, *pairs])
+        d = self.redis.ordered(pairs[0::2], lambda: self.redis.eval(_REFRESH, [], [self.ttl_ms, *pairs]))
         d.addCallbacks(self._written, self._failed)
         return d
 

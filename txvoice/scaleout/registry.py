@@ -5,8 +5,10 @@ conversation, dialect, transports, opened_at) with a TTL and its id in the ``ses
 scored by expiry -- so that ``/monitoring/cluster`` lists the cluster.  A timer re-writes every
 local session each third of ``--redis-session-ttl`` (one EVAL per 100 sessions, one batch a reactor
 turn: :mod:`txvoice.scaleout.writes`): a node killed with SIGKILL stops refreshing and its entries
-expire.  A closed session is removed at once.  While Redis is down the writes fail (logged once
-per outage) and the refresh when it is back re-writes everything.  Nothing here runs per audio
+expire.  A closed session
+is removed at once, after what was written for it has been answered
+(:meth:`~txvoice.scaleout.connection.RedisConnection.ordered`: no ghost entry).  While Redis is
+down the writes fail (logged once per outage) and the refresh when it is back re-writes everything.  Nothing here runs per audio
 frame.
 """
 
@@ -91,8 +93,11 @@ class RedisSessionRegistry(Service):
             return
         self.local.remove(session)
         redis = self.redis
-        d = defer.gatherResults([redis.call("DEL", redis.key("session", session.id)),
-                                 redis.call("ZREM", redis.key("sessions"), session.id)], consumeErrors=True)
+        key = redis.key("session", session.id)
+        # After the session's write (and a refresh round's batch holding it) has been answered: sent
+        # on another pool connection, the DEL could be applied first and leave a ghost entry.
+        d = redis.ordered(key, lambda: defer.gatherResults(
+            [redis.call("DEL", key), redis.call("ZREM", redis.key("sessions"), session.id)], consumeErrors=True))
         d.addErrback(self._notice.failed)
 
     def get(self, session_id: str) -> Session | None:
@@ -118,13 +123,18 @@ class RedisSessionRegistry(Service):
 
     def _send(self, sessions: list[Session]) -> defer.Deferred[Any]:
         redis = self.redis
-        # Those closed since a refresh round began are left out (their entry is gone: not back).
-        docs = [json.dumps(session_document(s, redis.node_id), separators=(",", ":"))
-                for s in sessions if self.local.get(s.id) is s]
-        if not docs:
-            return defer.succeed(0)
-        d = redis.eval(_WRITE, [redis.key("sessions"), redis.key("session", "")],
-                       [int(self.ttl * 1000), int(time.time() * 1000), *docs])
+
+        def send() -> defer.Deferred[Any]:
+            # Encoded when sent: those closed meanwhile (since a refresh round began, or while an
+            # earlier write of theirs was answered) are left out -- their entry is gone, not back.
+            docs = [json.dumps(session_document(s, redis.node_id), separators=(",", ":"))
+                    for s in sessions if self.local.get(s.id) is s]
+            if not docs:
+                return defer.succeed(0)
+            return redis.eval(_WRITE, [redis.key("sessions"), redis.key("session", "")],
+                              [int(self.ttl * 1000), int(time.time() * 1000), *docs])
+
+        d = redis.ordered([redis.key("session", s.id) for s in sessions], send)
         return d.addCallbacks(self._notice.succeeded, self._notice.passed)
 
     def _write(self, sessions: list[Session]) -> defer.Deferred[Any]:
