@@ -18,7 +18,7 @@ balancer to node B is resumed on B, with its offline queue, once.
   claim's (compare the epoch, in a script).
 - What this node sends for one record (claim, forget, the refresh) goes out in order
   (:meth:`~txvoice.scaleout.connection.RedisConnection.ordered`): a forget is not applied before
-  the claim it ends.
+  the claim it ends.  A refresh that fails is logged once per outage (:class:`OutageNotice`).
 
 Nothing here runs per audio frame: a claim per ``session_start`` of a call this node does not
 hold, a forget per call end, the refresh timer.
@@ -37,6 +37,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txvoice.scaleout.connection import RedisConnection
+from txvoice.scaleout.writes import OutageNotice
 from txvoice.session.calls import CallInUse, CallRecord, ICallStore, TakeoverHandler
 
 log = Logger(namespace="txvoice.redis")
@@ -105,7 +106,7 @@ class RedisCallStore(Service):
         self.handoff_timeouts = 0
         self._refresh = LoopingCall(self.refresh)
         self._refresh.clock = redis.clock
-        self._failing = False
+        self._notice = OutageNotice("refreshing call records in Redis")
         redis.subscribe(self._channel(self.node_id), self._received)
         redis.on_up(self.refresh)
 
@@ -221,17 +222,7 @@ class RedisCallStore(Service):
         if not pairs:
             return defer.succeed(0)
         d = self.redis.ordered(pairs[0::2], lambda: self.redis.eval(_REFRESH, [], [self.ttl_ms, *pairs]))
-        d.addCallbacks(self._written, self._failed)
-        return d
-
-    def _written(self, result: Any) -> Any:
-        self._failing = False
-        return result
-
-    def _failed(self, failure: Failure) -> None:
-        if not self._failing:
-            self._failing = True
-            log.warn("call records could not be refreshed in Redis: {error}", error=failure.getErrorMessage())
+        return self._notice.watch(d)
 
     def startService(self) -> None:
         super().startService()
