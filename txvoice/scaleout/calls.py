@@ -20,6 +20,11 @@ balancer to node B is resumed on B, with its offline queue, once.
   (:meth:`~txvoice.scaleout.connection.RedisConnection.ordered`): a forget is not applied before
   the claim it ends.  A refresh that fails is logged once per outage (:class:`OutageNotice`).
 
+- :meth:`RedisCallStore.queued`: a message for a user (S4's ``sendToUser``) that no call of this
+  node could take live was queued under the user; ``queued`` on ``calls:queued`` tells the other
+  nodes, and one serving a call of that user takes the queue (once: ``take`` is atomic) and
+  delivers it live.  Nobody serving the user: the queue waits for their next ``session_start``.
+
 Nothing here runs per audio frame: a claim per ``session_start`` of a call this node does not
 hold, a forget per call end, the refresh timer.
 """
@@ -27,7 +32,7 @@ hold, a forget per call end, the refresh timer.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Callable
 
 from twisted.application.service import Service
 from twisted.internet import defer
@@ -41,6 +46,9 @@ from txvoice.scaleout.writes import OutageNotice
 from txvoice.session.calls import CallInUse, CallRecord, ICallStore, TakeoverHandler
 
 log = Logger(namespace="txvoice.redis")
+
+#: Where a node says it queued messages for an address (a user) it serves nobody at.
+QUEUED_CHANNEL = "calls:queued"
 
 #: Longest a new owner waits for the old node to let a call go (its reply being finished).
 HANDOFF_TIMEOUT = 10.0
@@ -107,7 +115,10 @@ class RedisCallStore(Service):
         self._refresh = LoopingCall(self.refresh)
         self._refresh.clock = redis.clock
         self._notice = OutageNotice("refreshing call records in Redis")
+        self._queued_notice = OutageNotice("telling the other nodes of messages queued for their users")
+        self._queued_handler: Callable[[str], None] | None = None
         redis.subscribe(self._channel(self.node_id), self._received)
+        redis.subscribe(QUEUED_CHANNEL, self._queuedElsewhere)
         redis.on_up(self.refresh)
 
     @property
@@ -188,6 +199,18 @@ class RedisCallStore(Service):
 
     def serve(self, handler: TakeoverHandler) -> None:
         self._handler = handler
+
+    def queued(self, address: str) -> None:
+        message = json.dumps({"address": address, "node": self.node_id}, separators=(",", ":"))
+        self._queued_notice.watch(self.redis.publish(QUEUED_CHANNEL, message))
+
+    def on_queued(self, handler: Callable[[str], None]) -> None:
+        self._queued_handler = handler
+
+    def _queuedElsewhere(self, channel: str, message: str) -> None:
+        doc = json.loads(message)
+        if doc.get("node") != self.node_id and self._queued_handler is not None:
+            self._queued_handler(str(doc["address"]))
 
     # pub/sub
 
