@@ -24,6 +24,7 @@ from txvoice.audio.workers import AudioWorkers
 from txvoice.config import VoiceConfig
 from txvoice.events.bus import IEventBus, LocalEventBus
 from txvoice.pipeline.interfaces import IVoicePipeline
+from txvoice.security.interfaces import Principal
 from txvoice.server.admission import AdmissionPolicy
 from txvoice.server.response import Pacer
 from txvoice.server.telemetry import Telemetry
@@ -79,6 +80,8 @@ class VoiceServer:
         self.conversation_store: Any = None
         #: The offline message queue the realtime dialect uses (--redis: txvoice.scaleout.offline); None: its own.
         self.offline_store: Any = None
+        #: Where the realtime dialect's calls are known cluster-wide (--redis: txvoice.scaleout.calls); None: this node only.
+        self.call_store: Any = None
         self.started_at = time.time()
         self.version = __version__
         self.shutting_down = False
@@ -148,7 +151,7 @@ class VoiceServer:
 
             d.addCallbacks(counted, lambda f: None)
 
-    def authenticate(self, token: str, user_id: str | None) -> Deferred:
+    def authenticate(self, token: str, user_id: str | None) -> Deferred[Principal]:
         """
         Check an in-protocol ``auth`` token; fire with a Principal.  Without an authenticator
         configured every token is accepted (development default).
