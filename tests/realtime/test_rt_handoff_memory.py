@@ -71,6 +71,10 @@ class ClusterCallStore:
     def on_queued(self, handler: Callable[[str], None]) -> None:
         self.queued_handler = handler
 
+    def holder(self, call_id: str) -> defer.Deferred[str | None]:
+        record = self.cluster.records.get(call_id)
+        return defer.succeed(record.node if record is not None else None)
+
 
 def node(cluster: Cluster, name: str, offline: MemoryOfflineStore) -> Any:
     server = memory_server()

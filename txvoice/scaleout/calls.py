@@ -24,6 +24,8 @@ balancer to node B is resumed on B, with its offline queue, once.
   node could take live was queued under the user; ``queued`` on ``calls:queued`` tells the other
   nodes, and one serving a call of that user takes the queue (once: ``take`` is atomic) and
   delivers it live.  Nobody serving the user: the queue waits for their next ``session_start``.
+  ``sendToCall`` for a call another node holds (:meth:`RedisCallStore.holder`) does the same
+  under the call's address: delivered live by its node, or when it resumes.
 
 Nothing here runs per audio frame: a claim per ``session_start`` of a call this node does not
 hold, a forget per call end, the refresh timer.
@@ -206,6 +208,10 @@ class RedisCallStore(Service):
 
     def on_queued(self, handler: Callable[[str], None]) -> None:
         self._queued_handler = handler
+
+    def holder(self, call_id: str) -> defer.Deferred[str | None]:
+        d = self.redis.call("GET", self._key(call_id))
+        return d.addCallback(lambda raw: str(json.loads(raw)["node"]) if raw else None)
 
     def _queuedElsewhere(self, channel: str, message: str) -> None:
         doc = json.loads(message)

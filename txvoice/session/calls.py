@@ -99,6 +99,9 @@ class ICallStore(Interface):
     def on_queued(handler: Callable[[str], None]) -> None:
         """Call ``handler(address)`` when another node queued messages under ``address``."""
 
+    def holder(call_id: str) -> "defer.Deferred[str | None]":
+        """The node holding the call in the store (None: no such call, or this store knows no other node)."""
+
 
 @implementer(ICallStore)
 class MemoryCallStore:
@@ -123,3 +126,6 @@ class MemoryCallStore:
 
     def on_queued(self, handler: Callable[[str], None]) -> None:
         """No other node ever queues."""
+
+    def holder(self, call_id: str) -> "defer.Deferred[str | None]":
+        return defer.succeed(None)
