@@ -18,6 +18,7 @@ from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.python.usage import UsageError
 
+from txvoice.audio.ingest import batch_preparer
 from txvoice.audio.workers import AudioWorkers
 from txvoice.config import VoiceConfig
 from txvoice.dialects.registry import DialectPathClash, dialect_services, mount_dialects
@@ -227,7 +228,8 @@ def makeVoiceService(
     shared = parse_tcp_listen(config.listen) if count > 1 and worker is None else None
     # Autobahn logs every connection at debug level through txaio; keep that off the hot path.
     txaio.set_global_log_level("info")  # type: ignore[attr-defined]  # set by txaio.use_twisted()
-    workers = AudioWorkers(reactor, threads=config.audio_threads, batch_delay=config.audio_batch_ms / 1000.0)
+    workers = AudioWorkers(reactor, threads=config.audio_threads, batch_delay=config.audio_batch_ms / 1000.0,
+                           prepare=batch_preparer())
     pipeline = pipeline or make_pipeline(config.pipeline, config)
     try:
         redis = scale_out(config, reactor, worker)  # --redis: the stores several nodes share
