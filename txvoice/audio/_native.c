@@ -459,45 +459,41 @@ static int decode_chunk(txv_stream *s, const unsigned char *data, int32_t len, i
 }
 
 /*
- * The batch: items i < count, each a stream, a packet (lens[i] bytes of data, in order), a
- * sequence number (has_seq[i]) and whether the fast onset classifies (onset_active[i]).  Frames go
- * to pcm, 20 ms decisions to voiced, 10 ms onset decisions (active items only) to onset; info
- * gets INFO int32 per item.  Returns the number of items done: fewer than count when the outputs
- * ran out of room (call again for the rest with fresh outputs).
+ * The batch: items i < count, 4 int64 each: the stream, the packet's length (the packets follow
+ * one another in data), its sequence number, and flags (1: it has a sequence number, 2: the fast
+ * onset classifies).  Frames go to pcm (pcm_cap samples), 20 ms decisions to voiced, 10 ms onset
+ * decisions (active items only) to onset (dec_cap each; one per frame of pcm is enough); info
+ * gets INFO int32 per item.  Returns the number of items done: fewer than count when pcm ran out
+ * of room (call again for the rest with more).
  */
-int txv_batch(txv_stream **streams, int count, const unsigned char *data, const int32_t *lens,
-              const int64_t *sequences, const uint8_t *has_seq, const uint8_t *onset_active, int16_t *pcm,
-              int64_t pcm_cap, uint8_t *voiced, int64_t voiced_cap, uint8_t *onset, int64_t onset_cap,
-              int32_t *info)
+int txv_batch(const int64_t *items, int count, const unsigned char *data, int16_t *pcm, int64_t pcm_cap,
+              uint8_t *voiced, uint8_t *onset, int64_t dec_cap, int32_t *info)
 {
     int64_t used = 0, vused = 0, oused = 0;
     int i;
     for (i = 0; i < count; i++) {
-        txv_stream *s = streams[i];
-        int32_t *row = info + (size_t)i * INFO;
+        const int64_t *item = items + (size_t)i * 4;
+        txv_stream *s = (txv_stream *)(intptr_t)item[0];
+        int32_t len = (int32_t)item[1], *row = info + (size_t)i * INFO;
+        int has_seq = (int)(item[3] & 1), active = (int)((item[3] >> 1) & 1);
         int fs = s->frame_size, fill = s->fill, n, frames, f, rest;
-        int64_t need_v, need_o;
+        int64_t need_o;
         memset(row, 0, sizeof(int32_t) * INFO);
         if (used + fill > pcm_cap)
             return i;
-        n = decode_chunk(s, data, lens[i], has_seq[i], sequences[i], pcm + used + fill, pcm_cap - used - fill, row);
+        n = decode_chunk(s, data, len, has_seq, item[2], pcm + used + fill, pcm_cap - used - fill, row);
         if (n == -2)
             return i;
-        data += lens[i] > 0 ? lens[i] : 0;
+        data += len > 0 ? len : 0;
         if (n < 0)
             continue;
         row[2] = n;
         if (n == 0)
             continue;
         frames = (fill + n) / fs;
-        need_v = frames;
-        need_o = s->onset_vad && onset_active[i] ? (int64_t)frames * (fs / s->sub) : 0;
-        if (vused + need_v > voiced_cap || oused + need_o > onset_cap) {
-            /* Undo nothing: the decode is done; keep its samples pending in order by finishing
-             * the frames here would overflow, so this cannot happen with the caps the Python
-             * side gives (one decision per frame of pcm_cap). */
-            return -1;
-        }
+        need_o = s->onset_vad && active ? (int64_t)frames * (fs / s->sub) : 0;
+        if (vused + frames > dec_cap || oused + need_o > dec_cap)
+            return -1; /* cannot happen with one decision of room per sample / 10 ms */
         memcpy(pcm + used, s->pending, sizeof(int16_t) * (size_t)fill);
         rest = (fill + n) - frames * fs;
         row[3] = (int32_t)used;
@@ -511,7 +507,7 @@ int txv_batch(txv_stream **streams, int count, const unsigned char *data, const 
             voiced[vused++] = (uint8_t)classify(s->vad, s->rate, s->gate, frame);
             if (s->onset_vad) {
                 for (j = 0; j < fs; j += s->sub) {
-                    if (onset_active[i])
+                    if (active)
                         onset[oused++] = (uint8_t)classify(s->onset_vad, s->rate, s->onset_gate, frame + j);
                     else
                         txv_gate_track(s->onset_gate, frame + j);

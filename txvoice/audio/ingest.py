@@ -303,6 +303,10 @@ class StreamIngest:
     def _frames(self, frames: np.ndarray, events: "list[IngestEvent] | None" = None) -> "list[IngestEvent] | None":
         denoiser, agc, turns, feeds, onset = self.denoiser, self.agc, self.turns, self.feeds, self.onset
         fed = not self.feed_raw
+        if onset is not None and self.native is not None and not onset.active:
+            # Idle, the onset only tracks its gate's floor, which the native batch did: count the frames.
+            onset.frames += len(frames) * (turns.frame_size // onset.sub)
+            onset = None
         # Indexed, not iterated: iterating a numpy array ends in a formatted IndexError.
         for i in range(len(frames)):
             frame = frames[i]

@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import ctypes
 import os
+import threading
 import weakref
+from array import array
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -47,6 +49,8 @@ EMPTY_PACKET, INVALID_PACKET, ZERO_DURATION = 1, 2, 3
 _SEQ_LIMIT = 2**62
 #: Samples of room per item beyond its frames: a 60 ms packet at 16 kHz (longer ones and gaps retry).
 _ROOM_PER_ITEM = 960
+#: The shortest frame there is decisions for (10 ms at 8 kHz): the decision buffers' bound.
+_SMALLEST_FRAME = 80
 
 _P = ctypes.c_void_p
 _I = ctypes.c_int
@@ -72,7 +76,7 @@ def _load() -> ctypes.CDLL | None:
         lib.txv_stream_new.restype = _P
         lib.txv_stream_free.argtypes = (_P,)
         lib.txv_stream_free.restype = None
-        lib.txv_batch.argtypes = (_P, _I, _P, _P, _P, _P, _P, _P, _I64, _P, _I64, _P, _I64, _P)
+        lib.txv_batch.argtypes = (_P, _I, ctypes.c_char_p, _P, _I64, _P, _P, _I64, _P)
         lib.txv_batch.restype = _I
         vad = ctypes.CDLL(_webrtcvad.__file__)  # already loaded: the same handle
 
@@ -187,6 +191,30 @@ class PresetDecisions:
 Prepared = tuple[list[int], np.ndarray, bytes, bytes]
 
 
+class _Scratch(threading.local):
+    """A worker thread's reused outputs of the batch call (the pcm is new for each call)."""
+
+    def __init__(self) -> None:
+        self.size = 0
+        self.grow(64)
+
+    def grow(self, items: int) -> None:
+        self.size = items
+        self.info = array("i", bytes(4 * INFO * items))
+        self.info_address = self.info.buffer_info()[0]
+        self.decisions = 0
+        self.need(items * (_ROOM_PER_ITEM + 2400) // 160)
+
+    def need(self, decisions: int) -> None:
+        if decisions > self.decisions:
+            self.decisions = decisions
+            self.voiced = ctypes.create_string_buffer(decisions)
+            self.onset = ctypes.create_string_buffer(decisions)
+
+
+_scratch = _Scratch()
+
+
 def run_batch(streams: Sequence[NativeStream], packets: Sequence[bytes], sequences: Sequence[int | None],
               onset_active: Sequence[bool]) -> list[Prepared]:
     """
@@ -195,38 +223,42 @@ def run_batch(streams: Sequence[NativeStream], packets: Sequence[bytes], sequenc
     """
     assert _lib is not None
     count = len(streams)
+    flat: list[int] = []
+    reserve = 0
+    for stream, packet, sequence, active in zip(streams, packets, sequences, onset_active):
+        if sequence is None:
+            flat += (stream.pointer, len(packet), 0, 2 if active else 0)
+        else:
+            flat += (stream.pointer, len(packet), max(-_SEQ_LIMIT, min(_SEQ_LIMIT, sequence)), 3 if active else 1)
+        if stream.reserve > reserve:
+            reserve = stream.reserve
+    items = array("q", flat)
+    base = items.buffer_info()[0]
     blob = b"".join(packets)
-    data = np.frombuffer(blob, dtype=np.uint8) if blob else np.zeros(1, dtype=np.uint8)
-    lens = np.array([len(p) for p in packets], dtype=np.int32)
-    seqs = np.array([0 if s is None else max(-_SEQ_LIMIT, min(_SEQ_LIMIT, s)) for s in sequences], dtype=np.int64)
-    has_seq = np.array([s is not None for s in sequences], dtype=np.uint8)
-    active = np.array(onset_active, dtype=np.uint8)
-    pointers = np.array([s.pointer for s in streams], dtype=np.uintp)
-    reserve = max(s.reserve for s in streams)
-    smallest = min(min(s.frame_size, s.sub or s.frame_size) for s in streams)
+    scratch = _scratch
+    if count > scratch.size:
+        scratch.grow(count)
     room = count * _ROOM_PER_ITEM + reserve
     results: list[Prepared] = []
     start = 0
-    offset = 0
     while start < count:
         pcm = np.empty(room, dtype=np.int16)
-        voiced = np.empty(room // smallest + 1, dtype=np.uint8)
-        onset = np.empty(room // smallest + 1, dtype=np.uint8)
-        info = np.empty((count - start, INFO), dtype=np.int32)
+        scratch.need(room // _SMALLEST_FRAME + 1)
+        voiced, onset = scratch.voiced, scratch.onset
         done = _lib.txv_batch(
-            pointers.ctypes.data + start * pointers.itemsize, count - start, data.ctypes.data + offset,
-            lens.ctypes.data + start * 4, seqs.ctypes.data + start * 8, has_seq.ctypes.data + start,
-            active.ctypes.data + start, pcm.ctypes.data, room, voiced.ctypes.data, len(voiced),
-            onset.ctypes.data, len(onset), info.ctypes.data,
+            base + start * 32, count - start, blob, pcm.__array_interface__["data"][0], room, voiced, onset,
+            scratch.decisions, scratch.info_address,
         )
         if done < 0:
             raise RuntimeError("txv_batch: decisions overflowed their buffer")
         if done:
-            voiced_bytes, onset_bytes = voiced.tobytes(), onset.tobytes()
-            for row in info[:done].tolist():
-                results.append((row, pcm, voiced_bytes, onset_bytes))
-            offset += int(lens[start:start + done].sum())
+            rows = scratch.info[:done * INFO].tolist()
+            voiced_bytes, onset_bytes = voiced.raw, onset.raw
+            for k in range(0, done * INFO, INFO):
+                results.append((rows[k:k + INFO], pcm, voiced_bytes, onset_bytes))
             start += done
+            if start < count:
+                blob = b"".join(packets[start:])
         else:
             room *= 4  # one item needs more (a long gap's concealment): make room and go on
     return results
