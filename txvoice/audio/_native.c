@@ -37,6 +37,9 @@ static vad_process_fn vad_process_p;
 #define TONAL_FLATNESS 0.05
 #define MAX_SKIPS 3
 
+/* The interface version: txvoice/audio/native.py uses a library of its own version only. */
+int txv_abi(void) { return 2; }
+
 int txv_init(void *decode, void *nb_samples, void *parse, void *vad_process)
 {
     opus_decode_p = (opus_decode_fn)decode;
@@ -54,22 +57,42 @@ typedef struct {
 
 #define MAX_FACTORS 32
 
+/* Shared by every gate of one frame size (made once per size by the Python side, never freed):
+ * per stream, a gate then holds only its state. */
 typedef struct {
     int n;
     int factors[2 * MAX_FACTORS]; /* (radix, remaining length) pairs */
     cpx *tw;                      /* exp(-2 pi i k / n), k < n */
-    cpx *in, *out;
+    float *window;                /* the gate's float32 window (Hann times 2**-15) */
 } fft_plan;
 
-static int fft_plan_init(fft_plan *p, int n)
+#define MAX_FRAME 2048
+
+void txv_plan_free(fft_plan *p)
+{
+    if (p) {
+        free(p->tw);
+        free(p->window);
+        free(p);
+    }
+}
+
+fft_plan *txv_plan_new(int n, const float *window)
 {
     int i, rest = n, f = 0, radix = 4;
+    fft_plan *p = calloc(1, sizeof(fft_plan));
+    if (!p || n < 2 || n > MAX_FRAME) {
+        free(p);
+        return NULL;
+    }
     p->n = n;
-    p->tw = malloc(sizeof(cpx) * (size_t)n * 3);
-    if (!p->tw)
-        return 0;
-    p->in = p->tw + n;
-    p->out = p->in + n;
+    p->tw = malloc(sizeof(cpx) * (size_t)n);
+    p->window = malloc(sizeof(float) * (size_t)n);
+    if (!p->tw || !p->window) {
+        txv_plan_free(p);
+        return NULL;
+    }
+    memcpy(p->window, window, sizeof(float) * (size_t)n);
     for (i = 0; i < n; i++) {
         double phase = -2.0 * M_PI * i / n;
         p->tw[i].re = cos(phase);
@@ -86,7 +109,11 @@ static int fft_plan_init(fft_plan *p, int n)
         p->factors[2 * f + 1] = rest;
         f++;
     }
-    return rest == 1;
+    if (rest != 1) {
+        txv_plan_free(p);
+        return NULL;
+    }
+    return p;
 }
 
 /* Decimation in time (as in kissfft): out[0..p*m) is the DFT of in[0], in[fstride], ... */
@@ -160,22 +187,16 @@ static void fft_work(const fft_plan *plan, cpx *out, const cpx *in, int fstride,
 typedef struct {
     int n, top, ring_len, skips;
     double snr_db, max_flatness, min_level_db, rise, stationary_var;
-    float *window;
-    double *ring;
+    const fft_plan *plan; /* borrowed */
     long count;
     double sum, sumsq, floor_db, level_db, flatness, tonal_level;
     int has_tonal, run;
     long skipped;
-    fft_plan fft;
+    double ring[]; /* the last ring_len frame levels */
 } txv_gate;
 
 void txv_gate_free(txv_gate *g)
 {
-    if (!g)
-        return;
-    free(g->window);
-    free(g->ring);
-    free(g->fft.tw);
     free(g);
 }
 
@@ -191,14 +212,18 @@ void txv_gate_reset(txv_gate *g)
     g->run = 0;
 }
 
-/* window: the gate's own float32 window (Hann times 2**-15), copied so both paths use the same. */
-txv_gate *txv_gate_new(int n, int top, int ring_len, int skips, double snr_db, double max_flatness,
-                       double min_level_db, double rise, double stationary_var, const float *window)
+/* plan: txv_plan_new's for the frame size, with the Python gate's own window (so both paths use the same). */
+txv_gate *txv_gate_new(int top, int ring_len, int skips, double snr_db, double max_flatness,
+                       double min_level_db, double rise, double stationary_var, const fft_plan *plan)
 {
-    txv_gate *g = calloc(1, sizeof(txv_gate));
+    txv_gate *g;
+    if (!plan || ring_len < 1 || top < 1 || top > plan->n / 2)
+        return NULL;
+    g = calloc(1, sizeof(txv_gate) + sizeof(double) * (size_t)ring_len);
     if (!g)
         return NULL;
-    g->n = n;
+    g->n = plan->n;
+    g->plan = plan;
     g->top = top;
     g->ring_len = ring_len;
     g->skips = skips;
@@ -207,13 +232,6 @@ txv_gate *txv_gate_new(int n, int top, int ring_len, int skips, double snr_db, d
     g->min_level_db = min_level_db;
     g->rise = rise;
     g->stationary_var = stationary_var;
-    g->window = malloc(sizeof(float) * (size_t)n);
-    g->ring = malloc(sizeof(double) * (size_t)ring_len);
-    if (!g->window || !g->ring || top < 1 || top > n / 2 || !fft_plan_init(&g->fft, n)) {
-        txv_gate_free(g);
-        return NULL;
-    }
-    memcpy(g->window, window, sizeof(float) * (size_t)n);
     txv_gate_reset(g);
     return g;
 }
@@ -280,6 +298,8 @@ int txv_gate_accept(txv_gate *g, const int16_t *frame, int spectral)
 {
     double level = frame_level(g, frame), margin, arithmetic = 0.0, logs = 0.0, flatness;
     int i, n = g->n, top = g->top;
+    const fft_plan *plan = g->plan;
+    cpx in[MAX_FRAME], out[MAX_FRAME];
     g->level_db = level;
     track_floor(g, level);
     margin = level - g->floor_db;
@@ -301,12 +321,12 @@ int txv_gate_accept(txv_gate *g, const int16_t *frame, int spectral)
         return 1;
     }
     for (i = 0; i < n; i++) {
-        g->fft.in[i].re = (double)((float)frame[i] * g->window[i]);
-        g->fft.in[i].im = 0.0;
+        in[i].re = (double)((float)frame[i] * plan->window[i]);
+        in[i].im = 0.0;
     }
-    fft_work(&g->fft, g->fft.out, g->fft.in, 1, g->fft.factors);
+    fft_work(plan, out, in, 1, plan->factors);
     for (i = 1; i <= top; i++) {
-        double power = g->fft.out[i].re * g->fft.out[i].re + g->fft.out[i].im * g->fft.out[i].im + 1e-12;
+        double power = out[i].re * out[i].re + out[i].im * out[i].im + 1e-12;
         arithmetic += power;
         logs += log(power);
     }

@@ -227,6 +227,8 @@ class StreamIngest:
             onset.classifier._vad if onset is not None else None, onset.classifier.gate if onset is not None else None,
         )
         self._preset = vad.classifier = _native.PresetDecisions(classifier.sample_rate, classifier.frame_size)
+        # C assembles the frames: the Python assembler only sees end()'s tail (none for Opus), so a small one.
+        self.assembler = FrameAssembler(self.assembler.sample_rate, self.assembler.frame_ms, capacity_ms=0)
         self._onset_preset = None
         if onset is not None:
             self._onset_preset = _native.PresetDecisions(onset.sample_rate, onset.sub)

@@ -52,6 +52,9 @@ _ROOM_PER_ITEM = 960
 #: The shortest frame there is decisions for (10 ms at 8 kHz): the decision buffers' bound.
 _SMALLEST_FRAME = 80
 
+#: The C library's interface version (txv_abi): a library built from another _native.c is not used.
+_ABI = 2
+
 _P = ctypes.c_void_p
 _I = ctypes.c_int
 _D = ctypes.c_double
@@ -63,31 +66,41 @@ def _load() -> ctypes.CDLL | None:
         return None
     for path in sorted(Path(__file__).resolve().parent.glob("_native*.so")):
         try:
-            lib = ctypes.CDLL(str(path))
-        except OSError:
+            return _bind(ctypes.CDLL(str(path)))
+        except (OSError, AttributeError):  # not loadable, or built from another version of _native.c
             continue
-        lib.txv_init.argtypes = (_P, _P, _P, _P)
-        lib.txv_init.restype = _I
-        lib.txv_gate_new.argtypes = (_I, _I, _I, _I, _D, _D, _D, _D, _D, _P)
-        lib.txv_gate_new.restype = _P
-        lib.txv_gate_free.argtypes = (_P,)
-        lib.txv_gate_free.restype = None
-        lib.txv_stream_new.argtypes = (_P, _I, _I, _I, _I, _I, _P, _P, _P, _P)
-        lib.txv_stream_new.restype = _P
-        lib.txv_stream_free.argtypes = (_P,)
-        lib.txv_stream_free.restype = None
-        lib.txv_batch.argtypes = (_P, _I, ctypes.c_char_p, _P, _I64, _P, _P, _I64, _P)
-        lib.txv_batch.restype = _I
-        vad = ctypes.CDLL(_webrtcvad.__file__)  # already loaded: the same handle
-
-        def address(function: Any) -> int | None:
-            return ctypes.cast(function, _P).value
-
-        opus = _libopus._lib
-        lib.txv_init(address(opus.opus_decode), address(opus.opus_packet_get_nb_samples),
-                     address(opus.opus_packet_parse), address(vad.WebRtcVad_Process))
-        return lib
     return None
+
+
+def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
+    """Declare the library's functions and hand it libopus's and webrtcvad's."""
+    lib.txv_abi.argtypes = ()
+    lib.txv_abi.restype = _I
+    if lib.txv_abi() != _ABI:
+        raise AttributeError(f"txv_abi {lib.txv_abi()}, not {_ABI}")
+    lib.txv_init.argtypes = (_P, _P, _P, _P)
+    lib.txv_init.restype = _I
+    lib.txv_plan_new.argtypes = (_I, _P)
+    lib.txv_plan_new.restype = _P
+    lib.txv_gate_new.argtypes = (_I, _I, _I, _D, _D, _D, _D, _D, _P)
+    lib.txv_gate_new.restype = _P
+    lib.txv_gate_free.argtypes = (_P,)
+    lib.txv_gate_free.restype = None
+    lib.txv_stream_new.argtypes = (_P, _I, _I, _I, _I, _I, _P, _P, _P, _P)
+    lib.txv_stream_new.restype = _P
+    lib.txv_stream_free.argtypes = (_P,)
+    lib.txv_stream_free.restype = None
+    lib.txv_batch.argtypes = (_P, _I, ctypes.c_char_p, _P, _I64, _P, _P, _I64, _P)
+    lib.txv_batch.restype = _I
+    vad = ctypes.CDLL(_webrtcvad.__file__)  # already loaded: the same handle
+
+    def address(function: Any) -> int | None:
+        return ctypes.cast(function, _P).value
+
+    opus = _libopus._lib
+    lib.txv_init(address(opus.opus_decode), address(opus.opus_packet_get_nb_samples),
+                 address(opus.opus_packet_parse), address(vad.WebRtcVad_Process))
+    return lib
 
 
 _lib = _load()
@@ -109,14 +122,30 @@ def _vad_pointer(vad: Any) -> int:
     return int(pointer)
 
 
+#: FFT plans (twiddles and window) by frame size, shared by all gates and never freed.
+_plans: dict[tuple[int, bytes], int] = {}
+
+
+def _plan(gate: SpectralGate) -> int:
+    key = (gate.frame_size, gate._window.tobytes())
+    plan = _plans.get(key)
+    if plan is None:
+        assert _lib is not None
+        plan = _plans[key] = int(_lib.txv_plan_new(gate.frame_size, gate._window.ctypes.data) or 0)
+        if not plan:
+            del _plans[key]
+            raise MemoryError(f"txv_plan_new({gate.frame_size}) failed")
+    return plan
+
+
 def _gate(gate: SpectralGate) -> int:
     """A C gate with ``gate``'s parameters and window, in ``gate``'s initial state."""
     assert _lib is not None
     params = gate.params
     # SpectralGate's own derived values, so both paths round them alike.
     pointer = _lib.txv_gate_new(
-        gate.frame_size, len(gate._power), len(gate._ring), int(gate.skips), params.snr_db, params.max_flatness,
-        params.min_level_db, gate._rise, gate._stationary_var, gate._window.ctypes.data,
+        len(gate._power), len(gate._ring), int(gate.skips), params.snr_db, params.max_flatness,
+        params.min_level_db, gate._rise, gate._stationary_var, _plan(gate),
     )
     if not pointer:
         raise MemoryError("txv_gate_new failed")

@@ -126,6 +126,10 @@ class VoiceService(MultiService):
         if self.server.config.lean_poll:
             if install_lean_poll(self.server.clock):
                 self.log.info("lean epoll dispatch installed (no per-event legacy log context)")
+        # Which audio path Opus streams take (txvoice.audio.native; TXVOICE_NATIVE_INGEST=0 turns it off).
+        native = self.server.workers.prepare is not None
+        self.log.info("audio ingest: {path}", path="native batch (txvoice/audio/_native.c)" if native else "pure Python",
+                      native_ingest=native)
         if self.server.config.gc_freeze:
             # Before the children start: the listener is not accepting yet, so no one waits on it.
             freeze_startup_heap(self.log)
