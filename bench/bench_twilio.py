@@ -35,9 +35,7 @@ import asyncio
 import base64
 import json
 import os
-import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -50,27 +48,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
+from daemons import free_port, metric  # noqa: E402
 from twiliocall import frames, ulaw_silence, ulaw_speech  # noqa: E402
 
 LEAD_MS = 100.0
 TEXT = "Hello, I am calling about my order."
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def metric(port: int, name: str, **labels: str) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
-        text = r.read().decode()
-    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    for line in text.splitlines():
-        m = re.match(r"^([a-z_]+)(?:\{([^}]*)\})? ([0-9.e+-]+)$", line)
-        if m and m.group(1) == name and ",".join(sorted((m.group(2) or "").split(","))) == want:
-            return float(m.group(3))
-    return 0.0
 
 
 def cpu_seconds(pid: int) -> float:
@@ -276,13 +258,14 @@ def pacing(calls: list[Call]) -> dict[str, Any]:
 async def run_dialect(dialect: str, args: argparse.Namespace, audio: list[bytes]) -> dict[str, Any]:
     port = free_port()
     log_path = Path(tempfile.gettempdir()) / f"bench-twilio-{dialect}-{port}.log"
+    http = f"http://127.0.0.1:{port}"
     proc = start_daemon(port, args.cpu, log_path, args.nice)
     try:
         # Warm up (lazy loads, first resampler/encoder) with one short call, not counted.
         await Call(-1, audio[:60]).run(dialect, port, time.monotonic())
-        in0 = metric(port, "txvoice_audio_frames_total", direction="in")
-        out0 = metric(port, "txvoice_audio_frames_total", direction="out")
-        gaps0 = metric(port, "txvoice_telephony_sequence_gaps_total", dialect="twilio")
+        in0 = metric(http, "txvoice_audio_frames_total", direction="in")
+        out0 = metric(http, "txvoice_audio_frames_total", direction="out")
+        gaps0 = metric(http, "txvoice_telephony_sequence_gaps_total", dialect="twilio")
         cpu0, wall0, ticks0, gen0 = cpu_seconds(proc.pid), time.monotonic(), cpu_ticks(), time.process_time()
         calls = [Call(i, audio) for i in range(args.calls)]
         start = time.monotonic() + 0.5
@@ -290,9 +273,9 @@ async def run_dialect(dialect: str, args: argparse.Namespace, audio: list[bytes]
                                for i, c in enumerate(calls)))
         await asyncio.sleep(1.0)
         cpu1, wall1, ticks1, gen1 = cpu_seconds(proc.pid), time.monotonic(), cpu_ticks(), time.process_time()
-        frames_in = metric(port, "txvoice_audio_frames_total", direction="in") - in0
-        frames_out = metric(port, "txvoice_audio_frames_total", direction="out") - out0
-        gaps = metric(port, "txvoice_telephony_sequence_gaps_total", dialect="twilio") - gaps0
+        frames_in = metric(http, "txvoice_audio_frames_total", direction="in") - in0
+        frames_out = metric(http, "txvoice_audio_frames_total", direction="out") - out0
+        gaps = metric(http, "txvoice_telephony_sequence_gaps_total", dialect="twilio") - gaps0
     finally:
         proc.terminate()
         try:

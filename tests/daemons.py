@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -65,6 +66,21 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def metric(http: str, name: str, **labels: str) -> float:
+    """
+    One series of a daemon's ``/metrics`` (``http``: its base URL): ``name`` with exactly ``labels``
+    (in any order); 0 when it is not there yet.
+    """
+    with urllib.request.urlopen(http + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        m = re.match(r"^([a-z_]+)(?:\{([^}]*)\})? ([0-9.e+-]+)$", line)
+        if m and m.group(1) == name and ",".join(sorted((m.group(2) or "").split(","))) == want:
+            return float(m.group(3))
+    return 0.0
 
 
 @dataclass

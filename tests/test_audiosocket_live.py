@@ -20,8 +20,8 @@ import uuid
 import numpy as np
 import pytest
 
-from daemons import free_port, start_daemon
-from test_twilio_live import log_records, metric
+from daemons import free_port, metric, start_daemon
+from test_twilio_live import log_records
 from twiliocall import dbfs
 
 FRAME = 320  # 20 ms of slin: 160 samples of 16 bits
@@ -140,7 +140,7 @@ def test_documented_sequence_with_real_audio_is_answered_with_speech(asterisk_da
 
 def test_bad_input_is_counted_and_the_call_goes_on(asterisk_daemon) -> None:
     problems = ("audio_before_uuid", "unsupported_kind", "invalid_audio", "asterisk_error")
-    before = {p: metric(asterisk_daemon, "txvoice_telephony_input_problems_total", dialect="audiosocket", problem=p)
+    before = {p: metric(asterisk_daemon.http, "txvoice_telephony_input_problems_total", dialect="audiosocket", problem=p)
               for p in problems}
     call = AsteriskCall(asterisk_daemon.audiosocket_port)
     try:
@@ -163,7 +163,7 @@ def test_bad_input_is_counted_and_the_call_goes_on(asterisk_daemon) -> None:
         call.send(0x00)
         call.close()
     for problem, was in before.items():
-        got = metric(asterisk_daemon, "txvoice_telephony_input_problems_total", dialect="audiosocket", problem=problem)
+        got = metric(asterisk_daemon.http, "txvoice_telephony_input_problems_total", dialect="audiosocket", problem=problem)
         assert got == was + 1, problem
 
 

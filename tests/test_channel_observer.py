@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.logger import LogLevel, Logger, capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from zope.interface.verify import verifyClass
 
@@ -15,8 +16,10 @@ from txvoice.dialects.audiosocket import AudioSocketProtocol
 from txvoice.dialects.native import NativeVoiceProtocol
 from txvoice.dialects.realtime_calls import CallSession
 from txvoice.dialects.s3session import UnifiedSession
+from txvoice.dialects.telephony import audio_failed
 from txvoice.dialects.twilio import TwilioMediaStreamProtocol
 from txvoice.dialects.vocal import VocalProtocol
+from txvoice.errors import VoiceError
 from txvoice.server.observer import IChannelObserver, LoggingObserver
 
 
@@ -44,5 +47,29 @@ def test_a_call_reports_audio_failures_to_the_connection_serving_it_now() -> Non
     call.chunkFailed(Failure(ValueError("two")))
     assert [str(f.value) for f in first.failures] == ["one"]
     assert [str(f.value) for f in second.failures] == ["two"]
-    call.protocol = None  # offline: logged, not lost in a closed connection
-    call.chunkFailed(Failure(ValueError("three")))
+    call.protocol = None  # offline: logged with its traceback, not lost in a closed connection
+    with capturedLogs() as logs:
+        call.chunkFailed(Failure(ValueError("three")))
+    (event,) = logs
+    assert event["log_level"] is LogLevel.critical  # Logger.failure's level
+    assert event["log_namespace"] == "txvoice.session.calls"
+    assert event["call_id"] == "call-1"
+    assert formatEvent(event) == "call call-1: audio failed while offline"
+    assert event["log_failure"].check(ValueError) and str(event["log_failure"].value) == "three"
+    assert [str(f.value) for f in first.failures + second.failures] == ["one", "two"]  # neither got it
+
+
+def test_a_phone_bridge_counts_failed_audio_as_a_problem_and_logs_the_unexpected() -> None:
+    """Twilio's and AudioSocket's ``chunkFailed``: bad audio is an input problem; a bug is logged with its traceback."""
+    problems: list[tuple[str, str]] = []
+    logger = Logger(namespace="txvoice.network.telephony")
+    with capturedLogs() as logs:
+        audio_failed(Failure(VoiceError("not μ-law", code="invalid_audio")), lambda c, m: problems.append((c, m)),
+                     logger, "Twilio")
+    assert problems == [("invalid_audio", "not μ-law")] and not logs
+    with capturedLogs() as logs:
+        audio_failed(Failure(ZeroDivisionError("bug")), lambda c, m: problems.append((c, m)), logger, "AudioSocket")
+    assert problems[1:] == [("internal_error", "the audio could not be processed")]
+    (event,) = logs
+    assert formatEvent(event) == "processing AudioSocket audio failed"
+    assert event["log_level"] is LogLevel.critical and event["log_failure"].check(ZeroDivisionError)

@@ -8,7 +8,6 @@ the turn record; the TwiML webhook signed as Twilio signs it; bad input is count
 from __future__ import annotations
 
 import json
-import re
 import statistics
 import time
 import urllib.error
@@ -19,7 +18,7 @@ import numpy as np
 import pytest
 from twilio.request_validator import RequestValidator
 
-from daemons import start_daemon
+from daemons import metric, start_daemon
 from twiliocall import TwilioCall, dbfs, frames, ulaw_decode, ulaw_silence, ulaw_speech, voiced
 
 TOKEN = "0123456789abcdef0123456789abcdef"
@@ -59,17 +58,6 @@ def turn_records(daemon, call_sid: str, timeout: float = 5.0) -> list[dict]:
         if found or time.monotonic() > deadline:
             return found
         time.sleep(0.1)
-
-
-def metric(daemon, name: str, **labels: str) -> float:
-    with urllib.request.urlopen(daemon.http + "/metrics", timeout=5) as r:
-        text = r.read().decode()
-    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    for line in text.splitlines():
-        m = re.match(r"^([a-z_]+)(?:\{([^}]*)\})? ([0-9.e+-]+)$", line)
-        if m and m.group(1) == name and ",".join(sorted((m.group(2) or "").split(","))) == want:
-            return float(m.group(3))
-    return 0.0
 
 
 def has_marks_for_all_audio(received) -> bool:
@@ -156,9 +144,9 @@ def test_talking_over_the_reply_clears_it_and_marks_truncate_the_turn(daemon) ->
 
 def test_bad_input_is_counted_and_the_call_goes_on(daemon) -> None:
     call = TwilioCall(f"ws://127.0.0.1:{daemon.port}/twilio", call_sid="CA" + "e" * 32, stream_sid="MZ" + "f" * 32)
-    before = {p: metric(daemon, "txvoice_telephony_input_problems_total", dialect="twilio", problem=p)
+    before = {p: metric(daemon.http, "txvoice_telephony_input_problems_total", dialect="twilio", problem=p)
               for p in ("invalid_json", "media_before_start", "invalid_payload", "wrong_track", "sequence_gap")}
-    gaps_before = metric(daemon, "txvoice_telephony_sequence_gaps_total", dialect="twilio")
+    gaps_before = metric(daemon.http, "txvoice_telephony_sequence_gaps_total", dialect="twilio")
     try:
         call.connected()
         call.ws.send("this is not JSON {")
@@ -174,23 +162,23 @@ def test_bad_input_is_counted_and_the_call_goes_on(daemon) -> None:
     finally:
         call.close()
     for problem, was in before.items():
-        assert metric(daemon, "txvoice_telephony_input_problems_total", dialect="twilio", problem=problem) == was + 1, problem
-    assert metric(daemon, "txvoice_telephony_sequence_gaps_total", dialect="twilio") == gaps_before + 3
+        assert metric(daemon.http, "txvoice_telephony_input_problems_total", dialect="twilio", problem=problem) == was + 1, problem
+    assert metric(daemon.http, "txvoice_telephony_sequence_gaps_total", dialect="twilio") == gaps_before + 3
     logged = {r.get("problem") for r in log_records(daemon, '"problem"') if r.get("call_sid") in (call.call_sid, None)}
     assert {"invalid_json", "media_before_start", "invalid_payload", "wrong_track", "sequence_gap"} <= logged
 
 
 def test_dtmf_reaches_the_pipeline_as_an_event(call, daemon) -> None:
-    before = metric(daemon, "txvoice_telephony_dtmf_total", dialect="twilio")
+    before = metric(daemon.http, "txvoice_telephony_dtmf_total", dialect="twilio")
     call.connected()
     call.start()
     call.dtmf("1")
     call.dtmf("#")
     call.stop()
     deadline = time.monotonic() + 5
-    while metric(daemon, "txvoice_telephony_dtmf_total", dialect="twilio") < before + 2 and time.monotonic() < deadline:
+    while metric(daemon.http, "txvoice_telephony_dtmf_total", dialect="twilio") < before + 2 and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert metric(daemon, "txvoice_telephony_dtmf_total", dialect="twilio") == before + 2
+    assert metric(daemon.http, "txvoice_telephony_dtmf_total", dialect="twilio") == before + 2
     digits = [r["digit"] for r in log_records(daemon, "DTMF") if r.get("digit")]
     assert digits[-2:] == ["1", "#"]
 

@@ -9,7 +9,7 @@ documented table in ``doc/configuration.md`` come from one place.
 from __future__ import annotations
 
 import os
-from dataclasses import MISSING, dataclass, field, fields, replace
+from dataclasses import MISSING, Field, dataclass, field, fields, replace
 from typing import Any, Mapping
 
 ENV_PREFIX = "TXVOICE_"
@@ -105,6 +105,7 @@ class VoiceConfig:
     # health, alerts, monitoring
     health_max_latency_ms: float = _opt(1000.0, "/health is degraded when the average turn latency exceeds this.")
     health_max_error_rate: float = _opt(0.05, "/health is degraded when the error rate (errors per message) exceeds this (S3).")
+    reactor_lag_interval: float = _opt(0.25, "Seconds between the reactor-lag probe's timed calls (/health, txvoice_reactor_lag_seconds); shorter catches shorter stalls.")
     health_max_reactor_lag_ms: float = _opt(100.0, "/health is degraded when the reactor lag p99 exceeds this (unhealthy at 10x).")
     health_max_queue_depth: int = _opt(1000, "/health is degraded when the audio queue is deeper than this (unhealthy at 10x).")
     alert_max_latency_ms: float = _opt(1000.0, "performance_alert when the average latency crosses this (S1 max_latency_ms).")
@@ -130,7 +131,7 @@ class VoiceConfig:
     server_name: str = _opt("txvoice", "Server header and greeting name.")
 
     @classmethod
-    def option_fields(cls) -> list:
+    def option_fields(cls) -> list[Field[Any]]:
         return [f for f in fields(cls)]
 
     @classmethod

@@ -128,7 +128,7 @@ def parse_levels(spec: str | Mapping[str, Any] | None) -> dict[str, Any]:
             if not item:
                 continue
             ns, sep, level = item.rpartition("=")
-            pairs.append((ns.strip() if sep else "", level.strip()))  # type: ignore[union-attr]
+            pairs.append((ns.strip() if sep else "", level.strip()))
     else:
         pairs = spec.items()
     out: dict[str, Any] = {}

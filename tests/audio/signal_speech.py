@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import tempfile
 import wave
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -39,6 +40,16 @@ def read_wav(path: str) -> tuple[int, np.ndarray]:
             raise ValueError(f"{path}: not 16-bit PCM")
         data = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.int16)
         return w.getframerate(), data
+
+
+def write_wav(path: Path, pcm: np.ndarray, rate: int) -> Path:
+    """Write mono 16-bit ``pcm`` as a WAV at ``path`` (a test's temporary directory); the path."""
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm.tobytes())
+    return path
 
 
 @functools.lru_cache(maxsize=32)

@@ -24,13 +24,13 @@ import shutil
 import subprocess
 import sys
 import time
-import wave
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from daemons import ROOT, start_daemon
+from signal_speech import write_wav
 
 CHROMIUM = os.environ.get("TXVOICE_CHROMIUM", "/usr/bin/chromium")
 PHRASE = "what time is it"
@@ -78,16 +78,6 @@ def _signal_speech():
     return sys.modules[name]
 
 
-def mic_file(path: Path, pcm: np.ndarray, rate: int = 48000) -> Path:
-    """Write mono 16-bit ``pcm`` as the WAV that Chromium's fake microphone plays (``Browser``)."""
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(pcm.tobytes())
-    return path
-
-
 @pytest.fixture(scope="module")
 def speech_wav(tmp_path_factory) -> tuple[Path, float]:
     """The fake microphone's file: the phrase, 48 kHz mono, with silence around it; and its speech span (ms)."""
@@ -98,7 +88,7 @@ def speech_wav(tmp_path_factory) -> tuple[Path, float]:
     rate = 48000
     pcm = signal.speak(PHRASE, rate, pad_ms=(700, 2500))
     start, end = signal.speech_span(pcm, rate)
-    return mic_file(tmp_path_factory.mktemp("mic") / "speech.wav", pcm, rate), end - start
+    return write_wav(tmp_path_factory.mktemp("mic") / "speech.wav", pcm, rate), end - start
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +99,7 @@ def barge_wav(tmp_path_factory) -> Path:
     first = signal.speak(PHRASE, rate, pad_ms=(700, 0))
     second = signal.speak("what is the date", rate, pad_ms=(1200, 2500))
     pcm = np.concatenate([first, second])
-    return mic_file(tmp_path_factory.mktemp("barge") / "barge.wav", pcm, rate)
+    return write_wav(tmp_path_factory.mktemp("barge") / "barge.wav", pcm, rate)
 
 
 # Records every WebSocket message the page sends and receives, below the client library.

@@ -27,13 +27,13 @@ import shutil
 import subprocess
 import time
 import urllib.request
-import wave
 from pathlib import Path
 
 import pytest
 
 from daemons import ROOT, start_daemon
 from nodejs import CACHE as NODE_CACHE  # the suite's one npm cache outside the tree (~/.cache/txvoice-node)
+from signal_speech import write_wav
 from test_browser_demo import PHRASE, WIRE_SPY, Browser, _install, _normalize, _signal_speech
 
 # The seed, verbatim, kept beside this test (the shared original is checked against it when present).
@@ -294,12 +294,7 @@ def speech_wav(tmp_path_factory) -> tuple[Path, float]:
     rate = 48000
     pcm = signal.speak(PHRASE, rate, pad_ms=(700, 2500))
     start, end = signal.speech_span(pcm, rate)
-    path = tmp_path_factory.mktemp("mic") / "speech.wav"
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(pcm.tobytes())
+    path = write_wav(tmp_path_factory.mktemp("mic") / "speech.wav", pcm, rate)
     return path, end - start
 
 

@@ -24,7 +24,8 @@ import pytest
 
 from daemons import start_daemon
 from nodejs import node_cache
-from test_browser_demo import Browser, _signal_speech, mic_file
+from signal_speech import write_wav
+from test_browser_demo import Browser, _signal_speech
 from test_s3_dialect import SECRET, token
 
 pytestmark = pytest.mark.slow
@@ -119,7 +120,7 @@ async function startAudio(sessionId) {
 @pytest.fixture(scope="module")
 def pricing_wav(tmp_path_factory):
     pcm = _signal_speech().speak("Go to the pricing page.", 48000, pad_ms=(700, 2500))
-    return mic_file(tmp_path_factory.mktemp("s3-mic") / "pricing.wav", pcm, 48000)
+    return write_wav(tmp_path_factory.mktemp("s3-mic") / "pricing.wav", pcm, 48000)
 
 
 def _serve(page, daemon) -> None:

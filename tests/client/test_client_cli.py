@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from daemons import free_port, source_env
-from signal_speech import silence, speak
+from signal_speech import silence, speak, write_wav
 from txvoice.client.cli import main
 
 pytestmark = pytest.mark.slow
@@ -27,15 +27,6 @@ def cli(*args: str, cwd: Path, timeout: float = 60.0) -> tuple[subprocess.Comple
     proc = subprocess.run([sys.executable, "-m", "txvoice.client.cli", *args], env=source_env(), cwd=str(cwd),
                           capture_output=True, text=True, timeout=timeout)
     return proc, time.monotonic() - started
-
-
-def write_wav(path: Path, pcm: np.ndarray, rate: int) -> Path:
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(pcm.tobytes())
-    return path
 
 
 def wav_info(path: Path) -> tuple[int, int, float]:

@@ -95,3 +95,27 @@ def test_percentile():
 def test_bad_interval():
     with pytest.raises(ValueError):
         ReactorLagProbe(clock=Clock(), interval=0)
+
+
+def test_own_lag_leaves_out_the_run_queue_wait():
+    """A tick late because the thread waited for a CPU is the machine's; the rest is the process's."""
+    clock = Clock()
+    waited = [1.0]
+    own: list[float] = []
+    probe = ReactorLagProbe(clock=clock, interval=0.25, cpu_wait=lambda: waited[0], on_own_sample=own.append)
+    probe.startService()
+    clock.advance(0.25)  # on time
+    waited[0] += 0.03
+    clock.advance(0.30)  # 50 ms late, 30 of them waiting for a CPU: 20 ms own
+    waited[0] += 0.2
+    clock.advance(0.25)  # back on the grid (due at 0.75, ran at 0.8): 50 ms late, all of it the machine's
+    assert probe.last == pytest.approx(0.05)
+    assert own == [0.0, pytest.approx(0.02), 0.0]
+
+
+def test_runqueue_wait_reads_this_threads_schedstat():
+    from txvoice.monitoring.reactorlag import runqueue_wait, runqueue_wait_available
+
+    assert runqueue_wait_available()  # Linux, as every machine this project runs on
+    first = runqueue_wait()
+    assert 0.0 <= first <= runqueue_wait()

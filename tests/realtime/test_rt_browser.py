@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-import wave
 
 import pytest
 
@@ -153,16 +152,10 @@ BLOB_SPY = """
 
 @pytest.fixture(scope="module")
 def mic_wav(tmp_path_factory):
-    from signal_speech import speak
+    from signal_speech import speak, write_wav
 
-    path = tmp_path_factory.mktemp("rt-mic") / "speech.wav"
     pcm = speak(PHRASE, 48000, pad_ms=(700, 2500))
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(48000)
-        w.writeframes(pcm.tobytes())
-    return path
+    return write_wav(tmp_path_factory.mktemp("rt-mic") / "speech.wav", pcm, 48000)
 
 
 def test_s4_documented_flow_in_chromium(tmp_path, mic_wav):

@@ -58,16 +58,25 @@ def wait_for(predicate, timeout: float, what: str) -> Any:
     raise AssertionError(f"not within {timeout}s: {what}")
 
 
+def start_node(tmp_path: Path, redis_url: str, *extra: str) -> Daemon:
+    """One daemon on ``redis_url``, reconnecting within 0.5 s (it does not wait for Redis: it may be down)."""
+    return start_daemon(tmp_path, "--redis", redis_url, "--redis-reconnect-max-delay", "0.5", *extra)
+
+
+def wait_connected(node: Daemon, timeout: float = 10) -> None:
+    wait_for(lambda: redis_ok(health(node.http)), timeout, f"node {node.port} connected to Redis")
+
+
 def start_nodes(tmp_path: Path, redis_url: str, count: int, *extra: str, prefix: str | None = None) -> list[Daemon]:
     """``count`` daemons on one Redis (a prefix of their own), JWT secret set, node ids n0, n1, ..."""
     prefix = prefix or f"t{uuid.uuid4().hex[:8]}:"
     nodes = []
     try:
         for i in range(count):
-            nodes.append(start_daemon(tmp_path, "--redis", redis_url, "--redis-prefix", prefix, "--node-id", f"n{i}",
-                                      "--jwt-secret", SECRET, "--redis-reconnect-max-delay", "0.5", *extra))
+            nodes.append(start_node(tmp_path, redis_url, "--redis-prefix", prefix, "--node-id", f"n{i}",
+                                    "--jwt-secret", SECRET, *extra))
         for node in nodes:
-            wait_for(lambda: redis_ok(health(f"http://127.0.0.1:{node.port}")), 10, f"node {node.port} connected to Redis")
+            wait_connected(node)
     except BaseException:
         for node in nodes:
             node.stop()

@@ -2,36 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.request
 
 import pytest
 
-from daemons import start_daemon
+from cluster import health, start_node, wait_connected, wait_for
 from redisd import RedisServer
 from txvoice.config import VoiceConfig
 from txvoice.scaleout.settings import parse_redis_settings
-
-
-def health(port: int) -> dict:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
-        return json.loads(r.read())
-
-
-def redis_ok(h: dict) -> bool:
-    """No Redis reason on /health (the busy test machine may add reactor_lag of its own)."""
-    return h["status"] != "unhealthy" and not any(r.startswith("redis") for r in h["reasons"])
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"not within {timeout}s: {what}")
 
 
 def test_settings_from_url_and_options():
@@ -56,17 +34,16 @@ def test_env_names():
 def test_health_degraded_while_redis_is_down_then_healthy(tmp_path):
     """Redis down at start: the node starts and says why it is degraded; healthy once Redis is up."""
     redis = RedisServer(tmp_path, password="pw")
-    d = start_daemon(tmp_path, "--redis", f"redis://127.0.0.1:{redis.port}/2", "--redis-password", "pw",
-                     "--node-id", "node-a", "--redis-reconnect-max-delay", "0.5")
+    d = start_node(tmp_path, f"redis://127.0.0.1:{redis.port}/2", "--redis-password", "pw", "--node-id", "node-a")
     try:
-        h = wait_for(lambda: (lambda h: h if "redis_down" in h["reasons"] else None)(health(d.port)), 5, "redis_down")
+        h = wait_for(lambda: (lambda h: h if "redis_down" in h["reasons"] else None)(health(d.http)), 5, "redis_down")
         assert h["status"] == "degraded" and h["node_id"] == "node-a"  # degraded, not unhealthy: it serves
         redis.start()
-        wait_for(lambda: redis_ok(health(d.port)), 10, "healthy after Redis started")
+        wait_connected(d)
         redis.stop()
-        wait_for(lambda: "redis_down" in health(d.port)["reasons"], 10, "degraded after Redis stopped")
+        wait_for(lambda: "redis_down" in health(d.http)["reasons"], 10, "degraded after Redis stopped")
         redis.start()
-        wait_for(lambda: redis_ok(health(d.port)), 10, "healthy after Redis restarted")
+        wait_connected(d)
         assert d.proc.poll() is None
     finally:
         d.stop()
@@ -75,7 +52,7 @@ def test_health_degraded_while_redis_is_down_then_healthy(tmp_path):
 
 @pytest.mark.slow
 def test_without_redis_nothing_changes(daemon):
-    h = health(daemon.port)
+    h = health(daemon.http)
     assert h["node_id"] is None and not [r for r in h["reasons"] if r.startswith("redis")]
 
 
@@ -112,13 +89,13 @@ def test_rediss_tls_with_a_ca_file(tmp_path):
     redis = RedisServer(tmp_path, tls=(cert, key)).start()
     daemons = []
     try:
-        good = start_daemon(tmp_path, "--redis", redis.url, "--redis-ca-file", str(cert))
+        good = start_node(tmp_path, redis.url, "--redis-ca-file", str(cert))
         daemons.append(good)
-        untrusted = start_daemon(tmp_path, "--redis", redis.url)
+        untrusted = start_node(tmp_path, redis.url)
         daemons.append(untrusted)
-        wait_for(lambda: redis_ok(health(good.port)), 10, "healthy over TLS")
+        wait_connected(good)
         time.sleep(1.5)
-        assert "redis_down" in health(untrusted.port)["reasons"]  # the system does not trust this certificate
+        assert "redis_down" in health(untrusted.http)["reasons"]  # the system does not trust this certificate
     finally:
         for d in daemons:
             d.stop()

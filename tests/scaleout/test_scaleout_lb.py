@@ -12,6 +12,7 @@ import statistics
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -34,7 +35,8 @@ def cluster(tmp_path_factory):
     nodes: list = []
     lb = None
     try:  # whatever fails to start, what did start is stopped
-        nodes = start_nodes(tmp, redis.url, 3, "--redis-session-ttl", "6", "--trusted-proxies", f"{SOURCE}/32")
+        nodes = start_nodes(tmp, redis.url, 3, "--redis-session-ttl", "6", "--trusted-proxies", f"{SOURCE}/32",
+                            "--reactor-lag-interval", str(LAG_INTERVAL))
         lb = start_haproxy(tmp, [n.port for n in nodes])
         yield redis, nodes, lb
     finally:
@@ -120,6 +122,39 @@ def test_broadcasts_reach_every_node(cluster):
             c.close()
 
 
+#: The probe's period on these nodes (its default, 0.25 s, would sample a 10 s outage only 40 times).
+LAG_INTERVAL = 0.02
+#: Seconds of the steady window measured before Redis stops.
+BASELINE_S = 8.0
+LAG_KINDS = ("reactor_lag", "reactor_lag_own")
+
+
+def lag_histograms(base: str) -> dict[str, dict[float, float]]:
+    """The node's cumulative reactor lag histograms ({kind: {upper bound s: count}}) from /metrics."""
+    with urllib.request.urlopen(f"{base}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    out: dict[str, dict[float, float]] = {kind: {} for kind in LAG_KINDS}
+    for line in text.splitlines():
+        for kind in LAG_KINDS:
+            if line.startswith(f"txvoice_{kind}_seconds_bucket"):
+                bound = line.split('le="')[1].split('"')[0]
+                out[kind][float(bound)] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def window_p99(start: dict[str, dict[float, float]], end: dict[str, dict[float, float]]) -> dict[str, float]:
+    """Per kind, the p99 (ms) of the samples between two snapshots -- the upper bound of the bucket
+    it falls in (20 ms is a bound) -- and how many samples the window holds."""
+    out: dict[str, float] = {}
+    for kind in LAG_KINDS:
+        counts = {bound: end[kind][bound] - start[kind].get(bound, 0.0) for bound in end[kind]}
+        total = counts[float("inf")]
+        assert total > 0, "no reactor lag samples in the window"
+        out[kind] = min(bound for bound in counts if counts[bound] >= 0.99 * total) * 1000
+        out["samples"] = total
+    return out
+
+
 def run_driver(tmp_path: Path, url: str, clients: int, interval: float, duration: float):
     stop, out = tmp_path / "stop", tmp_path / "out.json"
     proc = subprocess.Popen([sys.executable, str(DRIVER), url, str(clients), str(interval), str(duration), str(stop), str(out)],
@@ -150,33 +185,52 @@ def check_reliable(reports: list[dict]) -> dict:
 
 def test_redis_stopped_for_ten_seconds_under_load(cluster, tmp_path):
     redis, nodes, lb = cluster
+    bases = [f"http://127.0.0.1:{n.port}" for n in nodes]
     proc, finish = run_driver(tmp_path, lb.ws, 12, 0.1, 60)
     try:
         time.sleep(1.5)
+        # The reactor lag of the same load with Redis up, over as long as the outage: the baseline.
+        before = [lag_histograms(b) for b in bases]
+        time.sleep(BASELINE_S)
+        steady = [lag_histograms(b) for b in bases]
         redis.stop()
         stopped = time.time()
-        for node in nodes:
-            wait_for(lambda: "redis_down" in health(f"http://127.0.0.1:{node.port}")["reasons"], 5, "degraded")
+        for base in bases:
+            wait_for(lambda: "redis_down" in health(base)["reasons"], 5, "degraded")
         time.sleep(max(0.0, 10 - (time.time() - stopped)))
-        lags = [health(f"http://127.0.0.1:{n.port}")["reactor_lag_ms"]["p99"] for n in nodes]
         redis.start()
         restarted = time.time()
-        for node in nodes:
+        for base in bases:
             # healthy again (as far as Redis goes: reactor lag from the machine's other load may add its own reason)
-            wait_for(lambda: redis_ok(health(f"http://127.0.0.1:{node.port}")), 10, "healthy again")
+            wait_for(lambda: redis_ok(health(base)), 10, "healthy again")
+        back = time.time()
+        # Over exactly the outage: Redis stopped, down, started, every node reconnected.
+        outage = [lag_histograms(b) for b in bases]
         assert all(n.proc.poll() is None for n in nodes)
         time.sleep(1.0)
     finally:
         reports = finish()
     totals = check_reliable(reports)
     during = sum(1 for r in reports for t in r["acked"].values() if stopped < t < restarted)
-    print(f"\nRedis down {restarted - stopped:.1f} s: {totals}, {during} acknowledged while it was down; "
-          f"reactor lag p99 per node {lags} ms")
+    lags = {window: [window_p99(a, b) for a, b in zip(start, end)]
+            for window, (start, end) in {"steady": (before, steady), "outage": (steady, outage)}.items()}
+    print(f"\nRedis down {restarted - stopped:.1f} s (back on every node after {back - stopped:.1f} s): {totals}, "
+          f"{during} acknowledged while it was down; reactor lag p99 per node (ms, bucket bounds, "
+          f"{1000 * LAG_INTERVAL:.0f} ms probe), steady {BASELINE_S:.0f} s with Redis up vs the outage:")
+    for window, per_node in lags.items():
+        print(f"  {window:6s} " + "  ".join(f"n{i}: lag {v['reactor_lag']} own {v['reactor_lag_own']} "
+                                           f"({v['samples']:.0f} samples)" for i, v in enumerate(per_node)))
     assert during > 0  # local sessions kept working
-    # The issue's target is p99 < 20 ms (1.3-2.0 ms measured on a quiet machine); /health's p99 is
-    # over the last 60 s and the shared 2-core machine's other load lands in it, so the test holds
-    # the nodes to /health's own threshold (--health-max-reactor-lag-ms, 100) and prints the figure.
-    assert max(lags) < 100, lags
+    # The issue's target: reactor lag p99 < 20 ms over the outage, on every node.  Held to the lag
+    # the node itself caused (txvoice_reactor_lag_own_seconds: the probe's lateness less the time
+    # its thread waited for a CPU): on the shared 2-core machine another process's burst (a
+    # benchmark, another test's daemons) makes the plain lag cross 20 ms now and then in any window,
+    # steady or not (25.8 ms once in /health's 60 s figure), which is not the reactor blocked.  A
+    # blocked reactor -- a synchronous connect or resolve, busy reconnect loops, a log storm, a
+    # burst of failing writes -- is this process holding it, and counts in full.  The plain lag
+    # (and the steady window beside it) is printed for comparison.
+    for i, v in enumerate(lags["outage"]):
+        assert v["reactor_lag_own"] <= 20, f"n{i}: {lags}"  # at most 1 % of its samples above 20 ms
     # Broadcasts work again (the subscription came back with Redis).
     members = [via(lb, name) for name in ("n0", "n1", "n2")]
     try:

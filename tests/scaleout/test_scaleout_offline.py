@@ -3,24 +3,9 @@
 from __future__ import annotations
 
 import pytest_twisted
-from twisted.internet import defer, reactor, task
 
-from txvoice.config import VoiceConfig
-from txvoice.scaleout.connection import RedisConnection
+from inprocess import connected
 from txvoice.scaleout.offline import RedisOfflineStore
-from txvoice.scaleout.settings import parse_redis_settings
-
-
-@defer.inlineCallbacks
-def connected(url: str, prefix: str):
-    conn = RedisConnection(parse_redis_settings(VoiceConfig(redis=url, redis_prefix=prefix)), reactor, "t")
-    conn.startService()
-    for _ in range(100):
-        if conn.up:
-            break
-        yield task.deferLater(reactor, 0.05, lambda: None)
-    assert conn.up, conn.reason
-    return conn
 
 
 @pytest_twisted.inlineCallbacks

@@ -13,9 +13,9 @@ import argparse
 import json
 import sys
 import time
-from typing import Any, Sequence, TextIO
+from typing import Any, Generator, Sequence, TextIO
 
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import react
 
 from txvoice.client.backoff import Backoff
@@ -148,7 +148,7 @@ def _describe(kind: str, data: dict[str, Any]) -> tuple[str, str, dict[str, Any]
 
 
 @inlineCallbacks
-def run(reactor: Any, args: argparse.Namespace, printer: Printer):
+def run(reactor: Any, args: argparse.Namespace, printer: Printer) -> Generator[Deferred[Any], Any, int]:
     """Connect, stream, save; returns the exit status."""
     try:
         source = WavSource(args.wav)
@@ -242,10 +242,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
     outcome: list[int] = []
 
-    def _main(reactor: Any):
-        d = run(reactor, args, printer)
-        d.addCallback(outcome.append)
-        return d
+    def _main(reactor: Any) -> Deferred[None]:
+        return run(reactor, args, printer).addCallback(outcome.append)
 
     try:
         react(_main)

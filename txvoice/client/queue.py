@@ -14,7 +14,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Any, Iterator
 
 from twisted.internet.defer import Deferred
 
@@ -35,7 +35,7 @@ class Outgoing:
     reliable: bool = False
     message_id: str | None = None
     seq: int = 0
-    deferred: Deferred = field(default_factory=Deferred)
+    deferred: Deferred[Any] = field(default_factory=Deferred)  # True / False / the ack / a failure
     writes: int = 0  # how many times it went out (a reliable message is re-sent after reconnects)
     dropped: bool = False
 

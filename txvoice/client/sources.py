@@ -23,7 +23,7 @@ class IAudioSource(Interface):
     channels = Attribute("1 or 2.")
     duration_ms = Attribute("Total length in ms when known (files), else None (live sources).")
 
-    def read(frames: int):
+    def read(frames: int) -> np.ndarray | None:
         """
         Up to ``frames`` frames (samples per channel) as a 1-D ``numpy.int16`` array of
         interleaved samples: fewer, or none, when a live source has nothing more yet; ``None``

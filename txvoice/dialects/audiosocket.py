@@ -32,10 +32,11 @@ from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.protocol import Factory, Protocol
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txvoice.audio.format import AudioFormat
-from txvoice.dialects.telephony import deliver_dtmf, input_problem, log, telephony_metrics
+from txvoice.dialects.telephony import audio_failed, deliver_dtmf, input_problem, log, telephony_metrics
 from txvoice.errors import VoiceError
 from txvoice.pipeline.interfaces import IResponseSink
 from txvoice.server.channel import VoiceChannel
@@ -217,13 +218,8 @@ class AudioSocketProtocol(Protocol):
     def chunkProcessed(self, events: list[Any] | None) -> None:
         """AudioSocket acknowledges nothing (IChannelObserver)."""
 
-    def chunkFailed(self, failure: Any) -> None:
-        error = failure.value
-        if isinstance(error, VoiceError):
-            self.problem(error.code, error.message)
-        else:
-            log.failure("processing AudioSocket audio failed", failure)
-            self.problem("internal_error", "the audio could not be processed")
+    def chunkFailed(self, failure: Failure) -> None:
+        audio_failed(failure, self.problem, log, "AudioSocket")
 
     # sending and closing
 

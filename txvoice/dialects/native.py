@@ -280,9 +280,8 @@ class NativeVoiceProtocol(VoiceServerProtocol):
             self.server.reliable_log.forget(self._log_id, env.message_id).addErrback(lambda f: None)
 
     def _notRecorded(self, failure: Failure, env: Envelope) -> None:
-        # Redis is down: this node's own record is all there is (at least once across nodes until it is back).
-        self.wslog.warn("reliable message {message_id} not recorded in the shared log: {error}",
-                        message_id=env.message_id, error=failure.getErrorMessage())
+        # Redis is down: this node's own record is all there is (at least once across nodes until it is
+        # back).  The shared log says so once per outage: a warning a message would be a log storm.
         if self.session is not None and self.session.state is not SessionState.CLOSED:
             self._handle(env)
 

@@ -26,6 +26,8 @@ from txvoice.server.observer import IChannelObserver
 from txvoice.session.session import Session
 
 if TYPE_CHECKING:  # pragma: no cover
+    from prometheus_client.metrics_core import Metric
+
     from txvoice.server.context import VoiceServer
 
 #: Every type of S3's ``VoiceStreamMessage``; the first three are the client's.
@@ -75,7 +77,7 @@ class S3Sink:
             return None
         return round((self.unified.server.clock.seconds() - self.turn_end_at) * 1000.0, 1)
 
-    def event(self, event_type: str, data: dict) -> None:
+    def event(self, event_type: str, data: dict[str, Any]) -> None:
         send = self.unified.send
         if event_type == "vad":
             active = data.get("event") == "speech_start"
@@ -87,7 +89,7 @@ class S3Sink:
             self.turn_start_ms = float(data.get("start_ms", self.turn_start_ms))
         elif event_type == "transcript":
             final = bool(data.get("final"))
-            meta = {"partial": not final, "final": final, "audioStartMs": round(self.turn_start_ms),
+            meta: dict[str, Any] = {"partial": not final, "final": final, "audioStartMs": round(self.turn_start_ms),
                     "audioEndMs": round(self.turn_start_ms + float(data.get("audio_ms") or 0))}
             if final:
                 meta["latency"] = self._since_turn_end()
@@ -105,7 +107,7 @@ class S3Sink:
             self.unified.error(VoiceError(str(data.get("message", event_type)), code=str(data.get("code", event_type))))
         # Other txvoice events (processing_*, turn ends, tool calls) have no S3 message.
 
-    def startResponse(self, text_content: str | None, audio_format: AudioFormat | None, metadata: dict) -> None:
+    def startResponse(self, text_content: str | None, audio_format: AudioFormat | None, metadata: dict[str, Any]) -> None:
         extra: dict[str, Any] = {}
         if audio_format is not None:
             extra = {"sampleRate": audio_format.sample_rate, "channels": audio_format.channels,
@@ -117,7 +119,7 @@ class S3Sink:
         self.unified.session.counters.audio_frames_out += 1
         self.unified.audio(chunk)
 
-    def endResponse(self, summary: dict) -> None:
+    def endResponse(self, summary: dict[str, Any]) -> None:
         self.unified.send("audio_response", None, streaming=False, final=True,
                           cancelled=bool(summary.get("cancelled")) or None)
 
@@ -247,10 +249,10 @@ class _TransportCollector:
     def __init__(self, coordinator: "Coordinator") -> None:
         self.coordinator = coordinator
 
-    def describe(self) -> list:
+    def describe(self) -> list[Metric]:
         return []
 
-    def collect(self):
+    def collect(self) -> list[Metric]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         messages = CounterMetricFamily("txvoice_s3_messages", "S3 messages by transport",

@@ -21,13 +21,13 @@ from __future__ import annotations
 import queue
 import threading
 import urllib.parse
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, cast
 
 import socketio
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
-from twisted.internet import reactor as _reactor
+from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import blockingCallFromThread, deferToThreadPool
 from twisted.logger import Logger
@@ -45,9 +45,17 @@ from txvoice.dialects.s3session import Coordinator, UnifiedSession
 from txvoice.dialects.voicews import principal_attributes, require_token
 
 if TYPE_CHECKING:  # pragma: no cover
+    from twisted.internet.interfaces import IReactorCore, IReactorThreads, IReactorTime
     from twisted.web.resource import IResource
 
     from txvoice.server.context import VoiceServer
+
+    class _Reactor(IReactorCore, IReactorTime, IReactorThreads):
+        """What this module asks of the global reactor (threads, time, shutdown triggers)."""
+
+#: Twisted declares ``twisted.internet.reactor`` as its common interfaces only, without
+#: IReactorThreads / IReactorFromThreads, although every reactor it installs provides them.
+_reactor = cast("_Reactor", reactor)
 
 NAMESPACE = "/voice"
 log = Logger(namespace="txvoice.network.socketio")
@@ -63,20 +71,26 @@ class _EngineIOWebSocket:
         self.app = handler
         self.conn: "_EngineIOProtocol | None" = None
 
-    def __call__(self, environ: dict, start_response: Any) -> Any:
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         self.conn = environ["txvoice.websocket"]
         return self.app(self)
 
+    def _connection(self) -> "_EngineIOProtocol":
+        conn = self.conn
+        assert conn is not None, "Engine.IO drives the socket only after calling the driver"
+        return conn
+
     def wait(self) -> str | bytes | None:
-        return self.conn.inbox.get()
+        return self._connection().inbox.get()
 
     def send(self, message: str | bytes) -> None:
-        if self.conn.gone:
+        conn = self._connection()
+        if conn.gone:
             raise OSError("the WebSocket is closed")
-        _reactor.callFromThread(self.conn.sendFromPool, message)
+        _reactor.callFromThread(conn.sendFromPool, message)
 
     def close(self) -> None:
-        _reactor.callFromThread(self.conn.closeFromPool)
+        _reactor.callFromThread(self._connection().closeFromPool)
 
 
 class _EngineIOProtocol(WebSocketServerProtocol):
@@ -88,9 +102,10 @@ class _EngineIOProtocol(WebSocketServerProtocol):
         bridge: SocketIOVoice = self.factory.bridge
         if bridge.server.shutting_down:
             raise ConnectionDeny(503, "server shutting down")
-        self.inbox: queue.Queue = queue.Queue()
+        self.inbox: queue.Queue[str | bytes | None] = queue.Queue()
         headers = request.headers
-        self.environ = {
+        assert self.transport is not None
+        self.environ: dict[str, Any] = {
             "REQUEST_METHOD": "GET",
             "PATH_INFO": request.path,
             "QUERY_STRING": urllib.parse.urlencode(request.params, doseq=True),
@@ -127,7 +142,8 @@ class _EngineIOProtocol(WebSocketServerProtocol):
     def sendFromPool(self, message: str | bytes) -> None:
         if self.state == self.STATE_OPEN:
             binary = isinstance(message, bytes)
-            self.sendMessage(message if binary else message.encode("utf-8"), binary,
+            data = message if isinstance(message, bytes) else message.encode("utf-8")
+            self.sendMessage(data, binary,
                              doNotCompress=binary or len(message) < self.factory.bridge.server.config.compression_threshold)
 
     def closeFromPool(self) -> None:
@@ -135,7 +151,7 @@ class _EngineIOProtocol(WebSocketServerProtocol):
             self.sendClose(1000)
 
 
-def _ignore_response(status: str, headers: list, exc_info: Any = None) -> None:
+def _ignore_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> None:
     """Engine.IO answers a refused upgrade through start_response; the socket is closed after it."""
 
 
@@ -172,8 +188,11 @@ class _Client:
         self.transport: _SocketIOTransport | None = None
 
 
-def _daemon_thread(*args: Any, **kwargs: Any) -> threading.Thread:
-    return threading.Thread(*args, daemon=True, **kwargs)
+class _DaemonThread(threading.Thread):
+    """The pool's threads: daemon threads, so a stuck one cannot keep the process up."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, daemon=True, **kwargs)
 
 
 class SocketIOVoice:
@@ -192,7 +211,7 @@ class SocketIOVoice:
         # Engine.IO's threading mode, with its WebSocket transport on Autobahn instead of simple-websocket.
         self.sio.eio._async = {**self.sio.eio._async, "websocket": _EngineIOWebSocket}
         self.pool = ThreadPool(minthreads=1, maxthreads=max(config.socketio_threads, 2), name="txvoice-socketio")
-        self.pool.threadFactory = _daemon_thread
+        self.pool.threadFactory = _DaemonThread
         self.connections: set[_EngineIOProtocol] = set()
         self.clients: dict[str, _Client] = {}
         self.coordinator = Coordinator.of(server)
@@ -211,7 +230,7 @@ class SocketIOVoice:
         self.pool.start()
         _reactor.addSystemEventTrigger("before", "shutdown", self.stop)
 
-    def stop(self, grace: float = 3.0) -> Deferred:
+    def stop(self, grace: float = 3.0) -> Deferred[None]:
         """
         Close every Engine.IO socket without waiting (ending long polls and WebSocket handlers,
         which need the reactor to finish), then stop the threads once they are idle (at most
@@ -227,7 +246,7 @@ class SocketIOVoice:
             conn.closeFromPool()
         if self.sio.eio.service_task_event is not None:
             self.sio.eio.service_task_event.set()
-        done: Deferred = Deferred()
+        done: Deferred[None] = Deferred()
         deadline = _reactor.seconds() + grace
 
         def check() -> None:
@@ -243,12 +262,12 @@ class SocketIOVoice:
 
     # Socket.IO handlers (pool threads): hop to the reactor
 
-    def _threaded(self, func: Any) -> Any:
+    def _threaded(self, func: Callable[..., Any]) -> Callable[..., Any]:
         def handler(sid: str, *args: Any) -> Any:
             return blockingCallFromThread(_reactor, func, sid, *args)
         return handler
 
-    def _connect(self, sid: str, environ: dict, auth: Any = None) -> None:
+    def _connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
         token = auth.get("token") if isinstance(auth, dict) else None
         if not token:
             headers = environ.get("txvoice.headers") or {"authorization": environ.get("HTTP_AUTHORIZATION", "")}
@@ -275,7 +294,7 @@ class SocketIOVoice:
 
     # the reactor's side
 
-    def admit(self, sid: str, environ: dict, token: str | None) -> Any:
+    def admit(self, sid: str, environ: dict[str, Any], token: str | None) -> Any:
         server = self.server
         if server.shutting_down:
             raise ConnectionDeny(503, "server shutting down")
@@ -325,19 +344,19 @@ class SocketIOVoice:
             return {"ok": False, "error": "not connected", "code": "not_connected"}
         data = data if isinstance(data, dict) else {}
         try:
-            if client.unified is None:
-                self._open(client, data)
+            unified = client.unified
+            if unified is None:
+                unified = self._open(client, data)
             if any(k in data for k in ("sampleRate", "channels", "codec", "format", "encoding")):
-                client.unified.voice_start(data)
+                unified.voice_start(data)
         except VoiceError as e:
             return self._ack_error(sid, e)
-        unified = client.unified
         ready = {"sessionId": unified.id, "joined": unified.session is not client.owned,
                  "transports": sorted(unified.transports)}
         self.sio.emit("voice:session_ready", ready, to=sid, namespace=NAMESPACE)
         return {"ok": True, **ready}
 
-    def _open(self, client: _Client, data: dict) -> None:
+    def _open(self, client: _Client, data: dict[str, Any]) -> UnifiedSession:
         server = self.server
         joined = Coordinator.of(server).get(data.get("sessionId"))
         if data.get("sessionId") and joined is None:
@@ -363,6 +382,7 @@ class SocketIOVoice:
             server.connection_opened(session)
         client.unified = joined
         joined.attach(client.transport)
+        return joined
 
     def audio(self, sid: str, chunk: bytes) -> None:
         client = self.clients.get(sid)
@@ -398,7 +418,8 @@ class SocketIOVoice:
         unified, client.unified = client.unified, None
         if unified is None:
             return
-        unified.detach(client.transport)
+        if client.transport is not None:  # always, with a session (_open makes it first)
+            unified.detach(client.transport)
         owned, client.owned = client.owned, None
         if owned is not None and owned.state is not SessionState.CLOSED:
             Coordinator.of(self.server).remove(unified)
@@ -429,13 +450,19 @@ class SocketIOVoice:
             pass
 
 
+class _EngineIOFactory(WebSocketServerFactory):
+    """Autobahn's factory of the Engine.IO sockets, knowing the bridge they serve."""
+
+    bridge: SocketIOVoice
+
+
 def endpoints(server: "VoiceServer") -> dict[str, "IResource"]:
     """S3's Socket.IO at ``--socketio-path``; off when that is empty (the dialect registry calls this)."""
     path = server.config.socketio_path
     if not path:
         return {}
     bridge = SocketIOVoice(server)
-    factory = WebSocketServerFactory(server=f"{server.config.server_name}/{server.version}", reactor=server.clock)
+    factory = _EngineIOFactory(server=f"{server.config.server_name}/{server.version}", reactor=server.clock)
     factory.protocol = _EngineIOProtocol
     factory.bridge = bridge
     options: dict[str, Any] = {"maxMessagePayloadSize": server.config.max_message_hard_limit,

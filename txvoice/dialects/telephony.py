@@ -15,11 +15,14 @@ each turn's context (and so the agent's ``AgentContext.options``) carries: an ag
 from __future__ import annotations
 
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from prometheus_client import Counter
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import Interface
 
+from txvoice.errors import VoiceError
 from txvoice.logging import NamespaceLogger
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -70,6 +73,20 @@ def input_problem(server: "VoiceServer", session: Any, dialect: str, problem: st
         session.counters.errors += 1
     log.warn("{dialect} session {session_id}: {problem}: {message}", dialect=dialect, problem=problem,
              message=message, session_id=getattr(session, "id", None), **fields)
+
+
+def audio_failed(failure: Failure, problem: Callable[[str, str], None], logger: Logger, bridge: str) -> None:
+    """
+    A chunk of a call's audio failed (``IChannelObserver.chunkFailed``): bad audio (a VoiceError)
+    is an input problem like any other; anything else is logged with its traceback and counted
+    as ``internal_error``.  The call goes on either way.
+    """
+    error = failure.value
+    if isinstance(error, VoiceError):
+        problem(error.code, error.message)
+    else:
+        logger.failure("processing {bridge} audio failed", failure, bridge=bridge)
+        problem("internal_error", "the audio could not be processed")
 
 
 def deliver_dtmf(server: "VoiceServer", channel: "VoiceChannel", dialect: str, digit: str, details: dict[str, Any]) -> None:

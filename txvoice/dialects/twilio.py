@@ -36,12 +36,13 @@ import json
 import uuid
 from typing import TYPE_CHECKING, Any, Callable
 
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from zope.interface import implementer
 
 from txvoice.audio.format import AudioFormat
 from txvoice.dialects.registry import websocket_endpoint
-from txvoice.dialects.telephony import deliver_dtmf, input_problem, telephony_metrics
+from txvoice.dialects.telephony import audio_failed, deliver_dtmf, input_problem, telephony_metrics
 from txvoice.errors import VoiceError
 from txvoice.pipeline.interfaces import IResponseSink
 from txvoice.server.base import CLOSE_NORMAL, VoiceServerProtocol
@@ -80,14 +81,16 @@ class _TwilioSink:
         self.marked_ms = 0.0
         self.reply_text: str | None = None
 
-    def event(self, event_type: str, data: dict) -> None:
+    def event(self, event_type: str, data: dict[str, Any]) -> None:
         protocol = self.protocol
+        channel = protocol.channel
         protocol.wslog.debug("twilio call {call_sid}: {event_type} {data}", call_sid=protocol.call.get("callSid"),
                              event_type=event_type, data=data)
         if event_type == "barge_in":
             protocol.clearPlayback("barge_in", data)
-        elif (event_type == "vad" and data.get("event") == "speech_start" and protocol.channel.playing is None
-              and not protocol.channel.responses and protocol.unplayed()):
+        elif (event_type == "vad" and data.get("event") == "speech_start" and channel is not None
+              and channel.playing is None
+              and not channel.responses and protocol.unplayed()):
             # The reply has all been sent but Twilio is still playing its buffer: stop that too
             # (while it is being sent, the channel's barge-in does it).
             protocol.clearPlayback("speech_over_buffer", data)
@@ -96,7 +99,7 @@ class _TwilioSink:
         elif event_type == "transcript" and data.get("final", True):
             protocol.last_transcript = data.get("text")
 
-    def startResponse(self, text_content: str | None, audio_format: AudioFormat | None, metadata: dict) -> None:
+    def startResponse(self, text_content: str | None, audio_format: AudioFormat | None, metadata: dict[str, Any]) -> None:
         protocol = self.protocol
         self.response_id = "resp_" + uuid.uuid4().hex[:16]
         self.sent_ms = self.marked_ms = 0.0
@@ -110,6 +113,7 @@ class _TwilioSink:
         protocol.turns.append(self.record)
         protocol.records[self.response_id] = self.record
         # What was played is what the marks confirm, nothing until the first one comes back.
+        assert protocol.channel is not None
         protocol.channel.playbackPosition(None, 0.0)
 
     def audio(self, chunk: bytes) -> None:
@@ -129,7 +133,7 @@ class _TwilioSink:
         record["marks_sent"] += 1
         self.protocol.sendMark(f"{self.response_id}:{round(self.sent_ms)}")
 
-    def endResponse(self, summary: dict) -> None:
+    def endResponse(self, summary: dict[str, Any]) -> None:
         record = self.record
         if record is None:
             return
@@ -228,15 +232,10 @@ class TwilioMediaStreamProtocol(VoiceServerProtocol):
     def chunkProcessed(self, events: list[Any] | None) -> None:
         """Twilio acknowledges no media message (IChannelObserver)."""
 
-    def chunkFailed(self, failure: Any) -> None:
-        error = failure.value
-        if isinstance(error, VoiceError):
-            self.problem(error.code, error.message)
-        else:
-            self.wslog.failure("processing Twilio audio failed", failure)
-            self.problem("internal_error", "the audio could not be processed")
+    def chunkFailed(self, failure: Failure) -> None:
+        audio_failed(failure, self.problem, self.wslog, "Twilio")
 
-    def _sequence(self, msg: dict) -> None:
+    def _sequence(self, msg: dict[str, Any]) -> None:
         """Check ``sequenceNumber`` (a string counting up from 1); a gap is counted, and the call goes on."""
         raw = msg.get("sequenceNumber")
         if raw is None:
@@ -259,10 +258,10 @@ class TwilioMediaStreamProtocol(VoiceServerProtocol):
         else:
             self.problem("sequence_out_of_order", f"sequenceNumber {seq} after {last}", expected=last + 1, got=seq)
 
-    def on_connected(self, msg: dict) -> None:
+    def on_connected(self, msg: dict[str, Any]) -> None:
         self.call["protocol"], self.call["version"] = msg.get("protocol"), msg.get("version")
 
-    def on_start(self, msg: dict) -> None:
+    def on_start(self, msg: dict[str, Any]) -> None:
         channel = self.channel
         assert channel is not None and self.session is not None
         if channel.stream is not None:
@@ -292,16 +291,17 @@ class TwilioMediaStreamProtocol(VoiceServerProtocol):
         conversation.metadata.update(telephony=DIALECT, call_sid=call_sid, account_sid=account_sid,
                                      stream_sid=stream_sid, custom_parameters=dict(params))
         session.conversation_id = conversation.id
-        options = {"telephony": DIALECT, "call_id": call_sid, "call_sid": call_sid, "account_sid": account_sid,
-                   "stream_sid": stream_sid, "custom_parameters": dict(params), "dtmf": [],
-                   "resample_quality": TELEPHONY_RESAMPLE_QUALITY}
+        options: dict[str, Any] = {
+            "telephony": DIALECT, "call_id": call_sid, "call_sid": call_sid, "account_sid": account_sid,
+            "stream_sid": stream_sid, "custom_parameters": dict(params), "dtmf": [],
+            "resample_quality": TELEPHONY_RESAMPLE_QUALITY}
         channel.start(TWILIO_FORMAT, stream_id=stream_sid, options=options, mode="voice_activity")
         self.metrics.calls.labels(DIALECT).inc()
         self.wslog.info("twilio call {call_sid} started: stream {stream_sid}, session {session_id}",
                         call_sid=call_sid, stream_sid=stream_sid, session_id=session.id,
                         custom_parameters=params)
 
-    def on_media(self, msg: dict) -> None:
+    def on_media(self, msg: dict[str, Any]) -> None:
         channel = self.channel
         assert channel is not None
         if channel.stream is None:
@@ -318,22 +318,26 @@ class TwilioMediaStreamProtocol(VoiceServerProtocol):
             raise _Problem("media.payload is not base64", code="invalid_payload") from None
         if not raw:
             raise _Problem("media.payload is empty", code="invalid_payload")
+        raw_chunk: Any = media.get("chunk")  # JSON: a number, a string of one, or missing
+        chunk: int | None
         try:
-            chunk = int(media.get("chunk"))
+            chunk = int(raw_chunk)
         except (TypeError, ValueError):
             chunk = None
         channel.audio(raw, chunk)
 
-    def on_dtmf(self, msg: dict) -> None:
+    def on_dtmf(self, msg: dict[str, Any]) -> None:
         dtmf = msg.get("dtmf")
-        digit = dtmf.get("digit") if isinstance(dtmf, dict) else None
+        if not isinstance(dtmf, dict):
+            dtmf = {}
+        digit = dtmf.get("digit")
         if not isinstance(digit, str) or len(digit) != 1 or digit not in "0123456789*#ABCD":
             raise _Problem(f"dtmf digit {digit!r} is not a key", code="invalid_dtmf")
         assert self.channel is not None
         deliver_dtmf(self.server, self.channel, DIALECT, digit,
                      {"call_sid": self.call.get("callSid"), "track": dtmf.get("track")})
 
-    def on_mark(self, msg: dict) -> None:
+    def on_mark(self, msg: dict[str, Any]) -> None:
         mark = msg.get("mark")
         name = mark.get("name") if isinstance(mark, dict) else None
         response_id, _, at = name.rpartition(":") if isinstance(name, str) else ("", "", "")
@@ -354,7 +358,7 @@ class TwilioMediaStreamProtocol(VoiceServerProtocol):
         if record["ended"] and record["played_ms"] >= record["sent_ms"] - 0.5:
             self.recordDone(record, final=True)
 
-    def on_stop(self, msg: dict) -> None:
+    def on_stop(self, msg: dict[str, Any]) -> None:
         self.wslog.info("twilio call {call_sid} stopped after {turns} turn(s), {gaps} message(s) missing",
                         call_sid=self.call.get("callSid"), turns=len(self.turns), gaps=self.sequence_gaps)
         if self.channel is not None:
@@ -375,7 +379,7 @@ class TwilioMediaStreamProtocol(VoiceServerProtocol):
         """True when reply audio has been sent that the marks do not yet confirm as played."""
         return any(not r["cleared"] and r["played_ms"] < r["sent_ms"] - 0.5 for r in self.turns if not r["logged"])
 
-    def clearPlayback(self, reason: str, info: dict) -> None:
+    def clearPlayback(self, reason: str, info: dict[str, Any]) -> None:
         """The caller talks over the reply: Twilio drops what it has buffered; the turn records truncate."""
         if self.stream_sid is None:
             return
@@ -403,7 +407,7 @@ class TwilioMediaStreamProtocol(VoiceServerProtocol):
             turn_record={k: v for k, v in record.items() if k != "logged"},
         )
 
-    _handlers: dict[str, Callable[["TwilioMediaStreamProtocol", dict], None]] = {}
+    _handlers: dict[str, Callable[["TwilioMediaStreamProtocol", dict[str, Any]], None]] = {}
 
 
 TwilioMediaStreamProtocol._handlers = {

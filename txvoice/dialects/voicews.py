@@ -109,8 +109,10 @@ class VoiceWSProtocol(VoiceServerProtocol):
         if unified is None:
             return
         unified.detach(self)
-        if unified.session is not self.session:
-            unified.session.counters.add(self.session.counters)  # a joined socket counts in the session
+        session = self.session
+        assert session is not None  # sessionClosing is only called for a session that was opened
+        if unified.session is not session:
+            unified.session.counters.add(session.counters)  # a joined socket counts in the session
         else:
             # The raw socket owns the session it opened: it ends with it (Socket.IO is told).
             unified.send("error", None, error="the voice socket closed: session ended", code="session_ended")

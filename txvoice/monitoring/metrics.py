@@ -44,7 +44,7 @@ REFUSAL_REASONS = (
 LATENCY_BUCKETS = (
     0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0,
 )
-LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 #: At most this many distinct error codes get their own series; the rest count as "other".
 _MAX_ERROR_CODES = 64
@@ -168,6 +168,10 @@ class VoiceMetrics:
         self.reactor_lag = Histogram("reactor_lag_seconds",
                                      "Delay of timed calls behind schedule",
                                      buckets=LAG_BUCKETS, namespace=ns, registry=r)
+        self.reactor_lag_own = Histogram("reactor_lag_own_seconds",
+                                         "Reactor lag less the time its thread waited for a CPU (Linux): "
+                                         "how long this process itself held the reactor",
+                                         buckets=LAG_BUCKETS, namespace=ns, registry=r)
         self.pool_queue_depth = Gauge("pool_queue_depth", "Jobs waiting in a worker pool",
                                       ["pool"], namespace=ns, registry=r)
         self._pool_batches = _PoolCollector(ns)
@@ -271,6 +275,10 @@ class VoiceMetrics:
     def observe_reactor_lag(self, seconds: float) -> None:
         """Record one reactor lag sample (see :mod:`txvoice.monitoring.reactorlag`)."""
         self.reactor_lag.observe(seconds)
+
+    def observe_reactor_lag_own(self, seconds: float) -> None:
+        """Record one reactor lag sample less the run-queue wait (see :mod:`txvoice.monitoring.reactorlag`)."""
+        self.reactor_lag_own.observe(seconds)
 
     def set_pool_queue_depth(self, pool: str, depth: int) -> None:
         """Set how many jobs wait in worker pool ``pool``."""

@@ -32,7 +32,7 @@ class EchoTurn:
         elif pcm is not None:
             self.frames.append(pcm.copy())  # frames are views into the assembler's buffer
 
-    def finish(self) -> Deferred:
+    def finish(self) -> Deferred[None]:
         if self.cancelled:
             return succeed(None)
         sink = self.sink

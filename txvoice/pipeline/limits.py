@@ -44,11 +44,12 @@ class TurnLimiter:
         """Turns waiting for a slot."""
         return len(self._slots.waiting)
 
-    def acquire(self) -> Deferred:
+    def acquire(self) -> Deferred[DeferredSemaphore]:
         """
-        A Deferred that fires (with this limiter) when the caller holds a slot: at once when one is
-        free, else in turn.  Cancelling a waiting Deferred leaves the queue.  Raise
-        :class:`ServerBusy` when the queue is full.  Call :meth:`release` once per slot obtained.
+        A Deferred that fires when the caller holds a slot (with the semaphore under it; nothing
+        uses the value): at once when one is free, else in turn.  Cancelling a waiting Deferred
+        leaves the queue.  Raise :class:`ServerBusy` when the queue is full.  Call :meth:`release`
+        once per slot obtained.
         """
         if self._slots.tokens == 0 and len(self._slots.waiting) >= self.max_queued:
             self.refused += 1

@@ -71,9 +71,9 @@ class ScaleOut:
 
 def scale_out(config: VoiceConfig, clock: IReactorTime, worker: int | None = None) -> ScaleOut | None:
     """
-    None without ``--redis``; ValueError for settings that do not make sense.  Worker process
-    ``i`` of ``--processes N`` is node ``<node-id>.<i>`` (each process is a node of its own: it
-    has its own sessions and subscription).
+    None without ``--redis``; ValueError for settings that do not make sense.  Process ``i`` of
+    ``--processes N`` (0 the parent) is node ``<node-id>.<i>`` (each process is a node of its own:
+    it has its own sessions and subscription).
     """
     if not config.redis:
         return None

@@ -3,10 +3,11 @@ The session registry on Redis: this node's live sessions stay in a local registr
 sockets), and each is mirrored to Redis -- a hash ``session:<id>`` (node, user, tenant,
 conversation, dialect, transports, opened_at) with a TTL and its id in the ``sessions`` sorted set
 scored by expiry -- so that ``/monitoring/cluster`` lists the cluster.  A timer re-writes every
-local session each third of ``--redis-session-ttl`` (one EVAL for all of them): a node killed with
-SIGKILL stops refreshing and its entries expire.  A closed session is removed at once.  While
-Redis is down the writes fail (logged once per outage) and the next refresh after it is back
-re-writes everything.  Nothing here runs per audio frame.
+local session each third of ``--redis-session-ttl`` (one EVAL per 100 sessions, one batch a reactor
+turn: :mod:`txvoice.scaleout.writes`): a node killed with SIGKILL stops refreshing and its entries
+expire.  A closed session is removed at once.  While Redis is down the writes fail (logged once
+per outage) and the refresh when it is back re-writes everything.  Nothing here runs per audio
+frame.
 """
 
 from __future__ import annotations
@@ -18,15 +19,12 @@ from typing import Any, Iterator
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txvoice.scaleout.connection import RedisConnection
+from txvoice.scaleout.writes import OutageNotice, in_batches
 from txvoice.session.registry import ISessionRegistry, LocalSessionRegistry
 from txvoice.session.session import Session
-
-log = Logger(namespace="txvoice.redis")
 
 #: KEYS[1] the sorted set of live session ids; ARGV: ttl ms, now ms, then JSON session documents.
 _WRITE = """
@@ -79,7 +77,7 @@ class RedisSessionRegistry(Service):
         self.local = LocalSessionRegistry()
         self._refresh = LoopingCall(self.refresh)
         self._refresh.clock = redis.clock
-        self._failing = False
+        self._notice = OutageNotice("writing the session registry to Redis")
         redis.on_up(self.refresh)
 
     # ISessionRegistry: the local sessions
@@ -95,7 +93,7 @@ class RedisSessionRegistry(Service):
         redis = self.redis
         d = defer.gatherResults([redis.call("DEL", redis.key("session", session.id)),
                                  redis.call("ZREM", redis.key("sessions"), session.id)], consumeErrors=True)
-        d.addErrback(self._failed)
+        d.addErrback(self._notice.failed)
 
     def get(self, session_id: str) -> Session | None:
         return self.local.get(session_id)
@@ -118,28 +116,23 @@ class RedisSessionRegistry(Service):
     def ttl(self) -> float:
         return self.redis.settings.session_ttl
 
-    def _write(self, sessions: list[Session]) -> defer.Deferred[Any]:
+    def _send(self, sessions: list[Session]) -> defer.Deferred[Any]:
         redis = self.redis
-        docs = [json.dumps(session_document(s, redis.node_id), separators=(",", ":")) for s in sessions]
+        # Those closed since a refresh round began are left out (their entry is gone: not back).
+        docs = [json.dumps(session_document(s, redis.node_id), separators=(",", ":"))
+                for s in sessions if self.local.get(s.id) is s]
         if not docs:
             return defer.succeed(0)
         d = redis.eval(_WRITE, [redis.key("sessions"), redis.key("session", "")],
                        [int(self.ttl * 1000), int(time.time() * 1000), *docs])
-        d.addCallbacks(self._written, self._failed)
-        return d
+        return d.addCallbacks(self._notice.succeeded, self._notice.passed)
 
-    def _written(self, result: Any) -> Any:
-        self._failing = False
-        return result
-
-    def _failed(self, failure: Failure) -> None:
-        if not self._failing:
-            self._failing = True
-            log.warn("the Redis session registry could not be written: {error}", error=failure.getErrorMessage())
+    def _write(self, sessions: list[Session]) -> defer.Deferred[Any]:
+        return self._send(sessions).addErrback(lambda _: None)
 
     def refresh(self) -> defer.Deferred[Any]:
-        """Re-write every local session (TTL, and fields that changed: user, conversation)."""
-        return self._write(list(self.local))
+        """Re-write every local session (TTL, and fields that changed: user, conversation), in batches."""
+        return in_batches(self.redis.clock, list(self.local), self._send).addErrback(lambda _: None)
 
     def cluster(self) -> defer.Deferred[list[dict[str, Any]]]:
         """Every live session of the cluster, as documents (node, user, conversation ...)."""

@@ -6,7 +6,7 @@ with SIGKILL loses nothing it acknowledged.
 - ``resume:<sha256(token)>``: JSON ``{session_id, user_id, tenant, conversation_id, log_id}``.
   Written when a session opens (not only when its connection drops: a killed process never sees
   that) and re-written for every live session of this node each third of ``--redis-session-ttl``
-  (one EVAL), each time with a TTL of ``--resume-ttl`` plus ``--redis-session-ttl``.  ``take`` is
+  (one EVAL per 100 sessions, one batch a reactor turn), each time with a TTL of ``--resume-ttl`` plus ``--redis-session-ttl``.  ``take`` is
   ``GETDEL``: a token resumes once, cluster-wide.
 - ``log:<log_id>``: a sorted set of the reliable message ids the session and the sessions that
   resumed it handled (the last 1024, by time).  A message is recorded *before* it is applied
@@ -24,15 +24,12 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txvoice.scaleout.connection import RedisConnection
+from txvoice.scaleout.writes import OutageNotice, in_batches
 from txvoice.session.resume import IReliableLog, IResumeStore, ResumeState
 from txvoice.session.session import Session
-
-log = Logger(namespace="txvoice.redis")
 
 #: Reliable message ids kept per log (as the in-process AckedIds).
 LOG_LIMIT = 1024
@@ -69,7 +66,7 @@ class RedisResumeStore(Service):
         self._live: dict[str, tuple[Session, str]] = {}
         self._refresh = LoopingCall(self.refresh)
         self._refresh.clock = redis.clock
-        self._failing = False
+        self._notice = OutageNotice("writing resume state to Redis")
         redis.on_up(self.refresh)
 
     @property
@@ -86,21 +83,14 @@ class RedisResumeStore(Service):
         return {"session_id": session.id, "user_id": session.user_id, "tenant": session.tenant,
                 "conversation_id": session.conversation_id, "log_id": log_id}
 
-    def _write(self, pairs: list[str], ttl_ms: int) -> defer.Deferred[Any]:
+    def _send(self, pairs: list[str], ttl_ms: int) -> defer.Deferred[Any]:
         if not pairs:
             return defer.succeed(0)
         d = self.redis.eval(_REFRESH, [], [ttl_ms, *pairs])
-        d.addCallbacks(self._written, self._failed)
-        return d
+        return d.addCallbacks(self._notice.succeeded, self._notice.passed)
 
-    def _written(self, result: Any) -> Any:
-        self._failing = False
-        return result
-
-    def _failed(self, failure: Failure) -> None:
-        if not self._failing:
-            self._failing = True
-            log.warn("resume state could not be written to Redis: {error}", error=failure.getErrorMessage())
+    def _write(self, pairs: list[str], ttl_ms: int) -> defer.Deferred[Any]:
+        return self._send(pairs, ttl_ms).addErrback(lambda _: None)
 
     # IResumeStore
 
@@ -131,12 +121,17 @@ class RedisResumeStore(Service):
 
         return d.addCallback(found)
 
-    def refresh(self) -> defer.Deferred[Any]:
+    def _send_live(self, batch: list[tuple[Session, str]]) -> defer.Deferred[Any]:
         pairs: list[str] = []
-        for session, log_id in self._live.values():
-            if session.resume_token:
+        for session, log_id in batch:
+            # Those closed or kept (their connection dropped: keep wrote their state) since the round began are left out.
+            if session.resume_token and self._live.get(session.id, (None,))[0] is session:
                 pairs += self._pair(session.resume_token, self._doc(session, log_id))
-        return self._write(pairs, self._ttl_ms)
+        return self._send(pairs, self._ttl_ms)
+
+    def refresh(self) -> defer.Deferred[Any]:
+        """Re-write the resume state of every live session of this node, in batches."""
+        return in_batches(self.redis.clock, list(self._live.values()), self._send_live).addErrback(lambda _: None)
 
     def startService(self) -> None:
         super().startService()
@@ -153,12 +148,14 @@ class RedisReliableLog:
     def __init__(self, redis: RedisConnection, resume_ttl: float) -> None:
         self.redis = redis
         self.resume_ttl = resume_ttl
+        self._notice = OutageNotice("recording reliable messages in the shared log (each is applied by this node alone)")
 
     def record(self, log_id: str, message_id: str) -> defer.Deferred[bool]:
         ttl_ms = int((self.resume_ttl + self.redis.settings.session_ttl) * 1000)
         d = self.redis.eval(_RECORD, [self.redis.key("log", log_id)],
                             [message_id, int(time.time() * 1000), ttl_ms, LOG_LIMIT])
-        return d.addCallback(lambda added: bool(added))
+        # While Redis is down every reliable message fails here: logged once, not once a message.
+        return d.addCallbacks(self._notice.succeeded, self._notice.passed).addCallback(lambda added: bool(added))
 
     def forget(self, log_id: str, message_id: str) -> defer.Deferred[None]:
         d = self.redis.call("ZREM", self.redis.key("log", log_id), message_id)

@@ -155,7 +155,7 @@ def record_from_json(raw: str) -> _Record:
 def _default_clock() -> IReactorTime:
     from twisted.internet import reactor
 
-    return reactor  # type: ignore[return-value]
+    return reactor
 
 
 @implementer(ISessionTokenStore)

@@ -50,7 +50,8 @@ def transport_buffered(transport: Any) -> int:
         return total + len(data) - getattr(transport, "offset", 0) + getattr(transport, "_tempDataLen", 0)
     io = getattr(transport, "io", None)  # StringTransport (tests): what was written and not read
     if io is not None:
-        return total + io.tell()
+        written: int = io.tell()
+        return total + written
     return total
 
 

@@ -9,7 +9,7 @@ not about the wire format lives in the session, the voice channel and the pipeli
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
@@ -63,7 +63,8 @@ class VoiceServerProtocol(FastFraming, WebSocketServerProtocol):  # type: ignore
 
     @property
     def server(self) -> "VoiceServer":
-        return self.factory.voice
+        voice: VoiceServer = self.factory.voice  # Autobahn's protocol.factory is not typed
+        return voice
 
     # opening
 
@@ -127,12 +128,12 @@ class VoiceServerProtocol(FastFraming, WebSocketServerProtocol):  # type: ignore
     def outputExceeded(self) -> None:
         """Over the hard mark, just before the 4006 close: free what is queued (dialects override)."""
 
-    def onConnect(self, request: ConnectionRequest) -> Deferred:  # type: ignore[override]  # Autobahn takes a Deferred too
+    def onConnect(self, request: ConnectionRequest) -> Deferred[str | None]:  # type: ignore[override]  # Autobahn takes a Deferred too
         server = self.server
         if server.shutting_down:
             server.record_refused("shutting_down")
             raise ConnectionDeny(503, "server shutting down")
-        self._closed: Deferred[None] = Deferred()
+        self._closed: Deferred[int | None] = Deferred()
         assert self.transport is not None
         peer = self.transport.getPeer()
         d = server.admission.admit(request, getattr(peer, "host", ""), self.in_protocol_auth)
@@ -215,7 +216,7 @@ class VoiceServerProtocol(FastFraming, WebSocketServerProtocol):  # type: ignore
                     code=code,
                 )
 
-    def whenClosed(self) -> Deferred:
+    def whenClosed(self) -> Deferred[int | None]:
         """Fires (with the close code) once the connection has closed."""
         closed = getattr(self, "_closed", None)
         return succeed(None) if closed is None or closed.called else _chain(closed)
@@ -284,7 +285,7 @@ class VoiceServerProtocol(FastFraming, WebSocketServerProtocol):  # type: ignore
     def messageTooLarge(self, size: int, is_binary: bool) -> None:
         """A message above ``max_message_size`` was received and discarded."""
 
-    def deliverEvent(self, event_type: str, data: dict, conversation_id: str | None) -> None:
+    def deliverEvent(self, event_type: str, data: dict[str, Any], conversation_id: str | None) -> None:
         """A broadcast event addressed to this session (ISessionConnection); dialects say it their way."""
 
     def pushMetrics(self) -> None:
@@ -404,18 +405,26 @@ class VoiceServerProtocol(FastFraming, WebSocketServerProtocol):  # type: ignore
             payload, False, doNotCompress=len(payload) < self.server.config.compression_threshold
         )
 
-    def sendPreparedText(self, prepared: PreparedText) -> None:
-        """Send a text message framed in advance (see :class:`PreparedText`)."""
+    def _admitPrepared(self, prepared: PreparedText) -> bool:
+        """
+        Whether a message framed in advance may go out now (open, not over the output bound's
+        hard mark), counting it when it may: what both ways of sending one check.
+        """
         if self.state != self.STATE_OPEN:
-            return
+            return False
         budget = self.budget
         if budget is not None and budget.watching() and budget.check() is EXCEEDED:
-            return
+            return False  # being closed with 4006: nothing more is queued
         session = self.session
         if session is not None:
             session.counters.text_out += 1
             session.counters.text_bytes_out += prepared.size
-        self.sendPreparedMessage(prepared.message)
+        return True
+
+    def sendPreparedText(self, prepared: PreparedText) -> None:
+        """Send a text message framed in advance (see :class:`PreparedText`)."""
+        if self._admitPrepared(prepared):
+            self.sendPreparedMessage(prepared.message)
 
     def sendPreparedTextSoon(self, prepared: PreparedText) -> None:
         """
@@ -425,16 +434,7 @@ class VoiceServerProtocol(FastFraming, WebSocketServerProtocol):  # type: ignore
         in one go; anything this connection writes meanwhile goes out after it.  Outside a batch
         it is written at once.  The checks and counters are those of :meth:`sendPreparedText`.
         """
-        if self.state != self.STATE_OPEN:
-            return
-        budget = self.budget
-        if budget is not None and budget.watching() and budget.check() is EXCEEDED:
-            return
-        session = self.session
-        if session is not None:
-            session.counters.text_out += 1
-            session.counters.text_bytes_out += prepared.size
-        if self.holdFrame(prepared.message.payloadHybi):
+        if self._admitPrepared(prepared) and self.holdFrame(prepared.message.payloadHybi):
             self.factory.voice.workers.afterBatch(self.writeHeld)
 
     def sendBinary(self, payload: bytes) -> None:
@@ -461,10 +461,13 @@ class _Unlimited:
 _UNLIMITED = _Unlimited()
 
 
-def _chain(d: Deferred) -> Deferred:
-    result: Deferred = Deferred()
+_T = TypeVar("_T")
 
-    def fire(value: object) -> object:
+
+def _chain(d: Deferred[_T]) -> Deferred[_T]:
+    result: Deferred[_T] = Deferred()
+
+    def fire(value: _T) -> _T:
         result.callback(value)
         return value
 

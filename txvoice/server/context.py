@@ -24,6 +24,7 @@ from txvoice.audio.workers import AudioWorkers
 from txvoice.config import VoiceConfig
 from txvoice.events.bus import IEventBus, LocalEventBus
 from txvoice.pipeline.interfaces import IVoicePipeline
+from txvoice.security.interfaces import Principal
 from txvoice.server.admission import AdmissionPolicy
 from txvoice.server.response import Pacer
 from txvoice.server.telemetry import Telemetry
@@ -148,7 +149,7 @@ class VoiceServer:
 
             d.addCallbacks(counted, lambda f: None)
 
-    def authenticate(self, token: str, user_id: str | None) -> Deferred:
+    def authenticate(self, token: str, user_id: str | None) -> Deferred[Principal]:
         """
         Check an in-protocol ``auth`` token; fire with a Principal.  Without an authenticator
         configured every token is accepted (development default).

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from autobahn.twisted.websocket import WebSocketServerFactory
 from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
 
@@ -9,7 +11,7 @@ from txvoice.server.base import VoiceServerProtocol
 from txvoice.server.context import VoiceServer
 
 
-def _accept_deflate(offers: list) -> PerMessageDeflateOfferAccept | None:
+def _accept_deflate(offers: list[object]) -> PerMessageDeflateOfferAccept | None:
     """Accept the client's first permessage-deflate offer, as offered (no extra demands)."""
     for offer in offers:
         if isinstance(offer, PerMessageDeflateOffer):
@@ -25,7 +27,7 @@ class VoiceServerFactory(WebSocketServerFactory):
         super().__init__(url=url, server=f"{config.server_name}/{server.version}", reactor=server.clock)
         self.voice = server  # not `server`: Autobahn's factory uses that for the Server header
         self.protocol = protocol
-        options: dict = {
+        options: dict[str, Any] = {
             "maxMessagePayloadSize": config.max_message_hard_limit,
             "maxFramePayloadSize": config.max_message_hard_limit,
             "openHandshakeTimeout": config.open_handshake_timeout,

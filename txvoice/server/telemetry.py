@@ -17,7 +17,7 @@ from txvoice.audio.workers import AudioWorkers
 from txvoice.config import VoiceConfig
 from txvoice.monitoring.history import MetricsHistory
 from txvoice.monitoring.metrics import Traffic, VoiceMetrics
-from txvoice.monitoring.reactorlag import ReactorLagProbe
+from txvoice.monitoring.reactorlag import ReactorLagProbe, runqueue_wait, runqueue_wait_available
 from txvoice.session.registry import ISessionRegistry
 from txvoice.session.session import Session, SessionCounters
 
@@ -50,7 +50,9 @@ class Telemetry:
         self.barge_in_delays_ms: list[float] = []
         self.metrics = VoiceMetrics(traffic=self.traffic)
         self.metrics.watch_pool_batches("audio", lambda: (self.workers.batches, self.workers.items))
-        self.lag = ReactorLagProbe(clock, on_sample=self.metrics.observe_reactor_lag)
+        self.lag = ReactorLagProbe(clock, interval=config.reactor_lag_interval, on_sample=self.metrics.observe_reactor_lag,
+                                   cpu_wait=runqueue_wait if runqueue_wait_available() else None,
+                                   on_own_sample=self.metrics.observe_reactor_lag_own)
         self.history = MetricsHistory(
             clock,
             minutes=config.history_minutes,

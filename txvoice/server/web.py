@@ -192,7 +192,7 @@ class UpgradeOrResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, websocket: IResource, fallback: Resource) -> None:
+    def __init__(self, websocket: IResource, fallback: IResource) -> None:
         super().__init__()
         self.websocket = websocket
         self.fallback = fallback

@@ -22,7 +22,7 @@ class HeartbeatService(Service):
     dropped (S4: interval, timeout, maxMissed).  A pong or an application ``heartbeat`` resets it.
     """
 
-    name = "heartbeat"  # type: ignore[assignment]  # Twisted declares Service.name as None
+    name = "heartbeat"
     log = NamespaceLogger(namespace="txvoice.network.heartbeat")
 
     def __init__(self, server: VoiceServer) -> None:
@@ -41,7 +41,7 @@ class HeartbeatService(Service):
             self._loop.clock = self.server.clock
             self._loop.start(self.tick, now=False)
 
-    def stopService(self) -> Deferred | None:
+    def stopService(self) -> Deferred[None] | None:
         super().stopService()
         if self._loop is not None and self._loop.running:
             self._loop.stop()

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 
 from txvoice.logging import NamespaceLogger
@@ -16,7 +17,7 @@ from txvoice.server.context import VoiceServer
 
 
 class MonitoringService(MultiService):
-    name = "monitoring"  # type: ignore[assignment]  # Twisted declares Service.name as None
+    name = "monitoring"
     log = NamespaceLogger(namespace="txvoice.monitoring")
 
     def __init__(self, server: VoiceServer) -> None:
@@ -40,11 +41,12 @@ class MonitoringService(MultiService):
             self._push.clock = self.server.clock
             self._push.start(self.server.config.metrics_interval, now=False)
 
-    def stopService(self):
+    def stopService(self) -> Deferred[Any]:
         if self._push is not None and self._push.running:
             self._push.stop()
         self._push = None
-        return super().stopService()
+        stopped: Deferred[Any] = super().stopService()  # MultiService's: its children's, together
+        return stopped
 
     def subscribers(self) -> list[Any]:
         return [s.connection for s in self.server.registry if s.metrics_subscribed and s.connection is not None]

@@ -8,10 +8,11 @@ from twisted.internet.task import LoopingCall
 from txvoice.logging import NamespaceLogger
 from txvoice.server.base import CLOSE_EXPIRED, CLOSE_IDLE
 from txvoice.server.context import VoiceServer
+from txvoice.session.session import Session
 
 
 class ReaperService(Service):
-    name = "reaper"  # type: ignore[assignment]  # Twisted declares Service.name as None
+    name = "reaper"
     log = NamespaceLogger(namespace="txvoice.session")
 
     def __init__(self, server: VoiceServer) -> None:
@@ -45,7 +46,7 @@ class ReaperService(Service):
             elif config.max_session_age > 0 and now - opened > config.max_session_age:
                 self._reap(session, CLOSE_EXPIRED, "session expired", "expired")
 
-    def _reap(self, session, code: int, reason: str, kind: str) -> None:
+    def _reap(self, session: Session, code: int, reason: str, kind: str) -> None:
         self.server.stats.count(self.server.stats.reaped, kind)
         self.log.info("closing {session_id}: {reason}", session_id=session.id, reason=reason)
         if session.close is not None:

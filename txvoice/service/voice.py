@@ -236,7 +236,8 @@ def makeVoiceService(
                            prepare=batch_preparer())
     pipeline = pipeline or make_pipeline(config.pipeline, config)
     try:
-        redis = scale_out(config, reactor, worker)  # --redis: the stores several nodes share
+        # --redis: the stores several nodes share; with --processes, process i is node <node-id>.<i>.
+        redis = scale_out(config, reactor, worker if worker is not None else 0 if shared is not None else None)
     except ValueError as e:
         raise UsageError(str(e)) from None
     server = VoiceServer(config, pipeline, workers, reactor, **(redis.server_stores() if redis else {}))
@@ -258,7 +259,7 @@ def makeVoiceService(
         listeners = ReusePortListeners(shared, count)
         listener = SharedListenerService(reactor, listeners, site)
         processes = WorkerProcesses(reactor, config.updated(processes=count), listeners, site,
-                                    session_tokens=server.admission.authenticator is not None)
+                                    session_tokens=server.admission.authenticator is not None and redis is None)
     else:
         listener = ListenerService(reactor, config.listen, site)
     service = VoiceService(server, listener, processes, parent_watch)

@@ -43,14 +43,14 @@ class IOfflineStore(Interface):
 
     dropped = Attribute("dict reason -> messages dropped (``count``, ``bytes``, ``expired``), for metrics.")
 
-    def put(address: str, payload: bytes, is_binary: bool):
-        """Append a message for ``address``, dropping the oldest over a bound; Deferred[None]."""
+    def put(address: str, payload: bytes, is_binary: bool) -> defer.Deferred[None]:
+        """Append a message for ``address``, dropping the oldest over a bound."""
 
-    def take(address: str):
-        """Remove and return every live message for ``address``, oldest first; Deferred[list[QueuedMessage]]."""
+    def take(address: str) -> defer.Deferred[list[QueuedMessage]]:
+        """Remove and return every live message for ``address``, oldest first."""
 
-    def discard(address: str):
-        """Forget ``address``'s messages (the session ended for good); Deferred[int] (how many)."""
+    def discard(address: str) -> defer.Deferred[int]:
+        """Forget ``address``'s messages (the session ended for good); how many there were."""
 
     def pending(address: str) -> int:
         """Messages held for ``address`` now (may be approximate for a networked store)."""
