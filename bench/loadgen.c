@@ -18,6 +18,18 @@
  * fragmented or not, are inflated with zlib (raw deflate + the 00 00 ff ff tail), honouring
  * server_no_context_takeover.  Client frames are never compressed (RSV1 is per message).
  *
+ * Turn-based protocols (--mode none) answer no frame: the frames are counted as sent, the drain runs
+ * its full --drain (nothing says what the server still owes), and latency is
+ * measured instead by probes, a WebSocket ping after every K-th frame of a session (--probe-every K)
+ * whose 16-byte payload carries that frame's intended send time and its actual one; the pong echoes
+ * it, so each probe is timed from its frame's slot in the schedule like an answer.  Probes work in
+ * every mode.  A connection may ask for a subprotocol (--subprotocol, checked in the answer), carry
+ * extra request headers (--header, e.g. a bearer token), wait for a greeting of its own text
+ * (--greeting-match), and send text messages after the greeting and before audio (--start-file:
+ * one message a line, "{i}" replaced by the session's index), waiting for the answer that contains
+ * --start-reply before it counts as connected.  Text messages containing --count-match are counted
+ * ("matched_messages", e.g. one per answered turn).
+ *
  * Payloads: a file of frames, each a 4-byte little-endian length then the bytes (bench/frames.py
  * writes them).  Wire frames are built and masked once at start-up with a random key per payload
  * (a benchmark shortcut: RFC 6455 wants a fresh key per frame, no server checks that) so one send
@@ -219,6 +231,18 @@ static double opt_cpu_limit = 0.9;
 static int opt_prewarm = 0; /* frames the warm-up session sends (0: no warm-up) */
 static double opt_tick_us = 500; /* send-scheduler granularity (0: wake for every frame) */
 static int opt_lazy_reads = 0;   /* --lazy-reads: wake once per tick, not per answer (answers timed up to a tick late) */
+static int opt_none = 0;         /* mode none: the server answers no frame (turn-based protocols) */
+static int opt_probe_every = 0;  /* a WebSocket ping after every K-th frame of a session (0: none) */
+static const char *opt_subprotocol = NULL; /* Sec-WebSocket-Protocol to ask for (and insist on) */
+#define MAX_HEADERS 8
+static const char *opt_headers[MAX_HEADERS];
+static int opt_nheaders = 0;
+static const char *opt_greeting_match = "connected"; /* the greeting is the first text containing this */
+static const char *opt_start_file = NULL;            /* text messages sent after the greeting, one a line */
+static const char *opt_start_reply = NULL;           /* ... then wait for a text containing this */
+static const char *opt_count_match = NULL;           /* count the text messages containing this */
+static char **start_msgs;
+static size_t nstart_msgs;
 
 /* ------------------------------------------------------------------ payloads */
 
@@ -277,9 +301,26 @@ static void load_payloads(const char *path) {
     if (!npayloads) die("no frames in %s", path);
 }
 
+/* The start messages: one text message a line (empty lines skipped, a trailing CR dropped). */
+static void load_start_messages(const char *path) {
+    FILE *f = fopen(path, "r");
+    if (!f) die("cannot open start file %s: %s", path, strerror(errno));
+    char line[8192];
+    while (fgets(line, sizeof line, f)) {
+        size_t n = strlen(line);
+        if (n == sizeof line - 1 && line[n - 1] != '\n') die("a line of %s is over %zu bytes", path, sizeof line - 2);
+        while (n && (line[n - 1] == '\n' || line[n - 1] == '\r')) line[--n] = 0;
+        if (!n) continue;
+        start_msgs = xrealloc(start_msgs, (nstart_msgs + 1) * sizeof(char *));
+        start_msgs[nstart_msgs++] = strdup(line);
+    }
+    fclose(f);
+    if (!nstart_msgs) die("no messages in %s", path);
+}
+
 /* ------------------------------------------------------------------ sessions */
 
-enum { S_IDLE, S_CONNECTING, S_HANDSHAKE, S_GREETING, S_READY, S_DEAD };
+enum { S_IDLE, S_CONNECTING, S_HANDSHAKE, S_GREETING, S_STARTING, S_READY, S_DEAD };
 
 typedef struct {
     int fd, state;
@@ -298,18 +339,20 @@ typedef struct {
     int deflate, server_no_ctx;
     z_stream *z;
     uint64_t sent, acked;
+    uint64_t probes_out; /* pings sent and not yet answered */
     int epfd_registered;
 } sess_t;
 
 static sess_t *sess;
 static int epfd;
 static uint64_t warmup_cutoff_ns = UINT64_MAX;
-static hist_t lat, lat_send, slip;
+static hist_t lat, lat_send, slip, probe, probe_send;
 
 /* counters */
 static uint64_t c_sent, c_acked, c_skipped, c_unexpected, c_errors, c_other, c_server_closed, c_compressed;
 static uint64_t c_connect_failed, c_handshake_failed, c_greeting_failed, c_deflate, c_pings, c_bytes_in;
-static uint64_t c_lost_closed;
+static uint64_t c_lost_closed, c_start_failed, c_probes_sent, c_probes_answered, c_probes_unmatched;
+static uint64_t c_probes_lost_closed, c_matched, c_binary_in;
 static int first_http_status = 0;
 static char first_error[256];
 
@@ -333,7 +376,9 @@ static uint32_t outstanding(const sess_t *s) { return s->ring_head - s->ring_tai
 static void sess_kill(sess_t *s, int by_server) {
     if (s->state == S_DEAD) return;
     if (s->state == S_READY) {
-        c_lost_closed += outstanding(s);
+        /* Mode none: nothing says which frames of a connection that died were handled; all count. */
+        c_lost_closed += opt_none ? s->sent : outstanding(s);
+        c_probes_lost_closed += s->probes_out;
         if (by_server) c_server_closed++;
     }
     s->state = S_DEAD;
@@ -429,13 +474,20 @@ static void send_handshake(sess_t *s) {
     uint8_t raw[16];
     for (int i = 0; i < 16; i++) raw[i] = (uint8_t)rng();
     base64(raw, 16, s->key);
-    char req[2048];
+    char req[16384], extra[8192];
+    size_t el = 0;
+    extra[0] = 0;
+    if (opt_subprotocol) el += (size_t)snprintf(extra + el, sizeof extra - el, "Sec-WebSocket-Protocol: %s\r\n", opt_subprotocol);
+    for (int h = 0; h < opt_nheaders && el < sizeof extra; h++)
+        el += (size_t)snprintf(extra + el, sizeof extra - el, "%s\r\n", opt_headers[h]);
+    if (el >= sizeof extra) die("request headers too long");
     int n = snprintf(req, sizeof req,
                      "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                     "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n%s"
+                     "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n%s%s"
                      "User-Agent: txvoice-loadgen\r\n\r\n",
                      opt_path, TARGET_ADDR, opt_port, s->key,
-                     opt_deflate ? "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n" : "");
+                     opt_deflate ? "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n" : "", extra);
+    if (n < 0 || (size_t)n >= sizeof req) die("request head too long");
     s->state = S_HANDSHAKE;
     s->want_out = 0;
     ep_mod(s, EPOLLIN);
@@ -471,6 +523,34 @@ static void handshake_failed(sess_t *s, const char *why) {
 
 static void became_ready(sess_t *s) { s->state = S_READY; }
 
+/* After the greeting: the start messages ("{i}" -> the session's index), then wait for --start-reply. */
+static void send_start(sess_t *s) {
+    if (!nstart_msgs) {
+        became_ready(s);
+        return;
+    }
+    char idx[24];
+    snprintf(idx, sizeof idx, "%d", (int)(s - sess));
+    for (size_t m = 0; m < nstart_msgs && s->state != S_DEAD; m++) {
+        char text[8192];
+        size_t o = 0;
+        for (const char *c = start_msgs[m]; *c && o < sizeof text - 32; c++) {
+            if (c[0] == '{' && c[1] == 'i' && c[2] == '}') {
+                o += (size_t)snprintf(text + o, sizeof text - o, "%s", idx);
+                c += 2;
+            } else text[o++] = *c;
+        }
+        uint8_t *wire = malloc(o + 14);
+        if (!wire) die("out of memory");
+        size_t wl = build_frame(wire, 1, (const uint8_t *)text, o);
+        sess_write(s, wire, wl);
+        free(wire);
+    }
+    if (s->state == S_DEAD) return;
+    if (opt_start_reply) s->state = S_STARTING;
+    else became_ready(s);
+}
+
 /* Returns bytes consumed from s->in, or 0 when the head is incomplete. */
 static size_t parse_handshake(sess_t *s) {
     uint8_t *end = memmem(s->in, s->in_len, "\r\n\r\n", 4);
@@ -504,6 +584,14 @@ static size_t parse_handshake(sess_t *s) {
         free(head);
         return 0;
     }
+    if (opt_subprotocol) {
+        v = header_value(head, "Sec-WebSocket-Protocol", &vl);
+        if (!v || vl != strlen(opt_subprotocol) || memcmp(v, opt_subprotocol, vl) != 0) {
+            handshake_failed(s, "the server did not select the subprotocol asked for");
+            free(head);
+            return 0;
+        }
+    }
     v = header_value(head, "Sec-WebSocket-Extensions", &vl);
     if (v) {
         char ext[512];
@@ -522,7 +610,7 @@ static size_t parse_handshake(sess_t *s) {
     }
     free(head);
     if (opt_greeting) s->state = S_GREETING;
-    else became_ready(s);
+    else send_start(s);
     return head_len;
 }
 
@@ -544,9 +632,38 @@ static void on_answer(sess_t *s, uint64_t t) {
     }
 }
 
+static uint64_t get_u64(const uint8_t *p) {
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--) v = v << 8 | p[i];
+    return v;
+}
+
+/* A pong: the answer to a probe when it echoes one (due time, send time); others are ignored. */
+static void on_pong(sess_t *s, const uint8_t *data, size_t len, uint64_t t) {
+    if (len != 16 || !s->probes_out) {
+        c_probes_unmatched++;
+        return;
+    }
+    uint64_t due = get_u64(data), sent_at = get_u64(data + 8);
+    s->probes_out--;
+    c_probes_answered++;
+    if (due >= warmup_cutoff_ns) {
+        hist_add(&probe, (t > due ? t - due : 0) / 1000);
+        hist_add(&probe_send, (t > sent_at ? t - sent_at : 0) / 1000);
+    }
+}
+
+static void send_probe(sess_t *s, uint64_t due, uint64_t sent_at) {
+    uint8_t payload[16];
+    for (int i = 0; i < 8; i++) payload[i] = (uint8_t)(due >> (8 * i)), payload[8 + i] = (uint8_t)(sent_at >> (8 * i));
+    s->probes_out++;
+    c_probes_sent++;
+    send_control(s, 9, payload, sizeof payload);
+}
+
 static void on_message(sess_t *s, int opcode, const uint8_t *data, size_t len, uint64_t t) {
     if (s->state == S_GREETING) {
-        if (opcode == 1 && memmem(data, len, "connected", 9)) became_ready(s);
+        if (opcode == 1 && memmem(data, len, opt_greeting_match, strlen(opt_greeting_match))) send_start(s);
         else {
             c_greeting_failed++;
             note_error("first message is not a greeting: %.*s", (int)(len < 120 ? len : 120), (const char *)data);
@@ -554,7 +671,26 @@ static void on_message(sess_t *s, int opcode, const uint8_t *data, size_t len, u
         }
         return;
     }
+    if (s->state == S_STARTING) {
+        if (opcode != 1) return;
+        if (memmem(data, len, opt_start_reply, strlen(opt_start_reply))) became_ready(s);
+        else if (memmem(data, len, "error", 5)) {
+            c_start_failed++;
+            note_error("start message refused: %.*s", (int)(len < 160 ? len : 160), (const char *)data);
+            sess_kill(s, 0);
+        }
+        return;
+    }
     if (s->state != S_READY) return;
+    if (opcode == 2) c_binary_in++;
+    if (opt_count_match && opcode == 1 && memmem(data, len, opt_count_match, strlen(opt_count_match))) c_matched++;
+    if (opt_none) {
+        if (opcode == 1 && memmem(data, len, "error", 5)) {
+            c_errors++;
+            note_error("server error: %.*s", (int)(len < 160 ? len : 160), (const char *)data);
+        } else c_other++;
+        return;
+    }
     if (opt_echo) {
         if (opcode == 2) on_answer(s, t);
         else c_other++;
@@ -652,8 +788,9 @@ static size_t parse_frames(sess_t *s, size_t start, uint64_t t) {
         pos += hl + (size_t)len;
         if (opcode >= 8) {
             if (opcode == 9) c_pings++, send_control(s, 10, payload, (size_t)len);
+            else if (opcode == 10) on_pong(s, payload, (size_t)len, t);
             else if (opcode == 8) {
-                if (s->state == S_READY || s->state == S_GREETING) {
+                if (s->state == S_READY || s->state == S_GREETING || s->state == S_STARTING) {
                     unsigned code = len >= 2 ? (unsigned)payload[0] << 8 | payload[1] : 0;
                     note_error("server closed the connection (code %u: %.*s)", code, (int)(len > 2 ? len - 2 : 0),
                                (const char *)payload + 2);
@@ -707,9 +844,10 @@ static void on_readable(sess_t *s) {
         if (n <= 0) {
             if (s->state == S_HANDSHAKE) handshake_failed(s, n == 0 ? "connection closed" : strerror(errno));
             else {
-                if (s->state == S_READY || s->state == S_GREETING)
+                if (s->state == S_READY || s->state == S_GREETING || s->state == S_STARTING)
                     note_error("connection lost: %s", n == 0 ? "EOF" : strerror(errno));
                 if (s->state == S_GREETING) c_greeting_failed++;
+                if (s->state == S_STARTING) c_start_failed++;
                 sess_kill(s, 1);
             }
             return;
@@ -807,13 +945,17 @@ static void prewarm(sess_t *s) {
         for (int k = 0; k < opt_prewarm && s->state == S_READY; k++) {
             uint64_t due = now_ns() + interval;
             payload_t *p = &payloads[(size_t)k % npayloads];
-            s->ring[s->ring_head % RING] = s->ring_sent[s->ring_head % RING] = now_ns();
-            s->ring_head++;
+            uint64_t ts = now_ns();
+            if (!opt_none) {
+                s->ring[s->ring_head % RING] = s->ring_sent[s->ring_head % RING] = ts;
+                s->ring_head++;
+            }
             sess_write(s, p->wire, p->wire_len);
+            if (opt_probe_every && (k + 1) % opt_probe_every == 0) send_probe(s, ts, ts);
             for (uint64_t t = now_ns(); t < due; t = now_ns()) pump((int64_t)(due - t));
         }
         uint64_t wait_until = now_ns() + 2000000000ull;
-        while (s->state == S_READY && outstanding(s) && now_ns() < wait_until) pump(5000000);
+        while (s->state == S_READY && (outstanding(s) || s->probes_out) && now_ns() < wait_until) pump(5000000);
         if (s->state == S_READY) {
             static const uint8_t bye[2] = {0x03, 0xe8};
             send_control(s, 8, bye, 2);
@@ -824,10 +966,13 @@ static void prewarm(sess_t *s) {
     s->state = S_DEAD;
     c_sent = c_acked = c_skipped = c_unexpected = c_errors = c_other = c_server_closed = c_compressed = 0;
     c_connect_failed = c_handshake_failed = c_greeting_failed = c_deflate = c_pings = c_bytes_in = c_lost_closed = 0;
-    memset(lat.b, 0, H_SIZE * sizeof(uint64_t));
-    lat.count = lat.max = lat.sum = 0;
-    memset(lat_send.b, 0, H_SIZE * sizeof(uint64_t));
-    lat_send.count = lat_send.max = lat_send.sum = 0;
+    c_start_failed = c_probes_sent = c_probes_answered = c_probes_unmatched = c_probes_lost_closed = 0;
+    c_matched = c_binary_in = 0;
+    hist_t *hs[] = {&lat, &lat_send, &probe, &probe_send};
+    for (size_t h = 0; h < sizeof hs / sizeof hs[0]; h++) {
+        memset(hs[h]->b, 0, H_SIZE * sizeof(uint64_t));
+        hs[h]->count = hs[h]->max = hs[h]->sum = 0;
+    }
     first_error[0] = 0;
     first_http_status = 0;
     usleep(150000); /* let the server finish closing the warm-up session */
@@ -843,7 +988,9 @@ static void usage(void) {
             "usage: loadgen --port P --frames FILE [--path /ws/audio?...] [--sessions N] [--duration S]\n"
             "               [--interval-ms 20] [--mode ack|echo] [--no-greeting] [--deflate] [--warmup S]\n"
             "               [--drain S] [--connect-timeout S] [--slip-limit-us 2000] [--cpu-limit 0.9]\n"
-            "               [--prewarm FRAMES] [--tick-us 500] [--lazy-reads]\n"
+            "               [--prewarm FRAMES] [--tick-us 500] [--lazy-reads] [--mode none] [--probe-every K]\n"
+            "               [--subprotocol NAME] [--header 'Name: value']... [--greeting-match TEXT]\n"
+            "               [--start-file FILE] [--start-reply TEXT] [--count-match TEXT]\n"
             "Target address is always " TARGET_ADDR ".\n");
     exit(2);
 }
@@ -859,6 +1006,10 @@ int main(int argc, char **argv) {
         {"connect-timeout", required_argument, 0, 'c'}, {"slip-limit-us", required_argument, 0, 's'},
         {"cpu-limit", required_argument, 0, 'C'},   {"prewarm", required_argument, 0, 'P'},
         {"tick-us", required_argument, 0, 'T'},     {"lazy-reads", no_argument, 0, 'L'},
+        {"probe-every", required_argument, 0, 'K'}, {"subprotocol", required_argument, 0, 'S'},
+        {"header", required_argument, 0, 'H'},      {"greeting-match", required_argument, 0, 'M'},
+        {"start-file", required_argument, 0, 'F'},  {"start-reply", required_argument, 0, 'R'},
+        {"count-match", required_argument, 0, 'X'},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0}};
     int c;
@@ -871,8 +1022,9 @@ int main(int argc, char **argv) {
         case 'i': opt_interval_ms = atof(optarg); break;
         case 'f': opt_frames = optarg; break;
         case 'm':
-            if (!strcmp(optarg, "echo")) opt_echo = 1;
-            else if (!strcmp(optarg, "ack")) opt_echo = 0;
+            if (!strcmp(optarg, "echo")) opt_echo = 1, opt_none = 0;
+            else if (!strcmp(optarg, "ack")) opt_echo = 0, opt_none = 0;
+            else if (!strcmp(optarg, "none")) opt_echo = 0, opt_none = 1;
             else usage();
             break;
         case 'G': opt_greeting = 0; break;
@@ -886,6 +1038,16 @@ int main(int argc, char **argv) {
         case 'P': opt_prewarm = atoi(optarg); break;
         case 'T': opt_tick_us = atof(optarg); break;
         case 'L': opt_lazy_reads = 1; break;
+        case 'K': opt_probe_every = atoi(optarg); break;
+        case 'S': opt_subprotocol = optarg; break;
+        case 'H':
+            if (opt_nheaders == MAX_HEADERS) die("at most %d --header", MAX_HEADERS);
+            opt_headers[opt_nheaders++] = optarg;
+            break;
+        case 'M': opt_greeting_match = optarg; break;
+        case 'F': opt_start_file = optarg; break;
+        case 'R': opt_start_reply = optarg; break;
+        case 'X': opt_count_match = optarg; break;
         default: usage();
         }
     }
@@ -893,6 +1055,12 @@ int main(int argc, char **argv) {
         opt_interval_ms <= 0 || opt_path[0] != '/' || strpbrk(opt_path, " \r\n"))
         usage();
     if (opt_duration > 3600 || opt_sessions > 100000) die("duration <= 3600 s and sessions <= 100000");
+    if (opt_probe_every < 0 || !opt_greeting_match[0]) usage();
+    if (opt_subprotocol && (!opt_subprotocol[0] || strpbrk(opt_subprotocol, " ,\r\n"))) die("bad --subprotocol");
+    for (int h = 0; h < opt_nheaders; h++)
+        if (!strchr(opt_headers[h], ':') || strpbrk(opt_headers[h], "\r\n")) die("bad --header (want 'Name: value')");
+    if (opt_start_reply && !opt_start_reply[0]) opt_start_reply = NULL;
+    if (opt_start_file) load_start_messages(opt_start_file);
     if (opt_connect_timeout <= 0) opt_connect_timeout = 10.0 + 0.01 * opt_sessions;
 
     signal(SIGPIPE, SIG_IGN);
@@ -907,6 +1075,8 @@ int main(int argc, char **argv) {
     hist_init(&lat);
     hist_init(&lat_send);
     hist_init(&slip);
+    hist_init(&probe);
+    hist_init(&probe_send);
     epfd = epoll_create1(EPOLL_CLOEXEC);
     /* One extra slot: the warm-up session. */
     sess = calloc((size_t)opt_sessions + 1, sizeof(sess_t));
@@ -922,7 +1092,7 @@ int main(int argc, char **argv) {
         int inflight = 0, ready = 0, dead = 0;
         for (int i = 0; i < opt_sessions; i++) {
             int st = sess[i].state;
-            if (st == S_CONNECTING || st == S_HANDSHAKE || st == S_GREETING) inflight++;
+            if (st == S_CONNECTING || st == S_HANDSHAKE || st == S_GREETING || st == S_STARTING) inflight++;
             else if (st == S_READY) ready++;
             else if (st == S_DEAD) dead++;
         }
@@ -935,6 +1105,9 @@ int main(int argc, char **argv) {
                     if (sess[i].state == S_GREETING) {
                         c_greeting_failed++;
                         note_error("no greeting before the connect timeout");
+                    } else if (sess[i].state == S_STARTING) {
+                        c_start_failed++;
+                        note_error("no answer to the start messages before the connect timeout");
                     } else {
                         c_connect_failed++;
                         note_error("handshake not complete before the connect timeout");
@@ -979,17 +1152,22 @@ int main(int argc, char **argv) {
                 }
                 sess_t *s = &sess[i];
                 if (s->state == S_READY) {
-                    if (outstanding(s) >= RING) c_skipped++;
+                    if (!opt_none && outstanding(s) >= RING) c_skipped++;
                     else {
                         payload_t *p = &payloads[(k + (uint64_t)i * 7) % npayloads];
                         uint64_t ts = now_ns();
                         hist_add(&slip, (ts - due) / 1000);
-                        s->ring[s->ring_head % RING] = due;
-                        s->ring_sent[s->ring_head % RING] = ts;
-                        s->ring_head++;
+                        if (!opt_none) {
+                            s->ring[s->ring_head % RING] = due;
+                            s->ring_sent[s->ring_head % RING] = ts;
+                            s->ring_head++;
+                        }
                         s->sent++;
                         c_sent++;
                         sess_write(s, p->wire, p->wire_len);
+                        /* The probe follows its frame on the wire: the server sees it once it read the frame. */
+                        if (opt_probe_every && s->sent % (uint64_t)opt_probe_every == 0 && s->state == S_READY)
+                            send_probe(s, due, ts);
                     }
                 }
                 if (++i == opt_sessions) i = 0, k++;
@@ -1006,9 +1184,11 @@ int main(int argc, char **argv) {
     for (;;) {
         uint64_t pending = 0;
         for (int j = 0; j < opt_sessions; j++)
-            if (sess[j].state == S_READY) pending += outstanding(&sess[j]);
+            if (sess[j].state == S_READY) pending += outstanding(&sess[j]) + sess[j].probes_out;
         uint64_t t = now_ns();
-        if (!pending || t >= drain_deadline) break;
+        /* Mode none: nothing says what the server still owes (a backlog of audio work, turns it has
+         * yet to close), so the drain runs its full length and the server's CPU window covers it. */
+        if ((!pending && !opt_none) || t >= drain_deadline) break;
         pump((int64_t)(drain_deadline - t < 5000000 ? drain_deadline - t : 5000000));
     }
     uint64_t t_end = now_ns();
@@ -1017,10 +1197,11 @@ int main(int argc, char **argv) {
     fflush(stderr);
     usleep(50000); /* every session is still open while the runner reads the server's RSS */
 
-    uint64_t lost_open = 0;
+    uint64_t lost_open = 0, probes_lost = c_probes_lost_closed;
     for (int j = 0; j < opt_sessions; j++)
         if (sess[j].state == S_READY) {
             lost_open += outstanding(&sess[j]);
+            probes_lost += sess[j].probes_out;
             static const uint8_t bye[2] = {0x03, 0xe8}; /* close 1000 */
             send_control(&sess[j], 8, bye, 2);
         }
@@ -1048,10 +1229,27 @@ int main(int argc, char **argv) {
            "\"greeting_failed\": %llu, \"first_http_status\": %d, \"deflate_negotiated\": %llu, ",
            opt_sessions, connected, (unsigned long long)c_connect_failed, (unsigned long long)c_handshake_failed,
            (unsigned long long)c_greeting_failed, first_http_status, (unsigned long long)c_deflate);
-    printf("\"lazy_reads\": %s, ", opt_lazy_reads ? "true" : "false");
+    printf("\"lazy_reads\": %s, \"subprotocol\": \"%s\", \"start_messages\": %zu, \"start_failed\": %llu, ",
+           opt_lazy_reads ? "true" : "false", opt_subprotocol ? opt_subprotocol : "", nstart_msgs,
+           (unsigned long long)c_start_failed);
+    printf("\"probe_every\": %d, \"probes_sent\": %llu, \"probes_answered\": %llu, \"probes_lost\": %llu, "
+           "\"probes_unmatched\": %llu, ",
+           opt_probe_every, (unsigned long long)c_probes_sent, (unsigned long long)c_probes_answered,
+           (unsigned long long)probes_lost, (unsigned long long)c_probes_unmatched);
+    printf("\"probe_latency_us\": {\"count\": %llu, \"mean\": %.1f, \"p50\": %llu, \"p90\": %llu, \"p99\": %llu, "
+           "\"p999\": %llu, \"max\": %llu}, ",
+           (unsigned long long)probe.count, probe.count ? (double)probe.sum / (double)probe.count : 0.0,
+           (unsigned long long)hist_pct(&probe, 50), (unsigned long long)hist_pct(&probe, 90),
+           (unsigned long long)hist_pct(&probe, 99), (unsigned long long)hist_pct(&probe, 99.9),
+           (unsigned long long)probe.max);
+    printf("\"probe_latency_from_send_us\": {\"count\": %llu, \"p50\": %llu, \"p99\": %llu, \"max\": %llu}, ",
+           (unsigned long long)probe_send.count, (unsigned long long)hist_pct(&probe_send, 50),
+           (unsigned long long)hist_pct(&probe_send, 99), (unsigned long long)probe_send.max);
+    printf("\"matched_messages\": %llu, \"binary_messages_in\": %llu, ", (unsigned long long)c_matched,
+           (unsigned long long)c_binary_in);
     printf("\"mode\": \"%s\", \"interval_ms\": %.3f, \"tick_us\": %.0f, \"duration_s\": %.3f, \"frames_per_session\": %llu, "
            "\"payloads\": %zu, \"connect_s\": %.3f, \"send_wall_s\": %.3f, \"wall_s\": %.3f, ",
-           opt_echo ? "echo" : "ack", opt_interval_ms, opt_tick_us, opt_duration, (unsigned long long)per_session, npayloads,
+           opt_none ? "none" : opt_echo ? "echo" : "ack", opt_interval_ms, opt_tick_us, opt_duration, (unsigned long long)per_session, npayloads,
            connect_s, send_wall, wall);
     printf("\"frames_sent\": %llu, \"frames_acked\": %llu, \"frames_lost\": %llu, \"frames_skipped\": %llu, "
            "\"unexpected_answers\": %llu, \"server_errors\": %llu, \"other_messages\": %llu, "

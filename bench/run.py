@@ -88,7 +88,8 @@ WORKLOADS = {
 class ServerSpec:
     name: str
     command: Callable[[int, int], list[str]]  # (port, sessions) -> argv
-    mode: str = "ack"  # ack: a text "chunk_received" per frame; echo: the frame comes back
+    mode: str = "ack"  # ack: a text "chunk_received" per frame; echo: the frame comes back;
+    # none: no answer per frame (turn-based protocols): latency from the generator's ping probes
     greeting: bool = True
     deflate: bool = False
     env: Callable[[int], dict[str, str]] = lambda n: {}
@@ -510,8 +511,15 @@ class Options:
     fail_votes: bool = True
 
 
-def run_once(spec: ServerSpec, workload: str, n: int, opts: Options, label: str) -> dict[str, Any]:
-    """Start ``spec`` fresh, drive ``n`` sessions of ``workload`` through it, stop it; the run's record."""
+def run_once(spec: ServerSpec, workload: str, n: int, opts: Options, label: str,
+             gen_args: tuple[str, ...] = ()) -> dict[str, Any]:
+    """
+    Start ``spec`` fresh, drive ``n`` sessions of ``workload`` through it, stop it; the run's record.
+    ``gen_args`` go to the generator as well (a subprotocol, headers, start messages, probes).  With
+    ``spec.mode == "none"`` (no answer per frame) CPU per frame is over the frames sent, the latency
+    figures are the probes' (``--probe-every`` in ``gen_args``) and a clean run lost no connection,
+    no probe and no start.
+    """
     payload, path = WORKLOADS[workload]
     record: dict[str, Any] = {"server": spec.name, "workload": workload, "sessions": n, "duration_s": opts.duration}
     server = Server(spec, n, f"{spec.name}-{workload}-{n}-{label}")
@@ -525,7 +533,7 @@ def run_once(spec: ServerSpec, workload: str, n: int, opts: Options, label: str)
             "--greeting" if spec.greeting else "--no-greeting", "--warmup", str(opts.warmup), "--drain", str(opts.drain),
             "--slip-limit-us", str(opts.slip_limit_us), "--cpu-limit", str(opts.cpu_limit), "--prewarm", "10",
             "--connect-timeout", str(5.0 + 0.01 * n if opts.quick else 10.0 + 0.01 * n),
-        ] + (["--deflate"] if spec.deflate else []) + (["--lazy-reads"] if opts.lazy_reads else [])
+        ] + (["--deflate"] if spec.deflate else []) + (["--lazy-reads"] if opts.lazy_reads else []) + list(gen_args)
         gen = spawn(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         marks: dict[str, tuple[float | None, int | None, float]] = {}
         ticks: dict[str, dict[str, tuple[int, int]]] = {}
@@ -602,8 +610,9 @@ def run_once(spec: ServerSpec, workload: str, n: int, opts: Options, label: str)
             if cpu0 is not None and cpu1 is not None:
                 record["server_cpu_s"] = round(cpu1 - cpu0, 4)
                 record["server_cpu_share"] = round((cpu1 - cpu0) / max(t1 - t0, 1e-6), 3)
-                if g["frames_acked"]:
-                    record["cpu_us_per_frame"] = round((cpu1 - cpu0) * 1e6 / g["frames_acked"], 2)
+                counted_frames = g["frames_sent"] if spec.mode == "none" else g["frames_acked"]
+                if counted_frames:
+                    record["cpu_us_per_frame"] = round((cpu1 - cpu0) * 1e6 / counted_frames, 2)
             shares = stolen_share(ticks.get("send", {}), ticks.get("end", {}))
             if shares:
                 record["stolen"] = {"server_cpu": shares.get(SERVER_CPU), "generator_cpu": shares.get(GEN_CPU)}
@@ -615,7 +624,9 @@ def run_once(spec: ServerSpec, workload: str, n: int, opts: Options, label: str)
                 record["rss_end_kib"] = rss_end
                 record["rss_peak_kib"] = peak[0]
                 record["rss_per_session_kib"] = round((rss_end - rss_idle) / n, 2)
-        lat = g["latency_us"]
+        lat = g["probe_latency_us"] if spec.mode == "none" else g["latency_us"]
+        if spec.mode == "none":
+            record["latency_source"] = "probes"
         record.update(
             p50_ms=lat["p50"] / 1000, p90_ms=lat["p90"] / 1000, p99_ms=lat["p99"] / 1000, max_ms=lat["max"] / 1000,
             lost=g["frames_lost"] + g["frames_skipped"] + (g["frames_per_session"] * (n - g["connected"])),
@@ -623,10 +634,14 @@ def run_once(spec: ServerSpec, workload: str, n: int, opts: Options, label: str)
         )
         if "latency_from_send_us" in g:  # the round trip from the actual send, beside the one from the schedule
             record["p99_from_send_ms"] = g["latency_from_send_us"]["p99"] / 1000
+        if spec.mode == "none" and "probe_latency_from_send_us" in g:
+            record["p99_from_send_ms"] = g["probe_latency_from_send_us"]["p99"] / 1000
+        answered = (g["frames_acked"] == g["frames_sent"] and g["unexpected_answers"] == 0) if spec.mode != "none" else (
+            g.get("probes_lost", 0) == 0 and g.get("start_failed", 0) == 0)
         record["clean"] = (
             g["connected"] == n and g["frames_lost"] == 0 and g["frames_skipped"] == 0 and g["server_errors"] == 0
-            and g["frames_sent"] == n * g["frames_per_session"] and g["frames_acked"] == g["frames_sent"]
-            and g["unexpected_answers"] == 0 and (not spec.deflate or g["deflate_negotiated"] == n)
+            and g["frames_sent"] == n * g["frames_per_session"] and answered
+            and (not spec.deflate or g["deflate_negotiated"] == n)
         )
         record["passed"] = record["clean"] and lat["count"] > 0 and record["p99_ms"] < P99_LIMIT_MS
         record["passed_strict"] = record["passed"] and record["p99_ms"] < P99_STRICT_MS

@@ -70,7 +70,8 @@ def test_every_realtime_error_and_close_code_is_documented() -> None:
     from txvoice.dialects import realtime
 
     errors = _section(REALTIME, "Error codes")
-    code = (ROOT / "txvoice" / "dialects" / "realtime.py").read_text()
+    code = "".join((ROOT / "txvoice" / "dialects" / name).read_text()
+                   for name in ("realtime.py", "realtime_options.py", "realtime_calls.py"))
     for name in set(re.findall(r'code="([a-z_]+)"', code)):
         assert re.search(rf"^\| `{name}` \|", errors, flags=re.M), name
     closes = _section(REALTIME, "Close codes")

@@ -566,3 +566,30 @@ def test_default_pipeline_is_speech_with_the_default_engines() -> None:
     assert (pipeline.stt.name, pipeline.agent.name, pipeline.tts.name) == ("pocketsphinx", "rules", "espeak")
     assert pipeline.tts.rate == 150 and "what time is it" in pipeline.phrases
     assert pipeline.limiter.max_active == 10 and pipeline.limiter.max_queued == 50 and pipeline.timeout == 5.0
+
+
+def test_the_final_transcript_is_made_on_the_synthesis_pool_not_behind_the_audio_threads() -> None:
+    """Twenty turns ending together: their finishes must not queue behind every session's frames."""
+    h = Harness(eager=False)
+    speech_pool = Pool(eager=False)
+    h.pipeline.useSynthesisPool(lambda: speech_pool)
+    turn, sink = h.turn()
+    done = turn.finish()
+    assert not h.pool.pending  # nothing for the audio workers (still busy with frames)
+    assert len(speech_pool.pending) == 1 and not h.stt.streams[0].finished
+    speech_pool.run()  # the finish
+    assert h.stt.streams[0].finished and sink.events("transcript")[-1]["final"] is True
+    speech_pool.run()  # the synthesis
+    assert done.called and sink.events("processing_completed")
+    assert not h.pool.pending
+
+
+def test_without_a_synthesis_pool_the_final_transcript_uses_the_worker_pool() -> None:
+    h = Harness(eager=False)
+    turn, sink = h.turn()
+    done = turn.finish()
+    assert len(h.pool.pending) == 1
+    h.pool.run()
+    assert h.stt.streams[0].finished
+    h.pool.run()
+    assert done.called and sink.events("processing_completed")

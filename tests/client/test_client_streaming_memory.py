@@ -8,6 +8,7 @@ from twisted.python.failure import Failure
 
 from client_fakes import open_client
 from txvoice.client import ArraySource, AudioStreamer, StreamInterrupted
+from txvoice.client.streaming import FrameEncoder
 
 
 def tone(seconds: float, rate: int = 16000, channels: int = 1) -> np.ndarray:
@@ -79,6 +80,24 @@ def test_a_rate_the_codec_does_not_run_at_is_resampled() -> None:
     assert voice_start["data"]["sample_rate"] == 16000 and voice_start["data"]["channels"] == 1
     clock.advance(0)
     assert 7900 <= sum(len(f) for f in frames(link)) // 2 <= 8000  # 0.5 s at 16 kHz
+
+
+def test_resampled_audio_goes_out_with_little_held_back() -> None:
+    """A mic at a rate the codec does not run at: no more than the frame being filled waits (soxr's LL tuning)."""
+    for codec, rate in (("opus", 44100), ("pcm", 32000)):
+        encoder = FrameEncoder(codec, rate, 1)
+        assert encoder.resampler is not None
+        pcm = tone(2.0, rate)
+        chunk = rate // 50
+        fed = sent = 0
+        behind = []
+        for i in range(0, len(pcm) - chunk + 1, chunk):
+            sent += len(encoder.encode(pcm[i:i + chunk]))
+            fed += 1
+            behind.append(20 * (fed - sent))  # ms of audio in, not yet out as a 20 ms frame
+        # LL: 20 ms after every chunk.  HQ held a second frame back now and then (44.1 kHz -> 48 kHz
+        # Opus: 40 ms at most, 20.8 on average) or often (32 -> 16 kHz PCM: 60 ms, 41.3 on average).
+        assert max(behind[5:]) <= 20, (codec, rate, max(behind[5:]))
 
 
 def test_voice_activity_waits_for_open_turns_and_a_quiet_moment() -> None:

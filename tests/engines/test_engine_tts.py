@@ -83,14 +83,19 @@ def test_cancel_while_streaming_kills_the_process(tts):
 def test_cancel_from_another_thread_stops_the_reader(tts):
     synthesis = tts.synthesize(LONG * 3)
     got = []
+    reading = threading.Event()
 
     def reader():
         for chunk in synthesis:
             got.append(len(chunk))
+            reading.set()
             time.sleep(0.01)  # slower than espeak: it soon waits on the pipe
 
     worker = threading.Thread(target=reader)
     worker.start()
+    # Cancel mid-stream, not before espeak-ng's first chunk: on a loaded machine its start-up can take longer than
+    # a fixed sleep, and a cancel before any audio is another test's case (test_cancel_before_reading).
+    assert reading.wait(10)
     time.sleep(0.1)
     synthesis.cancel()
     worker.join(5)

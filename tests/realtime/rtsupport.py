@@ -60,8 +60,10 @@ def s4(msg_type: str, call: str = "", **data) -> str:
 class S4Client:
     """One connection to ``/realtime/ws``: JSON messages and binary audio received, in order."""
 
-    def __init__(self, daemon, answer_heartbeats: bool = True, path: str = "/realtime/ws") -> None:
-        self._connection = connect(f"ws://127.0.0.1:{daemon.port}{path}", open_timeout=5, max_size=None)
+    def __init__(self, daemon, answer_heartbeats: bool = True, path: str = "/realtime/ws",
+                 headers: dict[str, str] | None = None) -> None:
+        self._connection = connect(f"ws://127.0.0.1:{daemon.port}{path}", open_timeout=5, max_size=None,
+                                   additional_headers=headers)
         self.ws = self._connection.__enter__()
         self.answer_heartbeats = answer_heartbeats
         self.received: list = []  # dicts (JSON) and bytes (binary), in arrival order

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest_twisted
+from twisted.internet import defer
 
 from inprocess import connected
 from txvoice.scaleout.offline import RedisOfflineStore
@@ -41,3 +42,18 @@ def test_offline_queue_bounds_order_and_once(redis_server):
     finally:
         yield a.stopService()
         yield b.stopService()
+
+
+@pytest_twisted.inlineCallbacks
+def test_puts_sent_back_to_back_are_queued_in_order(redis_server):
+    """txredisapi picks a pool connection at random per command: the store must still keep the order."""
+    a = yield connected(redis_server.url, "ord:")
+    try:
+        assert a.settings.pool_size >= 2
+        store = RedisOfflineStore(a, max_messages=500)
+        puts = [store.put("call-o", b"m%03d" % i, i % 3 == 0) for i in range(120)]  # none waited for
+        taken = store.take("call-o")
+        yield defer.gatherResults(puts)
+        assert [m.payload for m in (yield taken)] == [b"m%03d" % i for i in range(120)]
+    finally:
+        yield a.stopService()

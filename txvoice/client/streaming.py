@@ -69,7 +69,10 @@ class FrameEncoder:
             rate, wire_channels = sample_rate, channels
         else:
             rate, wire_channels = _FALLBACK_RATE[canonical], 1
-            self.resampler = Resampler(sample_rate, rate, channels)
+            # "LL" (as the server's ingest): with HQ, 20 ms chunks of a 44.1 kHz mic left up to 40 ms
+            # (20.8 on average) unsent as 48 kHz Opus, 32 kHz up to 60 ms (41.3) as 16 kHz PCM; with LL
+            # only the frame being filled (20 ms), for ~1.5 µs more a chunk (tests/client).
+            self.resampler = Resampler(sample_rate, rate, channels, quality="LL")
         self.format = AudioFormat.validated(canonical, rate, wire_channels, frame_ms)
         self.encoder = encoder_for(self.format, **options)
 

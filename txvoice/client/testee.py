@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Sequence
+from typing import Any, Generator, Sequence
 from urllib.parse import quote
 
 from twisted.internet.defer import Deferred, inlineCallbacks
@@ -41,7 +41,7 @@ class EchoHandler:
         self.echo = echo
         self.first: bytes | None = None
         self.opened = False
-        self.closed: Deferred = Deferred()
+        self.closed: Deferred[tuple[bool, int | None, str | None]] = Deferred()  # (clean, code, reason)
 
     def linkOpened(self, link: IVoiceLink) -> None:
         self.opened = True
@@ -71,7 +71,8 @@ def testee_factory(url: str, handler: EchoHandler, reactor: Any) -> VoiceClientF
 
 
 @inlineCallbacks
-def _session(reactor: Any, base: str, host: str, port: int, resource: str, timeout: float, echo: bool = True):
+def _session(reactor: Any, base: str, host: str, port: int, resource: str, timeout: float,
+             echo: bool = True) -> Generator[Deferred[Any], Any, EchoHandler]:
     handler = EchoHandler(echo)
     factory = testee_factory(base.rstrip("/") + resource, handler, reactor)
     endpoint = TCP4ClientEndpoint(reactor, host, port, timeout=10)
@@ -86,7 +87,8 @@ def _session(reactor: Any, base: str, host: str, port: int, resource: str, timeo
 
 
 @inlineCallbacks
-def run_testee(reactor: Any, url: str, agent: str, case_timeout: float = 300.0, first: int = 1):
+def run_testee(reactor: Any, url: str, agent: str, case_timeout: float = 300.0,
+               first: int = 1) -> Generator[Deferred[Any], Any, int]:
     """Run every case the fuzzingserver offers, then update its reports; returns the case count."""
     from autobahn.websocket.util import parse_url
 
@@ -112,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--case-timeout", type=float, default=300.0)
     args = ap.parse_args(argv)
 
-    def _main(reactor: Any):
+    def _main(reactor: Any) -> Deferred[None]:
         return run_testee(reactor, args.url, args.agent, args.case_timeout).addCallback(
             lambda n: print(f"done: {n} cases, reports updated for {args.agent}", flush=True))
 

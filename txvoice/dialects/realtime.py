@@ -28,9 +28,9 @@ from autobahn.twisted.resource import WebSocketResource
 from twisted.python.failure import Failure
 
 from txvoice.audio.format import AudioFormat
-from txvoice.audio.ingest import StreamSettings
 from txvoice.audio.sniff import sniff_container, wav_shape
 from txvoice.dialects.realtime_calls import CallSession, CallTable, envelope, user_address
+from txvoice.dialects.realtime_options import audio_options
 from txvoice.dialects.realtime_sink import RealtimeSink
 from txvoice.errors import ProtocolError, StateError, VoiceError
 from txvoice.security.session_tokens import BINDING_CLAIM
@@ -46,11 +46,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: Close code of a connection whose call was taken over by a newer connection (a reconnect).
 CLOSE_TAKEN_OVER = 4005
-
-#: session_start.data keys that are S4 AudioProcessingOptions (also accepted under data.audioOptions).
-AUDIO_OPTIONS = ("sampleRate", "channels", "enableVAD", "vadThreshold", "enableDenoising", "enableAGC",
-                 "maxChunkSize", "bufferDuration", "format", "codec", "maxAudioDuration", "outputFormat",
-                 "outputSampleRate")
 
 _ERROR_CATEGORY = {
     "auth_required": "auth", "auth_failed": "auth", "token_expired": "auth", "token_missing": "auth",
@@ -247,7 +242,7 @@ class RealtimeProtocol(VoiceServerProtocol):
             raise VoiceError("the envelope's callId and data.callId differ", code="call_mismatch")
         if user_id is not None and not isinstance(user_id, str):
             raise ProtocolError("data.userId must be a string", code="invalid_field", field="userId")
-        audio = self._audioOptions(data)
+        audio = audio_options(data, self.server.config.max_message_size)
         heartbeat = self.calls.heartbeat.updated(data["heartbeat"]) if isinstance(data.get("heartbeat"), dict) else None
         token = data.get("authToken")
         admitted = self.admission.principal if self.admission is not None else None
@@ -266,29 +261,6 @@ class RealtimeProtocol(VoiceServerProtocol):
         d.addCallback(self._authenticated, call_id, user_id, audio, heartbeat)
         d.addErrback(self._startFailed)
 
-    def _audioOptions(self, data: dict[str, Any]) -> tuple[AudioFormat, dict[str, Any], int]:
-        """S4's AudioProcessingOptions -> the fallback format, stream options and the chunk limit."""
-        opts = dict(data.get("audioOptions") or data.get("options") or {})
-        for key in AUDIO_OPTIONS:
-            if key in data:
-                opts.setdefault(key, data[key])
-        codec = opts.get("format") or opts.get("codec") or "pcm_s16le"
-        fmt = AudioFormat.validated(codec=codec, sample_rate=opts.get("sampleRate", 16000),
-                                    channels=opts.get("channels", 1))
-        options: dict[str, Any] = {k: v for k, v in opts.items()
-                                   if k in ("enableVAD", "vadThreshold", "enableDenoising", "enableAGC",
-                                            "maxAudioDuration")}
-        turn_ms = min(int(opts.get("bufferDuration", 180_000)), int(opts.get("maxAudioDuration", 180_000)))
-        options["max_turn_ms"] = turn_ms
-        options.pop("maxAudioDuration", None)
-        options["output_codec"] = opts.get("outputFormat", "pcm_s16le")
-        options["output_sample_rate"] = opts.get("outputSampleRate", 16000)
-        StreamSettings.parse("voice_activity", options)  # refuse bad options now, not at the first chunk
-        chunk = opts.get("maxChunkSize", 0)
-        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 0:
-            raise ProtocolError("maxChunkSize must be a non-negative integer", code="invalid_field", field="maxChunkSize")
-        return fmt, options, min(chunk, self.server.config.max_message_size) if chunk else 0
-
     def _authenticated(self, principal: Any, call_id: str, user_id: str | None,
                        audio: tuple[AudioFormat, dict[str, Any], int], heartbeat: HeartbeatConfig | None) -> None:
         self._pending_start = False
@@ -300,24 +272,51 @@ class RealtimeProtocol(VoiceServerProtocol):
             raise VoiceError("this session token was issued for another call", code="call_mismatch")
         if user_id is not None and user_id != principal.user_id and self.server.admission.authenticator is not None:
             raise VoiceError("data.userId is not the token's user", code="user_mismatch")
-        table = self.calls
-        call = table.get(call_id)
-        resumed = call is not None
+        call = self.calls.get(call_id)
         if call is not None:
-            if call.user_id != principal.user_id or call.tenant != principal.tenant:
-                raise VoiceError("this call belongs to another user", code="call_in_use")
+            self._startCall(principal, call, True, audio, heartbeat)
+            return
+        # Not held here: the call store says whether it is new or another node's (then handed over).
+        fmt, options, chunk = audio
+        self._pending_start = True
+        d = self.calls.claim(call_id, principal.user_id, principal.tenant,
+                             {"fallbackFormat": fmt.as_dict(), "options": options, "maxChunkSize": chunk})
+        d.addCallback(self._claimed, principal, audio, heartbeat)
+        d.addErrback(self._startFailed)
+
+    def _claimed(self, claim: tuple[CallSession, bool], principal: Any,
+                 audio: tuple[AudioFormat, dict[str, Any], int], heartbeat: HeartbeatConfig | None) -> None:
+        self._pending_start = False
+        call, resumed = claim
+        session = self.session
+        if session is None or session.state is SessionState.CLOSED or self.state != self.STATE_OPEN:
+            if call.protocol is None and call._expiry is None and not call.ended:
+                call.park()  # claimed for a connection that went meanwhile: kept for its reconnect
+            return
+        self._startCall(principal, call, resumed, audio, heartbeat)
+
+    def takenOver(self, call: CallSession) -> None:
+        """A newer connection (on this node or another) serves ``call`` now: close this one with 4005."""
+        self.call = None
+        call.detach(self)
+        self.sendS4("connection_status", {"status": "taken_over", "callId": call.call_id})
+        self.closeSession(CLOSE_TAKEN_OVER, "call taken over by a new connection")
+
+    def _startCall(self, principal: Any, call: CallSession, resumed: bool,
+                   audio: tuple[AudioFormat, dict[str, Any], int], heartbeat: HeartbeatConfig | None) -> None:
+        session = self.session
+        assert session is not None
+        table = self.calls
+        call_id = call.call_id
+        if call.user_id != principal.user_id or call.tenant != principal.tenant:
+            raise VoiceError("this call belongs to another user", code="call_in_use")
+        if resumed:
             previous = call.protocol
             if previous is not None and previous is not self:
-                assert isinstance(previous, RealtimeProtocol)  # only this dialect serves calls
-                previous.call = None
-                call.detach(previous)
-                previous.sendS4("connection_status", {"status": "taken_over", "callId": call_id})
-                previous.closeSession(CLOSE_TAKEN_OVER, "call taken over by a new connection")
+                previous.takenOver(call)
             table.resumes += 1
             self.server.stats.resumes += 1
             self.server.metrics.reconnection()
-        else:
-            call = table.open(call_id, principal.user_id, principal.tenant)
         call.fallback_format, call.options, call.max_chunk_size = audio
         session.user_id, session.tenant = principal.user_id, principal.tenant
         session.conversation_id = call_id
@@ -327,19 +326,20 @@ class RealtimeProtocol(VoiceServerProtocol):
         if heartbeat is not None and self.heartbeat is not None:
             self.heartbeat.reconfigure(heartbeat)
         self.call = call
-        call._flushAudio()
-        pending = table.store.pending(call.address)
-        self.sendS4("connection_status", {
-            "status": "session_started", "callId": call_id, "userId": principal.user_id, "sessionId": session.id,
-            "resumed": resumed, "queued": pending,
-            "heartbeat": (self.heartbeat.config if self.heartbeat else table.heartbeat).as_s4(),
-            "audio": {"fallbackFormat": call.fallback_format.as_dict(), "detect": ["webm", "wav", "ogg"],
-                      "maxChunkSize": call.max_chunk_size or self.server.config.max_message_size,
-                      "response": {"format": call.options["output_codec"],
-                                   "sampleRate": call.options["output_sample_rate"], "channels": 1}},
-            "limits": self._limits(),
-        })
-        d = call.attach(self)
+
+        def announce(queued: int) -> None:
+            self.sendS4("connection_status", {
+                "status": "session_started", "callId": call_id, "userId": principal.user_id, "sessionId": session.id,
+                "resumed": resumed, "queued": queued,
+                "heartbeat": (self.heartbeat.config if self.heartbeat else table.heartbeat).as_s4(),
+                "audio": {"fallbackFormat": call.fallback_format.as_dict(), "detect": ["webm", "wav", "ogg"],
+                          "maxChunkSize": call.max_chunk_size or self.server.config.max_message_size,
+                          "response": {"format": call.options["output_codec"],
+                                       "sampleRate": call.options["output_sample_rate"], "channels": 1}},
+                "limits": self._limits(),
+            })
+
+        d = call.attach(self, announce)
         d.addCallback(self._deliverUserQueue, principal.user_id)
         d.addErrback(lambda f: self.wslog.failure("delivering queued messages failed", f))
 

@@ -7,6 +7,11 @@ being answered goes on and what it writes is queued in the :class:`IOfflineStore
 the call is kept for ``resume_ttl`` seconds.  A ``session_start`` for the same call and user on a
 new connection takes it over: the queue is handed over first, in order and once, then live
 messages follow.  Messages for a user with no connection at all are queued under ``user:<id>``.
+
+Which node holds a call is the :class:`~txvoice.session.calls.ICallStore`'s (``--redis``: Redis,
+else this process).  A ``session_start`` for a call the table does not hold claims it there; when
+another node held it, that node is asked to let it go (its connection is closed with 4005, its
+turn in progress finishes into the shared offline queue) before the queue is taken here.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
 
+from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -26,6 +32,7 @@ from txvoice.audio.ingest import StreamSettings
 from txvoice.server.channel import VoiceChannel
 from txvoice.server.observer import IChannelObserver
 from txvoice.session.appheartbeat import HeartbeatConfig, config_heartbeat
+from txvoice.session.calls import CallInUse, CallRecord, ICallStore, MemoryCallStore, new_epoch
 from txvoice.session.offline import IOfflineStore, MemoryOfflineStore
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -62,6 +69,17 @@ class CallConnection(Protocol):
 
     def chunkFailed(self, failure: Failure) -> None: ...
 
+    def takenOver(self, call: "CallSession") -> None: ...
+
+
+#: How often a call being handed to another node checks whether its turn in progress is done.
+HANDOFF_POLL = 0.05
+
+
+def _nothing(_: object) -> None:
+    """A worker item that only marks a place in a stream's order."""
+
+
 @implementer(IChannelObserver)
 class CallSession:
     """One call: its user, channel, audio settings and the connection serving it (None: offline)."""
@@ -83,6 +101,13 @@ class CallSession:
         self._expiry: Any = None
         self._offline_audio: list[bytes] = []  # response audio while offline: queued as one message
         self.ended = False
+        #: This node's claim of the call in the call store (empty: not claimed).
+        self.epoch = ""
+        #: Being handed to another node: this table no longer serves it.
+        self.leaving = False
+        self._closing: Any = None  # the stream ended at the last detach
+        self._closed_at_worker = True  # ... and its end has been dispatched back from its worker
+        self._inflight: set[Deferred[Any]] = set()  # offline puts not yet answered by the store
 
     @property
     def address(self) -> str:
@@ -108,20 +133,35 @@ class CallSession:
                 self._offline_audio.append(payload)
             else:
                 self._flushAudio()
-                self.table.store.put(self.address, payload, False)
+                self._put(payload, False)
 
     def _flushAudio(self) -> None:
         """Consecutive audio packets queued offline go in as one binary message (one count, in order)."""
         if self._offline_audio:
             audio, self._offline_audio = b"".join(self._offline_audio), []
-            self.table.store.put(self.address, audio, True)
+            self._put(audio, True)
+
+    def _put(self, payload: bytes, is_binary: bool) -> None:
+        d = self.table.store.put(self.address, payload, is_binary)
+        if not isinstance(d, Deferred) or d.called:
+            return
+        self._inflight.add(d)
+
+        def done(result: object) -> None:
+            self._inflight.discard(d)
+            if isinstance(result, Failure):
+                log.warn("call {call_id}: a message could not be queued: {error}", call_id=self.call_id,
+                         error=result.getErrorMessage())
+
+        d.addBoth(done)
 
     # connections
 
-    def attach(self, protocol: "CallConnection") -> "Deferred[int]":
+    def attach(self, protocol: "CallConnection", announce: Callable[[int], None] | None = None) -> "Deferred[int]":
         """
         Serve the call from ``protocol``: fires with the queued messages' count once they have been
-        written to it (live messages produced meanwhile follow them).
+        written to it (live messages produced meanwhile follow them).  ``announce(count)`` is
+        called just before they are written (session_started, with the exact count).
         """
         if self._expiry is not None and self._expiry.active():
             self._expiry.cancel()
@@ -133,9 +173,9 @@ class CallSession:
         else:
             self.channel.session = protocol.session
         self._buffer = []
-        return self.table.store.take(self.address).addCallback(self._drained, protocol)
+        return self.table.store.take(self.address).addCallback(self._drained, protocol, announce)
 
-    def _drained(self, queued: list[Any], protocol: "CallConnection") -> int:
+    def _drained(self, queued: list[Any], protocol: "CallConnection", announce: Callable[[int], None] | None) -> int:
         buffered, self._buffer = self._buffer or [], None
         if self.protocol is not protocol:
             # Taken over (or dropped) while the store answered: requeue, in order.
@@ -144,6 +184,8 @@ class CallSession:
             for payload, is_binary in buffered:
                 self.write(payload, is_binary)
             return 0
+        if announce is not None:
+            announce(len(queued))
         for message in queued:
             protocol.writeOut(message.payload, message.is_binary)
         for payload, is_binary in buffered:
@@ -170,19 +212,87 @@ class CallSession:
         self.protocol = None
         if self._buffer is not None:
             for payload, is_binary in self._buffer:
-                self.table.store.put(self.address, payload, is_binary)
+                self._put(payload, is_binary)
             self._buffer = None
         channel = self.channel
         if channel is not None and channel.stream is not None:
             try:
-                channel.end()  # the last turn is answered (into the queue)
+                stream = self._closing = channel.end()  # the last turn is answered (into the queue)
+                self._closed_at_worker = False
+                # After the stream's end in its worker's order: its last turn has been found by then.
+                self.table.server.workers.submit(stream.key, _nothing, None, self._streamClosed, self._streamClosed)
             except Exception:
                 log.failure("ending the stream of call {call_id} failed", call_id=self.call_id)
+        self.park()
+
+    def park(self) -> None:
+        """No connection serves the call: keep it ``resume_ttl``, then end it."""
+        if self._expiry is not None and self._expiry.active():
+            self._expiry.cancel()
         ttl = self.table.server.config.resume_ttl
         if ttl > 0:
             self._expiry = self.table.server.clock.callLater(ttl, self.end)
         else:
             self.end()
+
+    def _streamClosed(self, _: object) -> None:
+        self._closed_at_worker = True
+
+    def idle(self) -> bool:
+        """No stream, no turn being found or answered, no reply playing or waiting to (nothing more to queue)."""
+        channel = self.channel
+        if channel is None:
+            return True
+        closing = self._closing
+        if closing is not None and (not self._closed_at_worker or closing.handles):
+            return False
+        return (channel.stream is None and channel.playing is None and not channel.responses
+                and not channel.open_turns)
+
+    def _hurry(self) -> None:
+        """Replies being made for the queue go out as fast as they are encoded, not at real time."""
+        channel = self.channel
+        if channel is not None:
+            for response in [channel.playing, *channel.responses, *channel.open_turns]:
+                if response is not None:
+                    response.hurry()
+
+    def handOff(self, timeout: float) -> "Deferred[None]":
+        """
+        Another node took the call over: let the turn in progress finish into the offline queue
+        (at most ``timeout`` s; its reply is sent into the queue as fast as it is encoded, since
+        nobody listens live), then forget the call here without discarding its queue; fires once
+        what it queued has been stored (the other node takes the queue then).
+        """
+        if self._expiry is not None and self._expiry.active():
+            self._expiry.cancel()
+        self._expiry = None
+        self.leaving = True
+        done: Deferred[None] = Deferred()
+        clock = self.table.server.clock
+        deadline = clock.seconds() + timeout
+
+        def check() -> None:
+            if self.ended or self.idle() or clock.seconds() >= deadline:
+                finish()
+            else:
+                self._hurry()
+                clock.callLater(HANDOFF_POLL, check)
+
+        def finish() -> None:
+            self._flushAudio()
+            busy = not self.idle()
+            self.ended = True  # nothing more is queued from here
+            self.table.remove(self)
+            if busy and self.channel is not None:
+                log.warn("call {call_id}: handed over with its turn unfinished after {timeout} s",
+                         call_id=self.call_id, timeout=timeout)
+                self.channel.cancel()
+            pending = list(self._inflight)
+            defer.gatherResults(pending, consumeErrors=True).addBoth(lambda _: done.callback(None))
+
+        check()
+        return done
 
     def end(self) -> None:
         """The call is over (``session_end``, or not resumed in time): stop it and forget its queue."""
@@ -197,6 +307,10 @@ class CallSession:
         if self.protocol is None and self.channel is not None:
             self.channel.cancel()
         self.table.store.discard(self.address)
+        if self.epoch:
+            self.table.call_store.forget(self.call_id, self.epoch).addErrback(
+                lambda f: log.warn("call {call_id}: its record could not be dropped: {error}", call_id=self.call_id,
+                                   error=f.getErrorMessage()))
         sweep = getattr(self.table.store, "sweep", None)
         if sweep is not None:
             sweep()  # expired messages of users who never came back
@@ -222,7 +336,11 @@ class CallTable:
                 on_drop=self._dropped,
             )
         self.store = store
+        self.call_store: ICallStore = server.call_store if server.call_store is not None else MemoryCallStore()
+        self.call_store.serve(self._takenOver)
         self.calls: dict[str, CallSession] = {}
+        self.handed_over = 0  # calls this node let go to another
+        self.resumed_from_other_nodes = 0
         self.resumes = 0
         self.queued_delivered = 0
 
@@ -231,11 +349,70 @@ class CallTable:
             self.dropped_counter.labels(reason).inc(count)
 
     def get(self, call_id: str) -> CallSession | None:
-        return self.calls.get(call_id)
+        call = self.calls.get(call_id)
+        return None if call is None or call.leaving else call
 
     def open(self, call_id: str, user_id: str, tenant: str | None) -> CallSession:
         call = self.calls[call_id] = CallSession(self, call_id, user_id, tenant)
         return call
+
+    def claim(self, call_id: str, user_id: str, tenant: str | None,
+              options: dict[str, Any]) -> "Deferred[tuple[CallSession, bool]]":
+        """
+        A ``session_start`` for a call this table does not hold: claim it in the call store.
+        Fires with (the call, resumed): a call another node held is handed over first (its queue
+        complete), one this node knows again (a race of two starts) is this table's; fails with
+        ``call_in_use`` for another user's call.  While the store cannot answer (Redis down) the
+        call is new, here only.
+        """
+        epoch = new_epoch()
+        store = self.call_store
+        record = CallRecord(call_id, user_id, tenant, store.node_id, epoch, time.time(), options)
+
+        def claimed(previous: CallRecord | None) -> Any:
+            if previous is None or previous.node == store.node_id:
+                return resumed_here(previous)
+            d = store.handoff(previous, epoch)
+            return d.addCallback(lambda released: resumed_here(previous))
+
+        def resumed_here(previous: CallRecord | None) -> tuple[CallSession, bool]:
+            existing = self.get(call_id)
+            if existing is not None:
+                existing.epoch = epoch  # the latest claim is this table's call
+                return existing, True
+            call = self.open(call_id, user_id, tenant)
+            call.epoch = epoch
+            if previous is not None:
+                call.started_at = previous.started_at or call.started_at
+                if previous.node != store.node_id:
+                    self.resumed_from_other_nodes += 1
+            return call, previous is not None
+
+        def unclaimed(failure: Failure) -> tuple[CallSession, bool]:
+            failure.trap(Exception)
+            if failure.check(CallInUse):
+                failure.raiseException()
+            log.warn("call {call_id} could not be claimed in the call store; serving it here only: {error}",
+                     call_id=call_id, error=failure.getErrorMessage())
+            existing = self.get(call_id)
+            if existing is not None:
+                return existing, True
+            return self.open(call_id, user_id, tenant), False
+
+        return store.claim(record).addCallbacks(claimed, unclaimed)
+
+    def _takenOver(self, call_id: str, node: str) -> "Deferred[None]":
+        """Another node claimed a call: close its connection here with 4005 and let it go, queue complete."""
+        call = self.calls.get(call_id)
+        if call is None or call.ended or call.leaving:
+            return defer.succeed(None)
+        self.handed_over += 1
+        protocol = call.protocol
+        if protocol is not None:
+            protocol.takenOver(call)
+        log.info("call {call_id} taken over by node {node}", call_id=call_id, node=node)
+        timeout = float(getattr(self.call_store, "handoff_timeout", 10.0)) * 0.8
+        return call.handOff(timeout)
 
     def remove(self, call: CallSession) -> None:
         if self.calls.get(call.call_id) is call:

@@ -15,6 +15,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from autobahn.twisted.resource import WebSocketResource
+from twisted.application.service import IService
 from twisted.plugin import IPlugin
 from twisted.web.resource import IResource
 from zope.interface import Attribute, Interface, implementer
@@ -35,7 +36,7 @@ class IDialectFactory(Interface):
     def endpoints(server: "VoiceServer") -> Mapping[str, IResource]:
         """The resources this dialect serves for ``server``, by URL path; empty when it is off."""
 
-    def services(server: "VoiceServer") -> list:
+    def services(server: "VoiceServer") -> list[IService]:
         """Services the dialect runs beside the web site (a listener of its own, e.g. TCP); often none."""
 
 
@@ -59,9 +60,10 @@ class DialectFactory:
         self.services_target = services
 
     def endpoints(self, server: "VoiceServer") -> Mapping[str, IResource]:
-        return load_target(self.target)(server)
+        resources: Mapping[str, IResource] = load_target(self.target)(server)  # "module:callable"
+        return resources
 
-    def services(self, server: "VoiceServer") -> list:
+    def services(self, server: "VoiceServer") -> list[IService]:
         return list(load_target(self.services_target)(server)) if self.services_target else []
 
     def __repr__(self) -> str:
@@ -88,9 +90,9 @@ def mount_dialects(server: "VoiceServer", package: ModuleType | None = None) -> 
     return mounted
 
 
-def dialect_services(server: "VoiceServer", package: ModuleType | None = None) -> list:
+def dialect_services(server: "VoiceServer", package: ModuleType | None = None) -> list[IService]:
     """The services every dialect runs beside the web site (listeners of non-HTTP dialects), in name order."""
-    found: list = []
+    found: list[IService] = []
     for _, factory in sorted(dialect_factories(package).items()):
         services = getattr(factory, "services", None)  # optional for other packages' plugins
         if services is not None:

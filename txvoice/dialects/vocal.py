@@ -60,10 +60,11 @@ class _VocalResponseSink:
     def __init__(self, protocol: "VocalProtocol") -> None:
         self.protocol = protocol
 
-    def event(self, event_type: str, data: dict) -> None:
+    def event(self, event_type: str, data: dict[str, Any]) -> None:
         self.protocol.sendJSON({"status": event_type, **data})
 
-    def startResponse(self, text_content, audio_format, metadata: dict) -> None:
+    def startResponse(self, text_content: str | None, audio_format: AudioFormat | None,
+                      metadata: dict[str, Any]) -> None:
         self.protocol.sendJSON(
             {"status": "response", "text": text_content, "audio": audio_format.as_dict() if audio_format else None}
         )
@@ -71,7 +72,7 @@ class _VocalResponseSink:
     def audio(self, chunk: bytes) -> None:
         self.protocol.sendBinary(chunk)
 
-    def endResponse(self, summary: dict) -> None:
+    def endResponse(self, summary: dict[str, Any]) -> None:
         self.protocol.sendJSON({"status": "response_end", **summary})
 
 

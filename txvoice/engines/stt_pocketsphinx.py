@@ -42,6 +42,9 @@ import numpy as np
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from txvoice.engines._psnative import NativeDecoder, native_decoder
+from txvoice.engines.ps_lexicon import ALTERNATE as _ALTERNATE
+from txvoice.engines.ps_lexicon import Lexicon
 from txvoice.engines.interfaces import IRecognitionStream, ISpeechToText, Transcript, VocabularyError, Word
 
 GENERAL = "general"
@@ -54,14 +57,12 @@ GRAMMAR_BEAMS: dict[str, float] = {"beam": 1e-80, "wbeam": 1e-60, "pbeam": 1e-80
 
 _PUNCTUATION = re.compile(r"[^\w' ]+")
 _FILLER = re.compile(r"^(<.*>|\[.*\]|\(NULL\)|\+.*\+)$")
-_ALTERNATE = re.compile(r"\(\d+\)$")
 # JSGF pieces that are not words: comments, header, rule names, tags, weights, operators.
 _JSGF_NOT_WORDS = re.compile(
     r"//[^\n]*|/\*.*?\*/|#JSGF[^;]*;|\bgrammar\s+[\w.]+\s*;|\bimport\s+<[^>]*>\s*;|\bpublic\b|<[^>]*>|\{[^}]*\}"
     r"|/[\d.eE+-]+/|[=|()\[\];*+]",
     re.DOTALL,
 )
-
 
 _JSGF_SHAPE = re.compile(r"^\s*#JSGF\b.*\bpublic\s*<[^>]+>\s*=", re.DOTALL)
 
@@ -95,58 +96,24 @@ def _default_model() -> dict[str, str]:
     }
 
 
-class Lexicon:
-    """
-    The pronunciation dictionary, read once and shared by every grammar decoder: a decoder gets the
-    pronunciations of just the words its grammars use, so loading one skips the dictionary.
-    """
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._entries: dict[str, str] | None = None
-        self._lock = threading.Lock()
-
-    def load(self) -> dict[str, str]:
-        """Word -> its pronunciations, one a line (read on first use; ~0.15 s, call it off the reactor)."""
-        entries = self._entries
-        if entries is None:
-            with self._lock:
-                if self._entries is None:
-                    self._entries = self._read()
-                entries = self._entries
-        return entries
-
-    def _read(self) -> dict[str, str]:
-        entries: dict[str, str] = {}
-        with open(self.path, encoding="utf-8") as f:
-            for line in f:
-                word, _, phones = line.partition(" ")
-                phones = phones.split("#", 1)[0].strip()  # some dictionaries comment their entries
-                if not phones:
-                    continue
-                word = _ALTERNATE.sub("", word)
-                entries[word] = entries[word] + "\n" + phones if word in entries else phones
-        return entries
-
-    def pronunciations(self, word: str) -> list[str]:
-        """The pronunciations of ``word`` (empty if the dictionary lacks it)."""
-        phones = self.load().get(word)
-        return phones.split("\n") if phones else []
-
-    def unknown(self, words: Sequence[str]) -> list[str]:
-        """The ``words`` the dictionary lacks, in order."""
-        entries = self.load()
-        return [w for w in words if w not in entries]
-
-
 class _Decoder:
     """A PocketSphinx decoder and, in grammar mode, the grammars already loaded into it (LRU)."""
 
-    def __init__(self, decoder: Any, mode: str) -> None:
+    def __init__(self, decoder: Any, mode: str, release_gil: bool = True) -> None:
         self.decoder = decoder
         self.mode = mode
+        #: process_raw / end_utt with the GIL released (txvoice.engines._psnative), when the binding allows.
+        self.native: NativeDecoder | None = native_decoder(decoder) if release_gil else None
         self.searches: OrderedDict[str, None] = OrderedDict()
         self.words: set[str] = set()  # grammar mode: the words given to this decoder so far
+
+    def process(self, data: bytes) -> None:
+        native = self.native
+        native.process_raw(data) if native is not None else self.decoder.process_raw(data, False, False)
+
+    def endUtterance(self) -> None:
+        native = self.native
+        native.end_utt() if native is not None else self.decoder.end_utt()
 
     def addWords(self, words: Sequence[str], lexicon: Lexicon) -> None:
         """Give the decoder the pronunciations of ``words`` it does not have yet (alternates as ``word(2)``...)."""
@@ -183,10 +150,11 @@ class _DecoderPool:
     def idle(self) -> int:
         return len(self._idle)
 
-    def __init__(self, make: Callable[[], Any], mode: str, keep: int) -> None:
+    def __init__(self, make: Callable[[], Any], mode: str, keep: int, release_gil: bool = True) -> None:
         self._make = make
         self._mode = mode
         self._keep = keep
+        self._release_gil = release_gil
         self._idle: list[_Decoder] = []
         self._lock = threading.Lock()
 
@@ -194,7 +162,7 @@ class _DecoderPool:
         with self._lock:
             if self._idle:
                 return self._idle.pop()
-        return _Decoder(self._make(), self._mode)
+        return _Decoder(self._make(), self._mode, self._release_gil)
 
     def release(self, decoder: _Decoder) -> None:
         with self._lock:
@@ -227,6 +195,7 @@ class PocketSphinxSTT:
         max_grammars: int = 16,
         loglevel: str = "FATAL",
         decoder_config: Mapping[str, Any] | None = None,
+        release_gil: bool = True,
     ) -> None:
         model = _default_model()
         self.hmm = hmm or model["hmm"]
@@ -238,10 +207,11 @@ class PocketSphinxSTT:
         self.decoder_config = {**(decoder_config or {})}
         self.pool_size = max(0, pool_size)
         self.lexicon = Lexicon(self.dict)
+        self.release_gil = release_gil
         # General decoders are ~27 MB and more each: keep pool_size of them; grammar ones are ~5 MB.
         self._pools = {
-            GENERAL: _DecoderPool(self._makeGeneral, GENERAL, self.pool_size),
-            GRAMMAR: _DecoderPool(self._makeGrammar, GRAMMAR, max(self.pool_size, max_idle)),
+            GENERAL: _DecoderPool(self._makeGeneral, GENERAL, self.pool_size, release_gil),
+            GRAMMAR: _DecoderPool(self._makeGrammar, GRAMMAR, max(self.pool_size, max_idle), release_gil),
         }
         self._cmn: str | None = None
         self.default_grammar: str | None = None
@@ -255,7 +225,8 @@ class PocketSphinxSTT:
         """
         Make one from deployment options (strings are fine): ``phrases`` (list, or ``|``-separated),
         ``phrases_file`` (one a line), ``grammar`` (JSGF), ``grammar_file``, ``partial_interval_ms``,
-        ``pool_size`` (decoders loaded at start), ``max_idle`` (grammar decoders kept), ``max_grammars``, ``hmm``, ``dict``, ``lm``, ``loglevel``; ``ps_<key>`` sets
+        ``pool_size`` (decoders loaded at start), ``max_idle`` (grammar decoders kept), ``max_grammars``, ``hmm``, ``dict``, ``lm``, ``loglevel``, ``release_gil`` (decode with the GIL released, default
+        true; see :mod:`txvoice.engines._psnative`); ``ps_<key>`` sets
         the PocketSphinx config key ``<key>`` (e.g. ``ps_beam=1e-60``).
         """
         opts = {k: v for k, v in options.items() if v is not None}
@@ -273,6 +244,7 @@ class PocketSphinxSTT:
             partial_interval_ms=int(opts.get("partial_interval_ms", 250)), pool_size=int(opts.get("pool_size", 8)),
             max_idle=int(opts.get("max_idle", 64)), max_grammars=int(opts.get("max_grammars", 16)), loglevel=str(opts.get("loglevel", "FATAL")),
             decoder_config=decoder_config,
+            release_gil=str(opts.get("release_gil", "true")).strip().lower() in ("1", "true", "yes", "on"),
         )
 
     # -- decoders ------------------------------------------------------------------------------
@@ -421,7 +393,7 @@ class PocketSphinxStream:
             if self._decoder is None:
                 return None
             try:
-                self._decoder.decoder.process_raw(data, False, False)
+                self._decoder.process(data)
             except BaseException:
                 self._close(broken=True)
                 raise
@@ -448,7 +420,7 @@ class PocketSphinxStream:
             started = time.perf_counter()
             decoder = self._decoder.decoder
             try:
-                decoder.end_utt()
+                self._decoder.endUtterance()
                 hyp = decoder.hyp()
                 words = self._words(decoder.seg() or ()) if hyp is not None else []
             except BaseException:

@@ -7,6 +7,8 @@ implements the same interface by publishing and delivering what other nodes publ
 
 from __future__ import annotations
 
+from typing import Any
+
 from zope.interface import Interface, implementer
 
 from txvoice.logging import NamespaceLogger
@@ -17,14 +19,14 @@ from txvoice.session.session import Session
 class IEventSubscriber(Interface):
     """A session endpoint that can receive server events (the protocol provides it)."""
 
-    def deliverEvent(event_type: str, data: dict, conversation_id: str | None) -> None:
+    def deliverEvent(event_type: str, data: dict[str, Any], conversation_id: str | None) -> None:
         """Send one event to this subscriber's client."""
 
 
 class IEventBus(Interface):
     def broadcast(
         event_type: str,
-        data: dict,
+        data: dict[str, Any],
         conversation_id: str | None = None,
         user_id: str | None = None,
         session_id: str | None = None,
@@ -55,7 +57,7 @@ class LocalEventBus:
     def broadcast(
         self,
         event_type: str,
-        data: dict,
+        data: dict[str, Any],
         conversation_id: str | None = None,
         user_id: str | None = None,
         session_id: str | None = None,

@@ -56,7 +56,7 @@ class _Threshold:
 class AlertManager(Service):
     """Evaluate thresholds periodically and notify listeners of state changes."""
 
-    name = "txvoice-alerts"  # type: ignore[assignment]  # Twisted declares Service.name as None
+    name = "txvoice-alerts"
 
     def __init__(
         self,
@@ -68,7 +68,7 @@ class AlertManager(Service):
         clear_after: int = 2,
     ) -> None:
         if clock is None:
-            from twisted.internet import reactor as clock  # type: ignore[assignment]
+            from twisted.internet import reactor as clock
         if not 0 <= hysteresis < 1:
             raise ValueError("hysteresis is a fraction in [0, 1)")
         self._source = source
@@ -137,7 +137,7 @@ class AlertManager(Service):
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         self._loop = None
-        return super().stopService()
+        super().stopService()
 
     def evaluate(self) -> list[dict[str, Any]]:
         """Compare every threshold with a fresh snapshot; return the events emitted."""

@@ -118,7 +118,7 @@ class MetricsHistory(Service):
     buckets.  Start it (``startService``) for the ticks to run.
     """
 
-    name = "txvoice-metrics-history"  # type: ignore[assignment]  # Twisted declares Service.name as None
+    name = "txvoice-metrics-history"
 
     def __init__(
         self,
@@ -132,7 +132,7 @@ class MetricsHistory(Service):
         traffic: Callable[[], tuple[int, int, int, int]] | None = None,
     ) -> None:
         if clock is None:
-            from twisted.internet import reactor as clock  # type: ignore[assignment]
+            from twisted.internet import reactor as clock
         self._clock: IReactorTime = clock  # type: ignore[assignment]
         self._seconds: deque[_Bucket] = deque(maxlen=seconds)
         self._minutes: deque[_Bucket] = deque(maxlen=minutes)
@@ -201,7 +201,7 @@ class MetricsHistory(Service):
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         self._loop = None
-        return super().stopService()
+        super().stopService()
 
     def tick(self, count: int = 1) -> None:
         """Close the current second, plus ``count - 1`` empty ones for ticks the reactor missed."""

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from twisted.application.service import IService
+from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
 from txvoice.audio.format import AudioFormat
@@ -32,26 +34,26 @@ class TurnContext:
 class IResponseSink(Interface):
     """Where a turn's response goes; every method is called on the reactor thread."""
 
-    def event(event_type: str, data: dict) -> None:
+    def event(event_type: str, data: dict[str, Any]) -> None:
         """Send a processing event (``processing_started``, ``transcript`` ...) to the client."""
 
-    def startResponse(text_content: str | None, audio_format: AudioFormat | None, metadata: dict) -> None:
+    def startResponse(text_content: str | None, audio_format: AudioFormat | None, metadata: dict[str, Any]) -> None:
         """Announce a response (sent as ``voice_response``); audio chunks follow."""
 
-    def audio(chunk) -> None:
+    def audio(chunk: Any) -> None:
         """
         One chunk of response audio in the format given to ``startResponse`` (``bytes``, or a
         ``numpy.int16`` array for PCM); the server resamples, encodes and paces it.
         """
 
-    def endResponse(summary: dict) -> None:
+    def endResponse(summary: dict[str, Any]) -> None:
         """Close the response (final ``voice_stream_chunk``)."""
 
 
 class ITurn(Interface):
     """One voice turn in a pipeline."""
 
-    def feed(raw: bytes | None, pcm):
+    def feed(raw: bytes | None, pcm: Any) -> Callable[[], object] | None:
         """
         Audio arrived (called on the audio worker pool, in order).  Either ``raw``, a chunk
         exactly as the client sent it (push-to-talk streams of a pipeline that does not decode),
@@ -63,7 +65,7 @@ class ITurn(Interface):
         only way back to the reactor while it is fed.
         """
 
-    def finish():
+    def finish() -> Deferred[Any]:
         """
         The client ended the turn (reactor thread, after every ``feed``).  Produce the response
         through the sink; return a Deferred that fires when it has been sent.
@@ -103,7 +105,7 @@ class PipelineHost:
 class IServicePipeline(IVoicePipeline):
     """A pipeline with a life of its own in the daemon (thread pools, engines to load at start)."""
 
-    def makeService(host: PipelineHost):
+    def makeService(host: PipelineHost) -> IService:
         """
         The pipeline's service (an ``IService``), wired to ``host``; the daemon starts it with the
         others and stops it once every session is closed, before the audio threads.

@@ -7,7 +7,7 @@ A :class:`SpeechTurn` runs on two threads, as the engines' contract wants:
   every frame; its partial transcripts go back with the chunk's results (``feed`` returns them)
   and reach the client as ``transcript`` events;
 * when the turn ends (reactor): it takes a processing slot (:mod:`txvoice.pipeline.limits`), gets
-  the final transcript (worker), the agent's reply (reactor), and speaks it (a synthesis iterated
+  the final transcript (the speech service's pool), the agent's reply (reactor), and speaks it (a synthesis iterated
   on the audio worker pool, each chunk handed to the sink as soon as it exists, so the reply starts
   playing long before a long text is synthesized).
 
@@ -170,6 +170,16 @@ class SpeechPipeline:
         reactor = self._reactor()
         # AudioWorkers takes a ThreadPool's callInThreadWithCallback, which is all this needs.
         return deferToThreadPool(reactor, self.threadpool(), f)  # type: ignore[arg-type]
+
+    def finishThread(self, f: Callable[[], Any]) -> Deferred:
+        """
+        ``f()`` (a stream's final transcript) on :meth:`synthesisPool`, not behind the audio shards:
+        every frame of the turn was fed before it ends, so the finish needs no shard order, and on
+        the audio threads it waited behind every other session's frames and reply encoding (twenty
+        turns ending together: stt p95 132 ms there, bench/bench_speech_lag.py).  A turn holds
+        one of that pool's threads at a time (this, then its synthesis), so it is never short.
+        """
+        return deferToThreadPool(self._reactor(), self.synthesisPool(), f)  # type: ignore[arg-type]
 
     # -- engines -----------------------------------------------------------------------------------
 

@@ -47,6 +47,8 @@ class TurnHost(Protocol):
 
     def inThread(self, f: Callable[[], Any]) -> Deferred[Any]: ...
 
+    def finishThread(self, f: Callable[[], Any]) -> Deferred[Any]: ...
+
     def synthesisPool(self) -> Any: ...
 
     def _reactor(self) -> Any: ...
@@ -238,7 +240,7 @@ class SpeechTurn:
         stream = self.stream
         if stream is None:
             return succeed(Transcript(text="", final=True, audio_ms=0))
-        return self.pipeline.inThread(stream.finish)
+        return self.pipeline.finishThread(stream.finish)
 
     def _agentEvent(self, event: AgentEvent) -> None:
         if not self.cancelled and not self.closed:

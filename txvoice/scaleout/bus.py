@@ -14,15 +14,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txvoice.events.bus import IEventBus, LocalEventBus
 from txvoice.scaleout.connection import RedisConnection
+from txvoice.scaleout.writes import OutageNotice
 from txvoice.session.registry import ISessionRegistry
-
-log = Logger(namespace="txvoice.redis")
 
 
 def channel_for(conversation_id: str | None, user_id: str | None, session_id: str | None) -> str:
@@ -46,6 +44,7 @@ class RedisEventBus:
         self.published = 0
         self.received = 0
         self.publish_failures = 0
+        self._notice = OutageNotice("publishing broadcasts to the other nodes (they reach this node only)")
         redis.subscribe("events:*", self._received)
 
     def broadcast(
@@ -63,12 +62,13 @@ class RedisEventBus:
                               "conversation_id": conversation_id, "user_id": user_id, "session_id": session_id},
                              separators=(",", ":"))
         self.published += 1
-        self.redis.publish(channel_for(conversation_id, user_id, session_id), message).addErrback(self._failed)
+        self.redis.publish(channel_for(conversation_id, user_id, session_id), message).addCallbacks(
+            self._notice.succeeded, self._failed)
         return reached
 
     def _failed(self, failure: Failure) -> None:
         self.publish_failures += 1
-        log.warn("a broadcast reached this node only: {error}", error=failure.getErrorMessage())
+        self._notice.failed(failure)  # once per outage: a warning a broadcast would be a log storm
 
     def _received(self, channel: str, message: str) -> None:
         event = json.loads(message)

@@ -6,7 +6,13 @@ It keeps ``--redis-pool-size`` connections for commands and one for the pub/sub 
 each reconnected by txredisapi's ``ClientService`` with exponential backoff and jitter (0.2 s up
 to ``--redis-reconnect-max-delay``).  A command while no connection is up fails at once with
 :class:`RedisUnavailable` instead of waiting for one (txredisapi would queue it until Redis
-returns): callers degrade to what this node knows.  A ``PING`` every second tells whether Redis
+returns): callers degrade to what this node knows.  So does a command while Redis has left the
+commands in flight unanswered for :data:`STALLED` seconds (a Redis that hangs keeps its
+connections open): otherwise every command of the ``--redis-timeout`` until the first times out
+piles up (~200 at 100 reliable messages a second) and each waits that long before the node handles
+it alone; txredisapi then fails them all in one reactor turn.  A stall is only concluded after the
+reactor has polled its sockets once more (a node whose own reactor was held past STALLED has its
+answers waiting there, unread: that is not Redis hanging).  A ``PING`` every second tells whether Redis
 answers; :meth:`RedisConnection.health_reason` is what ``/health`` shows as ``degraded`` while it
 does not.  Callbacks registered with :meth:`RedisConnection.on_up` run each time Redis is back (a
 registry re-writes its sessions then).
@@ -36,6 +42,11 @@ log = Logger(namespace="txvoice.redis")
 PING_INTERVAL = 1.0
 #: Longest a stop waits for commands in flight (what closing sessions wrote) before disconnecting.
 STOP_WAIT = 1.0
+#: Seconds without an answer, commands in flight, after which new commands fail at once (a healthy
+#: Redis answers in well under a millisecond; this leaves room for a slow script).
+STALLED = 0.25
+#: Seconds between checks for a stall.
+STALL_CHECK = 0.1
 #: First reconnection delay (s); txredisapi multiplies it by e per failed attempt up to the max.
 INITIAL_DELAY = 0.2
 
@@ -45,6 +56,10 @@ class RedisUnavailable(VoiceError):
 
     code = "redis_unavailable"
     http_status = 503
+
+
+class RedisNotAnswering(RedisUnavailable):
+    """Connected, but Redis has not answered the commands in flight for :data:`STALLED` seconds."""
 
 
 def node_name(configured: str) -> str:
@@ -77,6 +92,27 @@ class _Subscriber(txredisapi.SubscriberProtocol):  # type: ignore[misc]
         self.owner._message(channel, message)
 
 
+class _KeepTrying:
+    """
+    txredisapi stops reconnecting for good when a new connection's AUTH or SELECT fails -- also when
+    it only timed out (a Redis that hangs, SIGSTOP) or answered ``LOADING`` (a Redis restarting with
+    its data): the node would stay ``redis_down`` until it is restarted.  It keeps trying instead,
+    with the backoff; :meth:`RedisConnection.stopService` stops it with ``disconnect()``.
+    """
+
+    def stopTrying(self) -> defer.Deferred[None]:
+        log.warn("a new connection to Redis failed its AUTH or SELECT: trying again")
+        return defer.succeed(None)
+
+
+class _CommandFactory(_KeepTrying, txredisapi.RedisFactory):  # type: ignore[misc]
+    pass
+
+
+class _SubscriberFactory(_KeepTrying, txredisapi.SubscriberFactory):  # type: ignore[misc]
+    pass
+
+
 class RedisConnection(Service):
     """Commands (:meth:`call`), pub/sub (:meth:`subscribe`, :meth:`publish`), health."""
 
@@ -98,6 +134,11 @@ class RedisConnection(Service):
         self._pinger.clock = clock
         self._pinging = False
         self._inflight = 0
+        #: Since when commands have been in flight with no answer (None: none in flight).
+        self._waiting_since: float | None = None
+        self._stalled = False
+        self._stall_check = LoopingCall(self._checkStall)
+        self._stall_check.clock = clock
 
     # service
 
@@ -120,19 +161,20 @@ class RedisConnection(Service):
     def startService(self) -> None:
         super().startService()
         s = self.settings
-        factory = self._factory = txredisapi.RedisFactory(
+        factory = self._factory = _CommandFactory(
             s.address, s.db, s.pool_size, isLazy=True, password=s.password, replyTimeout=s.timeout,
             username=s.username,
         )
         self._configure(factory)
         factory.startConnecting(self._endpoint())
-        sub = self._subscriber_factory = txredisapi.SubscriberFactory(isLazy=True)
+        sub = self._subscriber_factory = _SubscriberFactory(isLazy=True)
         sub.protocol = type("Subscriber", (_Subscriber,), {"owner": self})
         sub.password, sub.username, sub.replyTimeout = s.password, s.username, None
         self._configure(sub)
         sub.startConnecting(self._endpoint())
         log.info("connecting to Redis at {address} as node {node_id}", address=s.address, node_id=self.node_id)
         self._pinger.start(PING_INTERVAL, now=False)
+        self._stall_check.start(STALL_CHECK, now=False)
         self.clock.callLater(0.05, self._ping)
 
     @defer.inlineCallbacks
@@ -140,6 +182,8 @@ class RedisConnection(Service):
         super().stopService()
         if self._pinger.running:
             self._pinger.stop()
+        if self._stall_check.running:
+            self._stall_check.stop()
         # What the closing sessions wrote (resume state, registry removals) goes out first: bounded.
         deadline = self.clock.seconds() + STOP_WAIT
         while self._inflight and self.clock.seconds() < deadline:
@@ -158,7 +202,7 @@ class RedisConnection(Service):
             self._setUp(None if self._subscribed else "redis_subscription_down")
 
         def failed(f: Failure) -> None:
-            reason = "redis_down" if f.check(RedisUnavailable) else "redis_not_answering"
+            reason = "redis_down" if f.check(RedisUnavailable) and not f.check(RedisNotAnswering) else "redis_not_answering"
             self._setUp(reason, f.getErrorMessage())
 
         def done(_: object) -> None:
@@ -204,18 +248,37 @@ class RedisConnection(Service):
         factory = self._factory
         if factory is None or factory.size == 0:
             return defer.fail(RedisUnavailable(f"Redis at {self.settings.address} is not connected"))
+        now = self.clock.seconds()
+        if self._stalled and self._waiting_since is not None:
+            return defer.fail(RedisNotAnswering(
+                f"Redis at {self.settings.address} has not answered for {now - self._waiting_since:.1f} s"))
         self.commands += 1
         try:
             d: defer.Deferred[Any] = factory.handler.execute_command(*args)
         except txredisapi.ConnectionError as e:
             return defer.fail(RedisUnavailable(str(e)))
         self._inflight += 1
+        if self._waiting_since is None:
+            self._waiting_since = now
 
         def done(result: object) -> object:
             self._inflight -= 1
+            # An answer (or a failure: the connection is gone): what is still in flight waits from now.
+            self._waiting_since = self.clock.seconds() if self._inflight else None
+            self._stalled = False
             return result
 
         return d.addBoth(done)
+
+    def _checkStall(self) -> None:
+        since = self._waiting_since
+        if not self._stalled and since is not None and self.clock.seconds() - since > STALLED:
+            # Concluded a turn later: after the reactor has read what its sockets hold.
+            self.clock.callLater(0, self._confirmStall, since)
+
+    def _confirmStall(self, since: float) -> None:
+        if self._waiting_since == since:
+            self._stalled = True
 
     def eval(self, script: str, keys: list[str], args: list[Any]) -> defer.Deferred[Any]:
         """Run a Lua script atomically (EVAL: one round trip)."""

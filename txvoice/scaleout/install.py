@@ -16,9 +16,11 @@ from twisted.internet.interfaces import IReactorTime
 
 from txvoice.config import VoiceConfig
 from txvoice.scaleout.bus import RedisEventBus
+from txvoice.scaleout.calls import RedisCallStore
 from txvoice.scaleout.connection import RedisConnection
 from txvoice.scaleout.conversations import RedisConversationStore
 from txvoice.scaleout.offline import RedisOfflineStore
+from txvoice.scaleout.quota import RedisTokenQuota
 from txvoice.scaleout.registry import RedisSessionRegistry
 from txvoice.scaleout.resume import RedisReliableLog, RedisResumeStore
 from txvoice.scaleout.settings import parse_redis_settings
@@ -36,6 +38,7 @@ class ScaleOut:
     bus: RedisEventBus = field(init=False)
     resume_store: RedisResumeStore = field(init=False)
     reliable_log: RedisReliableLog = field(init=False)
+    call_store: RedisCallStore = field(init=False)
 
     def __post_init__(self) -> None:
         redis = self.connection
@@ -43,6 +46,7 @@ class ScaleOut:
         self.bus = RedisEventBus(self.registry, redis)
         self.resume_store = RedisResumeStore(redis, self.config.resume_ttl)
         self.reliable_log = RedisReliableLog(redis, self.config.resume_ttl)
+        self.call_store = RedisCallStore(redis, self.config.resume_ttl)
 
     def server_stores(self) -> dict[str, Any]:
         """Keyword arguments for VoiceServer: the stores it is built around."""
@@ -50,7 +54,7 @@ class ScaleOut:
                 "reliable_log": self.reliable_log}
 
     def attach(self, server: Any) -> None:
-        """Plug Redis into a VoiceServer: session tokens, its health, its node id."""
+        """Plug Redis into a VoiceServer: session tokens (and their count per user), its health, its node id."""
         server.node_id = self.connection.node_id
         server.health_checks.append(self.connection.health_reason)
         server.scaleout = self
@@ -58,15 +62,17 @@ class ScaleOut:
         server.offline_store = RedisOfflineStore(
             self.connection, max_messages=self.config.offline_queue_max_messages,
             max_bytes=self.config.offline_queue_max_bytes, max_age=self.config.offline_queue_max_age)
+        server.call_store = self.call_store
         config = self.config
         server.admission.issuer = SessionTokenIssuer(
             store=RedisSessionTokenStore(self.connection), clock=self.connection.clock,
             ttl=config.session_token_ttl, max_per_principal=config.session_tokens_per_user,
+            quota=RedisTokenQuota(self.connection),
         )
 
     def services(self) -> list[IService]:
         """Started after the listener, stopped after the sessions (which write their state)."""
-        return [self.connection, self.registry, self.resume_store]
+        return [self.connection, self.registry, self.resume_store, self.call_store]
 
 
 def scale_out(config: VoiceConfig, clock: IReactorTime, worker: int | None = None) -> ScaleOut | None:

@@ -6,6 +6,10 @@ The offline message queue (S4) on Redis: bounded lists with a TTL, one per addre
 ``max_bytes``, ``PEXPIRE`` both keys to ``max_age``), ``take`` and ``discard`` one script each
 (read and ``DEL`` together, so a message is handed over once).  Messages older than ``max_age`` are
 dropped at ``take`` (counted ``expired``).  Drops are counted by reason, as the in-process store.
+
+The commands for one address are sent one after the other (each once the previous answered):
+txredisapi sends each command on a connection of its pool picked at random, so two ``put`` in a
+row could otherwise be applied out of order (seen: a reply's audio queued after its end).
 """
 
 from __future__ import annotations
@@ -13,9 +17,10 @@ from __future__ import annotations
 import base64
 import json
 import time
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 from twisted.internet import defer
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txvoice.scaleout.connection import RedisConnection
@@ -42,6 +47,8 @@ redis.call('PEXPIRE', KEYS[1], ARGV[5])
 redis.call('PEXPIRE', KEYS[2], ARGV[5])
 return {by_count, by_bytes, redis.call('LLEN', KEYS[1])}
 """
+
+T = TypeVar("T")
 
 _TAKE = """
 local items = redis.call('LRANGE', KEYS[1], 0, -1)
@@ -75,6 +82,32 @@ class RedisOfflineStore:
         self.now = now
         self.dropped = {reason: 0 for reason in DROP_REASONS}
         self._pending: dict[str, int] = {}  # what this node last saw per address (approximate)
+        self._tails: dict[str, defer.Deferred[None]] = {}  # per address: fires when its last command answered
+
+    def _serial(self, address: str, run: Callable[[], defer.Deferred[T]]) -> defer.Deferred[T]:
+        """``run()`` once every earlier command for ``address`` has been answered (in order)."""
+        previous = self._tails.get(address)
+        tail: defer.Deferred[None] = defer.Deferred()
+        self._tails[address] = tail
+        result: defer.Deferred[T] = defer.Deferred()
+
+        def go(_: object = None) -> None:
+            def settled(outcome: Any) -> None:
+                if self._tails.get(address) is tail:
+                    del self._tails[address]
+                if isinstance(outcome, Failure):
+                    result.errback(outcome)
+                else:
+                    result.callback(outcome)
+                tail.callback(None)
+
+            defer.maybeDeferred(run).addBoth(settled)
+
+        if previous is None:
+            go()
+        else:
+            previous.addCallback(go)
+        return result
 
     def _keys(self, address: str) -> list[str]:
         return [self.redis.key("offline", address), self.redis.key("offline-bytes", address)]
@@ -91,8 +124,8 @@ class RedisOfflineStore:
             return defer.succeed(None)
         item = json.dumps({"n": len(payload), "b": is_binary, "t": self.now(),
                            "p": base64.b64encode(payload).decode("ascii")}, separators=(",", ":"))
-        d = self.redis.eval(_PUT, self._keys(address),
-                            [item, len(payload), self.max_messages, self.max_bytes, int(self.max_age * 1000)])
+        d = self._serial(address, lambda: self.redis.eval(
+            _PUT, self._keys(address), [item, len(payload), self.max_messages, self.max_bytes, int(self.max_age * 1000)]))
 
         def stored(result: list[int]) -> None:
             by_count, by_bytes, length = (int(x) for x in result)
@@ -103,7 +136,7 @@ class RedisOfflineStore:
         return d.addCallback(stored)
 
     def take(self, address: str) -> defer.Deferred[list[QueuedMessage]]:
-        d = self.redis.eval(_TAKE, self._keys(address), [])
+        d = self._serial(address, lambda: self.redis.eval(_TAKE, self._keys(address), []))
 
         def taken(items: Any) -> list[QueuedMessage]:
             self._pending.pop(address, None)
@@ -120,7 +153,7 @@ class RedisOfflineStore:
 
     def discard(self, address: str) -> defer.Deferred[int]:
         self._pending.pop(address, None)
-        return self.redis.eval(_DISCARD, self._keys(address), []).addCallback(int)
+        return self._serial(address, lambda: self.redis.eval(_DISCARD, self._keys(address), [])).addCallback(int)
 
     def pending(self, address: str) -> int:
         return self._pending.get(address, 0)

@@ -4,12 +4,12 @@ How a node's background writes to Redis behave at scale and while Redis is unrea
 - :func:`in_batches`: what a node re-writes for all its sessions (the registry's and the resume
   store's refresh, every third of ``--redis-session-ttl`` and each time Redis is back) goes out
   :data:`BATCH` sessions at a time, the next batch a reactor turn after the previous one's reply:
-  encoding a thousand sessions at once held the reactor ~30 ms on the 2-core test machine; a batch
+  encoding a thousand sessions at once held the reactor 21-23 ms on the 2-core test machine; a batch
   of 100 holds it ~3 ms.  A batch that fails ends the round (Redis is down: the next refresh
   after it is back writes everything again).
 - :class:`OutageNotice`: a kind of write that fails is logged once per outage (the first failure),
   the rest counted, and the first success after it says how many failed.  While Redis is down
-  every registry write, resume write and reliable-message record fails at once; a warning for
+  every registry write, resume write, reliable-message record and broadcast fails at once; a warning for
   each is a log storm on the reactor thread at exactly the wrong time.
 """
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
 from txvoice.errors import VoiceError
@@ -97,7 +98,7 @@ class Principal:
 class IAuthenticator(Interface):
     """Turns client credentials into a :class:`Principal`."""
 
-    def authenticate(credentials):
+    def authenticate(credentials: Credentials | str) -> Deferred[Principal]:
         """
         Check ``credentials`` (a :class:`Credentials`, or a bare token string).
 
@@ -113,10 +114,10 @@ class ISessionTokenStore(Interface):
     Methods return Deferreds so that a networked store (Redis ``SET PX`` / ``GETDEL``) fits.
     """
 
-    def put(key: str, record: Any, expires_at: float):
-        """Store ``record`` under ``key`` until ``expires_at``; Deferred[None]."""
+    def put(key: str, record: Any, expires_at: float) -> Deferred[None]:
+        """Store ``record`` under ``key`` until ``expires_at``."""
 
-    def take(key: str):
+    def take(key: str) -> Deferred[Any]:
         """
         Atomically remove and return the record under ``key``; Deferred[record or None].
         Atomicity is what makes session tokens single-use.

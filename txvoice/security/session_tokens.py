@@ -38,6 +38,7 @@ from txvoice.security.interfaces import (
     Principal,
 )
 from txvoice.security.jwt_auth import extract_token
+from txvoice.security.token_quota import ITokenQuota, LocalTokenQuota
 
 __all__ = [
     "DEFAULT_TTL",
@@ -78,57 +79,6 @@ class TooManySessionTokens(VoiceError):
     def __init__(self, message: str, retry_after: float) -> None:
         super().__init__(message)
         self.retry_after = retry_after
-
-
-#: Whose tokens: (user_id, tenant).
-_Who = tuple[str, "str | None"]
-
-
-class _LiveTokens:
-    """
-    Unused, unexpired tokens per principal (user and tenant), so that one account cannot fill
-    the shared store.  Expired entries are dropped from the oldest end as tokens are issued.
-    """
-
-    def __init__(self) -> None:
-        self._by_principal: dict[_Who, dict[str, float]] = {}
-        self._order: OrderedDict[str, tuple[_Who, float]] = OrderedDict()
-
-    def count(self, who: _Who, now: float) -> int:
-        self._sweep(now)
-        live = self._by_principal.get(who)
-        if not live:
-            return 0
-        for digest in [d for d, expires_at in live.items() if expires_at <= now]:
-            self.remove(who, digest)
-        return len(self._by_principal.get(who, ()))
-
-    def add(self, who: _Who, digest: str, expires_at: float) -> None:
-        self._by_principal.setdefault(who, {})[digest] = expires_at
-        self._order[digest] = (who, expires_at)
-
-    def remove(self, who: _Who, digest: str) -> None:
-        self._order.pop(digest, None)
-        live = self._by_principal.get(who)
-        if live is not None:
-            live.pop(digest, None)
-            if not live:
-                del self._by_principal[who]
-
-    def _sweep(self, now: float) -> None:
-        order = self._order
-        while order:
-            digest, (who, expires_at) = next(iter(order.items()))
-            if expires_at > now:
-                return
-            self.remove(who, digest)
-
-    def soonest_expiry(self, who: _Who) -> float | None:
-        live = self._by_principal.get(who)
-        return min(live.values()) if live else None
-
-    def __len__(self) -> int:
-        return len(self._order)
 
 
 @dataclass(frozen=True)
@@ -210,6 +160,7 @@ class SessionTokenIssuer:
         ttl: float = DEFAULT_TTL,
         purpose: str = WEBSOCKET_PURPOSE,
         max_per_principal: int = 0,
+        quota: ITokenQuota | None = None,
     ) -> None:
         if ttl <= 0:
             raise ValueError("ttl must be positive")
@@ -221,7 +172,9 @@ class SessionTokenIssuer:
         self.purpose = purpose
         #: Unused tokens one principal may hold at once (0: no limit but the store's).
         self.max_per_principal = max_per_principal
-        self._live = _LiveTokens()
+        #: Where the unused tokens per principal are counted (--redis: across the cluster).
+        self.quota: ITokenQuota = quota if quota is not None else LocalTokenQuota()
+        self._live = self.quota.local
 
     def seconds(self) -> float:
         """The issuer's notion of now (its clock), for computing ``expires_in``."""
@@ -235,31 +188,33 @@ class SessionTokenIssuer:
         if principal.expired(now):
             return defer.fail(AuthError("credentials have expired", code=TOKEN_EXPIRED))
         who = (principal.user_id, principal.tenant)
-        if self.max_per_principal and self._live.count(who, now) >= self.max_per_principal:
-            soonest = self._live.soonest_expiry(who)
-            return defer.fail(TooManySessionTokens(
-                f"{self.max_per_principal} unused session tokens are outstanding for this account; "
-                "use or let one expire first",
-                retry_after=max(0.0, (soonest if soonest is not None else now) - now),
-            ))
         expires_at = now + self.ttl
         if principal.expires_at is not None:
             expires_at = min(expires_at, principal.expires_at)
         token = secrets.token_urlsafe(32)
         digest = _digest(token)
         record = _Record(principal, purpose or self.purpose, expires_at)
-        if self.max_per_principal:
-            self._live.add(who, digest, expires_at)  # counted at once: issues in flight count too
-        d = self._store.put(digest, record, expires_at)
+        limit = self.max_per_principal
+
+        def counted(refused: float | None) -> defer.Deferred[None]:
+            if refused is not None:
+                raise TooManySessionTokens(
+                    f"{limit} unused session tokens are outstanding for this account; use or let one expire first",
+                    retry_after=max(0.0, refused),
+                )
+            return self._store.put(digest, record, expires_at)
 
         def stored(_: object) -> tuple[str, float]:
             return token, expires_at
 
         def failed(failure: Failure) -> Failure:
-            self._live.remove(who, digest)
+            if limit and not failure.check(TooManySessionTokens):
+                self.quota.release(who, digest)
             return failure
 
-        issued: defer.Deferred[tuple[str, float]] = d.addCallbacks(stored, failed)
+        # Counted before it is stored: issues in flight count too.
+        d = self.quota.reserve(who, digest, expires_at - now, limit, now) if limit else defer.succeed(None)
+        issued: defer.Deferred[tuple[str, float]] = d.addCallback(counted).addCallbacks(stored, failed)
         return issued
 
     def redeem(self, token: str | None, purpose: str | None = None) -> defer.Deferred[Principal]:
@@ -280,7 +235,8 @@ class SessionTokenIssuer:
     def _check(self, record: _Record | None, purpose: str, digest: str) -> Principal:
         if record is None:
             raise AuthError("unknown or already used session token", code=AUTH_FAILED)
-        self._live.remove((record.principal.user_id, record.principal.tenant), digest)
+        if self.max_per_principal:
+            self.quota.release((record.principal.user_id, record.principal.tenant), digest)
         if record.purpose != purpose:
             raise AuthError("session token is not valid for this purpose", code=AUTH_FAILED)
         if self._clock.seconds() >= record.expires_at:
@@ -421,7 +377,8 @@ class AuthWebSocketResource(Resource):
         gone: list[bool] = []
         request.notifyFinish().addErrback(lambda _: gone.append(True))
 
-        d = self._authenticator.authenticate(Credentials(token=token))
+        # The chain changes what it carries (Principal, issued token, response body): not one type.
+        d: defer.Deferred[Any] = self._authenticator.authenticate(Credentials(token=token))
         if binding:
             d.addCallback(_bind, binding)
         d.addCallback(self._issuer.issue)

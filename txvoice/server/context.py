@@ -80,6 +80,8 @@ class VoiceServer:
         self.conversation_store: Any = None
         #: The offline message queue the realtime dialect uses (--redis: txvoice.scaleout.offline); None: its own.
         self.offline_store: Any = None
+        #: Where the realtime dialect's calls are known cluster-wide (--redis: txvoice.scaleout.calls); None: this node only.
+        self.call_store: Any = None
         self.started_at = time.time()
         self.version = __version__
         self.shutting_down = False

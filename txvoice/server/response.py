@@ -12,6 +12,7 @@ response at a time; later ones wait their turn.
 from __future__ import annotations
 
 import itertools
+import math
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -151,6 +152,8 @@ class ResponseStream:
         self._flush_pending = False  # endResponse seen: flush once the slices are encoded
         self._submitting = False
         self.passthrough = False
+        #: Sent as fast as it is encoded, not at real time (nobody is listening live: see hurry()).
+        self.unpaced = False
         self.active = False
         self.finished = False  # endResponse seen and the encoder flushed
         self.done = False  # final chunk sent (or cancelled)
@@ -326,7 +329,7 @@ class ResponseStream:
         if self.queue and self.started_at is None:
             self.started_at = now
         if self.started_at is not None:
-            allowed = (now - self.started_at) * 1000.0 + self.settings.response_lead_ms
+            allowed = math.inf if self.unpaced else (now - self.started_at) * 1000.0 + self.settings.response_lead_ms
             sink = self.sink
             queue = self.queue
             while queue and self.sent_ms < allowed:
@@ -342,6 +345,16 @@ class ResponseStream:
             self._complete(cancelled=False)
         elif self._to_encode and self._primed:
             self._encodeNext()  # what was sent opened the window
+
+    def hurry(self) -> None:
+        """
+        Send the rest as fast as it is encoded: no client plays it in real time (a call whose
+        output is being queued for another node, which waits for it to finish).
+        """
+        if not self.unpaced and not self.done:
+            self.unpaced = True
+            if self.active:
+                self.pump(self.clock.seconds())
 
     def played_ms(self, now: float) -> tuple[float, str]:
         """How much the client has played: its own report when it sent one, else the pacing's."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.application.service import Service
 from twisted.internet.address import UNIXAddress
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
@@ -25,19 +27,21 @@ def listening_address(address: IAddress) -> str:
 class ListenerService(Service):
     """Listens while running; ``whenListening`` fires with the port (tests listen on ``tcp:0``)."""
 
-    name = "listener"  # type: ignore[assignment]  # Twisted declares Service.name as None
+    name = "listener"
     log = NamespaceLogger(namespace="txvoice.network")
 
-    def __init__(self, reactor, description: str, site: Site) -> None:
-        self.reactor = reactor
+    def __init__(self, reactor: Any, description: str, site: Site) -> None:
+        # IReactorCore and IReactorSocket (adopting sockets): zope interfaces cannot be intersected in a hint.
+        self.reactor: Any = reactor
         self.description = description
         self.site = site
         self.port: IListeningPort | None = None
-        self.whenListening: Deferred = Deferred()
+        self.whenListening: Deferred[IListeningPort] = Deferred()
 
     def listen(self) -> "Deferred[IListeningPort] | IListeningPort":
         """Start listening: the IListeningPort, or a Deferred of it (subclasses adopt a socket instead)."""
-        return serverFromString(self.reactor, self.description).listen(self.site)
+        listening: Deferred[IListeningPort] = serverFromString(self.reactor, self.description).listen(self.site)
+        return listening
 
     def startService(self) -> None:
         super().startService()
@@ -55,9 +59,14 @@ class ListenerService(Service):
             # Fail the start (and so twistd) rather than run a server that cannot be reached.
             failure[0].raiseException()
 
-    def stopService(self) -> Deferred:
+    def stopService(self) -> Deferred[None]:
         super().stopService()
         port, self.port = self.port, None
         if port is None:
             return succeed(None)
-        return maybeDeferred(port.stopListening)
+
+        def stop() -> Deferred[None]:
+            stopping = port.stopListening()  # a Deferred, or None when it stopped at once
+            return stopping if stopping is not None else succeed(None)
+
+        return maybeDeferred(stop)

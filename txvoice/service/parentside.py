@@ -90,7 +90,7 @@ class RestartBackoff:
 class WorkerProtocol(ProcessProtocol):
     """One worker process, seen from the parent: relays its logs, reports it listening and ending."""
 
-    def __init__(self, owner: "WorkerProcesses", index: int, publish: Callable[[dict], None]) -> None:
+    def __init__(self, owner: "WorkerProcesses", index: int, publish: Callable[[dict[str, Any]], None]) -> None:
         self.owner = owner
         self.index = index
         self.publish = publish
@@ -153,7 +153,7 @@ class _Slot:
         self.covering: IListeningPort | None = None
         self.restart: IDelayedCall | None = None
         self.backoff = RestartBackoff()
-        self.ended: Deferred | None = None
+        self.ended: Deferred[None] | None = None
         self.given_up = False
 
 
@@ -164,7 +164,7 @@ class WorkerProcesses(Service):
     socket of any worker that is not listening.
     """
 
-    name = "processes"  # type: ignore[assignment]  # Twisted declares Service.name as None
+    name = "processes"
 
     def __init__(
         self,
@@ -173,7 +173,7 @@ class WorkerProcesses(Service):
         listeners: ReusePortListeners,
         site: Site,
         spawner: Spawner | None = None,
-        publish: Callable[[dict], None] | None = None,
+        publish: Callable[[dict[str, Any]], None] | None = None,
         backoff: Callable[[], RestartBackoff] = RestartBackoff,
         session_tokens: bool = False,
     ) -> None:
@@ -209,7 +209,7 @@ class WorkerProcesses(Service):
             self.cover(slot)
             self.start(slot)
 
-    def stopService(self) -> Deferred:
+    def stopService(self) -> Deferred[None]:
         """SIGTERM every worker, SIGKILL what is left after ``shutdown_timeout`` + 5 s; fire when all ended."""
         super().stopService()
         self.stopping = True
@@ -260,10 +260,11 @@ class WorkerProcesses(Service):
         """Start ``twistd txvoice`` as worker ``index`` with ``sock`` as its fd 3."""
         argv = worker_argv(self.reactor)
         env = worker_environment(self.config, index, os.environ)
-        return self.reactor.spawnProcess(
+        process: IProcessTransport = self.reactor.spawnProcess(
             protocol, argv[0], argv, env=env,
             childFDs={0: "w", 1: "r", 2: "r", LISTEN_FD: sock.fileno(), CONTROL_FD: "r"},
         )
+        return process
 
     def start(self, slot: _Slot) -> None:
         slot.restart = None

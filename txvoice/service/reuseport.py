@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+from typing import Any
 
 from twisted.internet.interfaces import IListeningPort
 from twisted.web.server import Site
@@ -63,7 +64,8 @@ class ReusePortListeners:
 
     @property
     def port(self) -> int:
-        return self.socket(0).getsockname()[1]
+        port: int = self.socket(0).getsockname()[1]
+        return port
 
     def close(self) -> None:
         sockets, self.sockets = self.sockets, []
@@ -74,7 +76,7 @@ class ReusePortListeners:
 class SharedListenerService(ListenerService):
     """The parent's listener: adopts socket 0 of the group."""
 
-    def __init__(self, reactor, listeners: ReusePortListeners, site: Site) -> None:
+    def __init__(self, reactor: Any, listeners: ReusePortListeners, site: Site) -> None:
         super().__init__(reactor, f"reuseport:{listeners.spec.interface}:{listeners.spec.port}", site)
         self.listeners = listeners
 
@@ -83,13 +85,15 @@ class SharedListenerService(ListenerService):
         super().privilegedStartService()
 
     def listen(self) -> IListeningPort:
-        return self.reactor.adoptStreamPort(self.listeners.socket(0).fileno(), self.listeners.family, self.site)
+        port: IListeningPort = self.reactor.adoptStreamPort(
+            self.listeners.socket(0).fileno(), self.listeners.family, self.site)
+        return port
 
 
 class WorkerListenerService(ListenerService):
     """A worker's listener: adopts the socket its parent passed as fd 3, then says so on fd 4."""
 
-    def __init__(self, reactor, site: Site, listen_fd: int = LISTEN_FD, control_fd: int = CONTROL_FD) -> None:
+    def __init__(self, reactor: Any, site: Site, listen_fd: int = LISTEN_FD, control_fd: int = CONTROL_FD) -> None:
         super().__init__(reactor, f"fd:{listen_fd}", site)
         self.listen_fd = listen_fd
         self.control_fd = control_fd
@@ -98,7 +102,7 @@ class WorkerListenerService(ListenerService):
         inherited = socket.socket(fileno=self.listen_fd)  # family and type read from the socket
         try:
             inherited.setblocking(False)
-            port = self.reactor.adoptStreamPort(inherited.fileno(), inherited.family, self.site)
+            port: IListeningPort = self.reactor.adoptStreamPort(inherited.fileno(), inherited.family, self.site)
         finally:
             inherited.close()  # adoptStreamPort keeps a duplicate; the parent keeps the socket
         try:

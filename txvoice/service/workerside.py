@@ -40,7 +40,7 @@ def worker_index(environ: Mapping[str, str] | None = None) -> int | None:
 class _ParentPipe(abstract.FileDescriptor):
     """Reads the pipe the parent holds open; end-of-file means the parent is gone."""
 
-    def __init__(self, reactor, fd: int, gone: Callable[[], None]) -> None:
+    def __init__(self, reactor: Any, fd: int, gone: Callable[[], None]) -> None:
         super().__init__(reactor)
         self.fd = fd
         self.gone = gone
@@ -65,9 +65,9 @@ class ParentWatchService(Service):
     the usual case, and twistd would log a ReactorNotRunning traceback for the second one.
     """
 
-    name = "parent-watch"  # type: ignore[assignment]  # Twisted declares Service.name as None
+    name = "parent-watch"
 
-    def __init__(self, reactor, fd: int = 0, signals: bool = True) -> None:
+    def __init__(self, reactor: Any, fd: int = 0, signals: bool = True) -> None:
         self.reactor = reactor
         self.fd = fd
         self.signals = signals

@@ -8,6 +8,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from twisted.internet.defer import Deferred
 from zope.interface import Interface
 
 from txvoice.errors import StateError
@@ -67,11 +68,11 @@ class SessionCounters:
         return self.text_bytes_out + self.binary_bytes_out
 
     def add(self, other: "SessionCounters") -> None:
-        for name in self.__slots__:  # type: ignore[attr-defined]
+        for name in self.__slots__:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
     def as_dict(self) -> dict[str, int]:
-        fields = {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
+        fields = {name: getattr(self, name) for name in self.__slots__}
         fields.update(
             messages_in=self.messages_in,
             messages_out=self.messages_out,
@@ -103,7 +104,7 @@ class HeartbeatState:
 class ISessionConnection(Interface):
     """What services need of the connection a session lives on, whatever its dialect."""
 
-    def deliverEvent(event_type: str, data: dict, conversation_id: str | None) -> None:
+    def deliverEvent(event_type: str, data: dict[str, Any], conversation_id: str | None) -> None:
         """A broadcast event addressed to the session, in the dialect's own words."""
 
     def pushMetrics() -> None:
@@ -118,7 +119,7 @@ class ISessionConnection(Interface):
     def goingAway(reason: str) -> None:
         """The server is stopping: close with 1001."""
 
-    def whenClosed():
+    def whenClosed() -> Deferred[Any]:
         """A Deferred that fires once the connection has closed."""
 
 

@@ -7,7 +7,14 @@ library gets its own :class:`ctypes.CDLL` object, so the ``argtypes`` set below 
 the ones ``opuslib`` sets on its handle.  It is a :class:`ctypes.PyDLL`: calls keep the GIL.  A
 20 ms decode takes ~25 µs; letting go of the GIL for it cost the audio thread up to a switch
 interval (5 ms) to get it back whenever the reactor was busy (measured: 2.6 ms of wall time per
-decode under load), while holding it costs the reactor at most the 25 µs.  Error codes are mapped to names here because
+decode under load), while holding it costs the reactor at most the 25 µs.  Encoding is the
+other way round: a 20 ms frame at 48 kHz takes ~0.45 ms of libopus, and with twenty replies at
+once it was half of all the time any thread held the GIL (py-spy ``--gil``,
+``bench/bench_speech_lag.py``), each call a stretch the reactor could not run.  So
+``opus_encode`` alone goes through a second, GIL-releasing :class:`ctypes.CDLL` handle: replies
+are encoded ahead of their playing, so the wait to get the GIL back costs nothing a client hears
+(measured in pairs, 20 speakers: reactor lag p99 55/18 -> 8.8/7.4 ms, first audio p95 99/70 ->
+57/38 ms).  Error codes are mapped to names here because
 ``str(opuslib.OpusError)`` raises in opuslib 3.0.1.
 """
 
@@ -137,7 +144,9 @@ _lib.opus_encoder_create.argtypes = (ctypes.c_int32, ctypes.c_int, ctypes.c_int,
 _lib.opus_encoder_create.restype = ctypes.c_void_p
 _lib.opus_encoder_destroy.argtypes = (ctypes.c_void_p,)
 _lib.opus_encoder_destroy.restype = None
-_opus_encode = _lib.opus_encode
+#: The one GIL-releasing call (see above): the same library through a CDLL handle.
+_released = ctypes.CDLL(_lib._name)
+_opus_encode = _released.opus_encode
 _opus_encode.argtypes = (
     ctypes.c_void_p,  # OpusEncoder *st
     ctypes.c_void_p,  # const opus_int16 *pcm

@@ -1,0 +1,116 @@
+"""
+PocketSphinx's decoding calls with the GIL released.
+
+The ``pocketsphinx`` wheel's Cython binding keeps the GIL while it decodes: ``process_raw`` takes
+~0.3 ms of C per 20 ms frame with a grammar, and with twenty speakers at once that was 43 % of
+the time any thread held the GIL (py-spy ``--gil``, ``bench/bench_speech_lag.py``), every bit of
+it time the reactor waited.  The wheel's extension module exports the C API (``ps_process_raw``,
+``ps_end_utt``), and :class:`ctypes.CDLL` lets go of the GIL around a foreign call, so the audio
+threads decode on the other core while the reactor runs.
+
+The decoder's ``ps_decoder_t *`` is read from the Cython object, whose layout is checked before
+it is used: ``Decoder`` is ``PyObject_HEAD, ps_decoder_t *_ps, Config _config`` and ``Config`` is
+``PyObject_HEAD, vtable, ps_config_t *config``; the pointer is taken only when the object's second
+field is its own ``config`` attribute and the decoder's first C field (``ps->config``) is that
+config's pointer.  Anything else (another wheel, another layout) and :func:`native_decoder` returns
+None: the caller keeps the binding's own methods.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from typing import Any
+
+__all__ = ["NativeDecoder", "native_decoder"]
+
+_POINTER = ctypes.sizeof(ctypes.c_void_p)
+_HEAD = 2 * _POINTER  # PyObject_HEAD: refcount, type
+_lib: Any = None
+_lib_error: BaseException | None = None
+_lib_lock = threading.Lock()
+
+
+def _library() -> Any:
+    """The extension module as a C library (loaded once; None when it lacks the symbols)."""
+    global _lib, _lib_error
+    with _lib_lock:
+        if _lib is None and _lib_error is None:
+            try:
+                import pocketsphinx._pocketsphinx as ext
+
+                lib = ctypes.CDLL(ext.__file__)
+                lib.ps_process_raw.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int,
+                                               ctypes.c_int]
+                lib.ps_process_raw.restype = ctypes.c_int
+                lib.ps_end_utt.argtypes = [ctypes.c_void_p]
+                lib.ps_end_utt.restype = ctypes.c_int
+                lib.ps_get_config.argtypes = [ctypes.c_void_p]
+                lib.ps_get_config.restype = ctypes.c_void_p
+                _lib = lib
+            except (ImportError, OSError, AttributeError) as e:
+                _lib_error = e
+        return _lib
+
+
+def _field(obj: object, index: int) -> int:
+    """The ``index``-th pointer-sized field after ``obj``'s ``PyObject_HEAD`` (0 if NULL)."""
+    return ctypes.c_void_p.from_address(id(obj) + _HEAD + index * _POINTER).value or 0
+
+
+def _decoder_pointer(decoder: Any) -> int:
+    """``decoder``'s ``ps_decoder_t *`` when its layout is the one checked above, else 0."""
+    from pocketsphinx import Config, Decoder
+
+    if type(decoder) is not Decoder or Decoder.__basicsize__ != _HEAD + 2 * _POINTER:
+        return 0
+    if Config.__basicsize__ != _HEAD + 2 * _POINTER:
+        return 0
+    config = decoder.config
+    if type(config) is not Config or _field(decoder, 1) != id(config):
+        return 0
+    ps, ps_config = _field(decoder, 0), _field(config, 1)
+    if not ps or not ps_config:
+        return 0
+    if ctypes.c_void_p.from_address(ps).value != ps_config:  # ps->config, the struct's first field
+        return 0
+    lib = _library()
+    if lib is None or lib.ps_get_config(ps) != ps_config:
+        return 0
+    return ps
+
+
+class NativeDecoder:
+    """
+    One PocketSphinx ``Decoder``'s ``process_raw`` and ``end_utt`` through the C API, the GIL
+    released.  Holds the Python decoder, so the C one lives as long as this.  Not thread-safe (nor
+    is the decoder): the caller serializes, as :class:`~txvoice.engines.stt_pocketsphinx.PocketSphinxStream` does.
+    """
+
+    __slots__ = ("decoder", "_ps", "_lib")
+
+    def __init__(self, decoder: Any, ps: int, lib: Any) -> None:
+        self.decoder = decoder
+        self._ps = ps
+        self._lib = lib
+
+    def process_raw(self, data: bytes) -> int:
+        """Decode 16-bit mono samples (``data``, whole samples): the frames searched; raise on an error."""
+        n = self._lib.ps_process_raw(self._ps, data, len(data) // 2, 0, 0)
+        if n < 0:
+            raise RuntimeError(f"ps_process_raw failed ({n})")
+        return int(n)
+
+    def end_utt(self) -> None:
+        """End the utterance (the search's last frames); raise on an error."""
+        if self._lib.ps_end_utt(self._ps) < 0:
+            raise RuntimeError("ps_end_utt failed")
+
+
+def native_decoder(decoder: Any) -> NativeDecoder | None:
+    """``decoder``'s GIL-free calls, or None when the binding is not the layout this knows."""
+    try:
+        ps = _decoder_pointer(decoder)
+    except (ImportError, AttributeError, TypeError, ValueError):
+        return None
+    return NativeDecoder(decoder, ps, _lib) if ps else None

@@ -1,0 +1,239 @@
+"""
+S4 call sessions on Redis: a call started on node A whose client comes back through the load
+balancer to node B is resumed on B, with its offline queue, once.
+
+- ``call:<callId>``: JSON :class:`~txvoice.session.calls.CallRecord` (user, tenant, owning node,
+  the owner's epoch, started_at, session_start's audio settings, resumes) with a TTL of
+  ``--resume-ttl`` plus ``--redis-session-ttl``, re-armed for this node's calls every third of
+  ``--redis-session-ttl`` (one EVAL for all): a killed node's calls age out.
+- :meth:`RedisCallStore.claim` is one script: the previous record is read and replaced by this
+  node's (keeping ``started_at``, counting the resume), unless it belongs to another user or
+  tenant (``call_in_use``, nothing changed).
+- :meth:`RedisCallStore.handoff`: the new owner publishes ``takeover`` on ``calls:node:<old>``; the
+  old node closes the call's connection there with 4005 (if it still has one), lets the turn in
+  progress finish into the offline queue and publishes ``released`` on ``calls:node:<new>``.
+  ``PUBLISH`` answers how many subscribers got it: 0 means the old node is gone (killed), so
+  nothing is waited for; otherwise the wait is bounded by ``handoff_timeout``.
+- :meth:`RedisCallStore.forget` (the call ended) deletes the record only if it is still this
+  claim's (compare the epoch, in a script).
+
+Nothing here runs per audio frame: a claim per ``session_start`` of a call this node does not
+hold, a forget per call end, the refresh timer.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from txvoice.scaleout.connection import RedisConnection
+from txvoice.session.calls import CallInUse, CallRecord, ICallStore, TakeoverHandler
+
+log = Logger(namespace="txvoice.redis")
+
+#: Longest a new owner waits for the old node to let a call go (its reply being finished).
+HANDOFF_TIMEOUT = 10.0
+
+#: KEYS[1] the record; ARGV[1] the new record (JSON), ARGV[2] its owner ("who"), ARGV[3] ttl ms.
+#: -> {1, previous or ""} when claimed, {0, previous} when another user holds it.
+_CLAIM = """
+local raw = redis.call('GET', KEYS[1])
+local doc = cjson.decode(ARGV[1])
+if raw then
+  local old = cjson.decode(raw)
+  if old.who ~= ARGV[2] then return {0, raw} end
+  doc.started_at = old.started_at
+  doc.resumes = (tonumber(old.resumes) or 0) + 1
+end
+redis.call('SET', KEYS[1], cjson.encode(doc), 'PX', ARGV[3])
+return {1, raw or ''}
+"""
+
+#: KEYS[1] the record, ARGV[1] the epoch that may delete it.
+_FORGET = """
+local raw = redis.call('GET', KEYS[1])
+if raw and cjson.decode(raw).epoch == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+"""
+
+#: ARGV[1] ttl ms, then pairs (key, epoch): re-arm the records this node still owns.
+_REFRESH = """
+local n = 0
+for i = 2, #ARGV, 2 do
+  local raw = redis.call('GET', ARGV[i])
+  if raw and cjson.decode(raw).epoch == ARGV[i + 1] then
+    redis.call('PEXPIRE', ARGV[i], ARGV[1])
+    n = n + 1
+  end
+end
+return n
+"""
+
+
+def _who(user_id: str, tenant: str | None) -> str:
+    return json.dumps([user_id, tenant], separators=(",", ":"))
+
+
+@implementer(ICallStore)
+class RedisCallStore(Service):
+    """The cluster's calls (see the module docstring); also its refresh timer."""
+
+    def __init__(self, redis: RedisConnection, resume_ttl: float, handoff_timeout: float = HANDOFF_TIMEOUT) -> None:
+        self.redis = redis
+        self.node_id = redis.node_id
+        self.resume_ttl = resume_ttl
+        self.handoff_timeout = handoff_timeout
+        #: call id -> epoch: the calls this node owns (re-armed by the refresh timer).
+        self.owned: dict[str, str] = {}
+        self._handler: TakeoverHandler | None = None
+        #: (call id, epoch) -> the handoff waiting for the old node's ``released``.
+        self._waiting: dict[tuple[str, str], defer.Deferred[bool]] = {}
+        self.handoffs = 0
+        self.handoff_timeouts = 0
+        self._refresh = LoopingCall(self.refresh)
+        self._refresh.clock = redis.clock
+        self._failing = False
+        redis.subscribe(self._channel(self.node_id), self._received)
+        redis.on_up(self.refresh)
+
+    @property
+    def ttl_ms(self) -> int:
+        return int((self.resume_ttl + self.redis.settings.session_ttl) * 1000)
+
+    def _key(self, call_id: str) -> str:
+        return self.redis.key("call", call_id)
+
+    @staticmethod
+    def _channel(node: str) -> str:
+        return f"calls:node:{node}"
+
+    # ICallStore
+
+    def claim(self, record: CallRecord) -> defer.Deferred[CallRecord | None]:
+        doc = {**record.as_dict(), "who": _who(record.user_id, record.tenant)}
+        d = self.redis.eval(_CLAIM, [self._key(record.call_id)],
+                            [json.dumps(doc, separators=(",", ":")), doc["who"], self.ttl_ms])
+
+        def claimed(result: list[Any]) -> CallRecord | None:
+            ok, raw = int(result[0]), result[1]
+            if not ok:
+                raise CallInUse("this call belongs to another user")
+            self.owned[record.call_id] = record.epoch
+            return CallRecord.from_dict(json.loads(raw)) if raw else None
+
+        return d.addCallback(claimed)
+
+    def handoff(self, previous: CallRecord, epoch: str) -> defer.Deferred[bool]:
+        if previous.node == self.node_id:
+            return defer.succeed(False)  # this node's own record, of a call it no longer holds
+        self.handoffs += 1
+        key = (previous.call_id, epoch)
+        waiting: defer.Deferred[bool] = defer.Deferred()
+        self._waiting[key] = waiting
+        message = json.dumps({"op": "takeover", "call_id": previous.call_id, "epoch": epoch, "node": self.node_id},
+                             separators=(",", ":"))
+
+        def published(receivers: Any) -> None:
+            if not int(receivers or 0):
+                self._settle(key, False)  # nobody listens there: that node is gone
+
+        def failed(failure: Failure) -> None:
+            log.warn("could not ask node {node} to hand call {call_id} over: {error}", node=previous.node,
+                     call_id=previous.call_id, error=failure.getErrorMessage())
+            self._settle(key, False)
+
+        self.redis.publish(self._channel(previous.node), message).addCallbacks(published, failed)
+        timer = self.redis.clock.callLater(self.handoff_timeout, self._timedOut, key, previous.node)
+
+        def done(result: bool) -> bool:
+            if timer.active():
+                timer.cancel()
+            return result
+
+        return waiting.addCallback(done)
+
+    def _timedOut(self, key: tuple[str, str], node: str) -> None:
+        if key in self._waiting:
+            self.handoff_timeouts += 1
+            log.warn("node {node} did not hand call {call_id} over within {timeout} s; resuming without waiting",
+                     node=node, call_id=key[0], timeout=self.handoff_timeout)
+            self._settle(key, False)
+
+    def _settle(self, key: tuple[str, str], released: bool) -> None:
+        waiting = self._waiting.pop(key, None)
+        if waiting is not None:
+            waiting.callback(released)
+
+    def forget(self, call_id: str, epoch: str) -> defer.Deferred[bool]:
+        if self.owned.get(call_id) == epoch:
+            del self.owned[call_id]
+        d = self.redis.eval(_FORGET, [self._key(call_id)], [epoch])
+        return d.addCallback(lambda n: bool(int(n)))
+
+    def serve(self, handler: TakeoverHandler) -> None:
+        self._handler = handler
+
+    # pub/sub
+
+    def _received(self, channel: str, message: str) -> None:
+        doc = json.loads(message)
+        call_id, epoch = str(doc["call_id"]), str(doc["epoch"])
+        if doc.get("op") == "released":
+            self._settle((call_id, epoch), True)
+        elif doc.get("op") == "takeover":
+            self.owned.pop(call_id, None)
+            handler = self._handler
+            d: defer.Deferred[None] = defer.succeed(None) if handler is None else defer.maybeDeferred(
+                handler, call_id, str(doc["node"]))
+
+            def release(_: object) -> None:
+                reply = json.dumps({"op": "released", "call_id": call_id, "epoch": epoch}, separators=(",", ":"))
+                self.redis.publish(self._channel(str(doc["node"])), reply).addErrback(
+                    lambda f: log.warn("could not tell node {node} call {call_id} is released: {error}",
+                                       node=doc["node"], call_id=call_id, error=f.getErrorMessage()))
+
+            def failed(failure: Failure) -> None:
+                log.failure("letting call {call_id} go to node {node} failed", failure, call_id=call_id, node=doc["node"])
+
+            d.addErrback(failed).addCallback(release)
+
+    # refresh
+
+    def refresh(self) -> defer.Deferred[Any]:
+        pairs: list[str] = []
+        for call_id, epoch in self.owned.items():
+            pairs += [self._key(call_id), epoch]
+        if not pairs:
+            return defer.succeed(0)
+        d = self.redis.eval(_REFRESH, [], [self.ttl_ms, *pairs])
+        d.addCallbacks(self._written, self._failed)
+        return d
+
+    def _written(self, result: Any) -> Any:
+        self._failing = False
+        return result
+
+    def _failed(self, failure: Failure) -> None:
+        if not self._failing:
+            self._failing = True
+            log.warn("call records could not be refreshed in Redis: {error}", error=failure.getErrorMessage())
+
+    def startService(self) -> None:
+        super().startService()
+        self._refresh.start(self.redis.settings.session_ttl / 3.0, now=False)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._refresh.running:
+            self._refresh.stop()
+
