@@ -93,6 +93,24 @@ def test_the_last_mark_covers_a_reply_whose_length_is_not_a_whole_millisecond() 
     assert record["played_ms"] == record["sent_ms"] == 1895.1 and not record["truncated"], record
 
 
+def test_a_mark_naming_our_reply_with_a_bad_position_is_an_unknown_mark() -> None:
+    """``<reply id>:<ms>`` with a non-number, NaN, a negative or a time past what was sent: not an internal error."""
+    server, client = started()
+    protocol = client.protocol
+    sink = protocol.sink
+    sink.startResponse("Short", None, {})
+    sink.audio(b"\xff" * 1600)  # 200 ms
+    rid = sink.response_id
+    problems = telephony_metrics(server).problems
+    bad = [f"{rid}:soon", f"{rid}:nan", f"{rid}:-5", f"{rid}:999999", f"{rid}:inf"]
+    for n, name in enumerate(bad, 2):
+        client.send_json({"event": "mark", "sequenceNumber": str(n), "streamSid": SID, "mark": {"name": name}})
+    assert problems.labels("twilio", "unknown_mark")._value.get() == len(bad)
+    assert problems.labels("twilio", "internal_error")._value.get() == 0
+    assert protocol.turns[0]["played_ms"] == 0 and protocol.turns[0]["marks_played"] == 0
+    assert not client.closes
+
+
 def test_bad_input_is_counted_never_answered() -> None:
     server, client = started()
     problems = telephony_metrics(server).problems

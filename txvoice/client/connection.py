@@ -231,7 +231,7 @@ class VoiceClient(ConnectionLife):
     def is_open(self) -> bool:
         return self.state is ConnectionState.OPEN
 
-    def connect(self) -> Deferred:
+    def connect(self) -> Deferred[VoiceClient]:
         """Start connecting; the Deferred fires with this client once it is ``open``."""
         if self.state is ConnectionState.OPEN:
             return succeed(self)
@@ -250,26 +250,26 @@ class VoiceClient(ConnectionLife):
         self._service.startService()
         return d
 
-    def whenConnected(self) -> Deferred:
+    def whenConnected(self) -> Deferred[VoiceClient]:
         """Fires with this client when it is next ``open`` (now, if it is); fails if it gives up or closes."""
         if self.state is ConnectionState.OPEN:
             return succeed(self)
         if self.state in (ConnectionState.CLOSED, ConnectionState.FAILED) and not self._service.running:
             return fail(NotConnected(f"the client is {self.state.value}"))
-        d: Deferred = Deferred()
+        d: Deferred[Any] = Deferred()
         self._waiters.append(d)
         return d
 
-    def when(self, *states: ConnectionState) -> Deferred:
+    def when(self, *states: ConnectionState) -> Deferred[ConnectionState]:
         """Fires with the state when the client is next in one of ``states`` (now, if it is)."""
         if self.state in states:
             return succeed(self.state)
-        d: Deferred = Deferred()
+        d: Deferred[Any] = Deferred()
         self._state_waiters.append((frozenset(states), d))
         return d
 
     def send(self, message: dict[str, Any] | str | bytes, priority: int = PRIORITY_NORMAL,
-             reliable: bool = False) -> Deferred:
+             reliable: bool = False) -> Deferred[Any]:
         """
         Queue a message: a JSON envelope (``dict`` or its text) or ``bytes`` (binary audio).
 
@@ -282,7 +282,7 @@ class VoiceClient(ConnectionLife):
         return self._outbox.send(message, priority, reliable)
 
     def request(self, msg_type: str, data: dict[str, Any] | None = None, *, priority: int = PRIORITY_NORMAL,
-                reliable: bool = False, timeout: float | None = 30.0, **fields: Any) -> Deferred:
+                reliable: bool = False, timeout: float | None = 30.0, **fields: Any) -> Deferred[Any]:
         """
         Send a message and fire with the server's answer (the envelope whose ``reply_to`` is its
         ``message_id``).  Fails with :class:`ServerError`, :class:`NotConnected` (best-effort and
@@ -308,11 +308,12 @@ class VoiceClient(ConnectionLife):
         self.send(env, priority, reliable).addCallbacks(on_sent, on_failed)
         return result
 
-    def ping(self, data: dict[str, Any] | None = None, **kw: Any) -> Deferred:
+    def ping(self, data: dict[str, Any] | None = None, **kw: Any) -> Deferred[Any]:
         """Application round trip; fires with the ``pong`` envelope."""
         return self.request("ping", data, **kw)
 
-    def start_conversation(self, conversation_id: str | None = None, metadata: dict | None = None) -> Deferred:
+    def start_conversation(self, conversation_id: str | None = None,
+                           metadata: dict[str, Any] | None = None) -> Deferred[Any]:
         """Start a conversation (reliable); fires with its id."""
         data: dict[str, Any] = {}
         if conversation_id is not None:
@@ -322,7 +323,7 @@ class VoiceClient(ConnectionLife):
         d = self.request("conversation_start", data, priority=PRIORITY_HIGH, reliable=True)
         return d.addCallback(lambda env: (env or {}).get("data", {}).get("conversation_id", self.conversation_id))
 
-    def end_conversation(self) -> Deferred:
+    def end_conversation(self) -> Deferred[Any]:
         """End the current conversation (reliable); fires with the answer's data."""
         d = self.request("conversation_end", {"conversation_id": self.conversation_id}, priority=PRIORITY_HIGH,
                          reliable=True)
@@ -332,14 +333,14 @@ class VoiceClient(ConnectionLife):
         """Drop the current connection now (no closing handshake) and let the client reconnect."""
         self._abandon(reason)
 
-    def close(self, reason: str = "client closing", timeout: float = 3.0) -> Deferred:
+    def close(self, reason: str = "client closing", timeout: float = 3.0) -> Deferred[None]:
         """
         Say ``disconnect``, close, stop reconnecting.  Fires when ``closed``.  Reliable messages
         still unacknowledged fail with :class:`ClientClosed`.
         """
         if self.state is ConnectionState.CLOSED and not self._service.running:
             return succeed(None)
-        d: Deferred = Deferred()
+        d: Deferred[Any] = Deferred()
         self._close_waiters.append(d)
         if self._closing:
             return d

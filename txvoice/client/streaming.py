@@ -19,7 +19,7 @@ import base64
 import wave
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Generator
 
 import numpy as np
 from twisted.internet.defer import Deferred, inlineCallbacks
@@ -244,8 +244,8 @@ class AudioStreamer:
         self._turn_ends = 0
         self._finals = 0
         self._ended = False  # voice_end answered
-        self._done: Deferred | None = None  # waits for the answer, after voice_end
-        self._pumped: Deferred | None = None
+        self._done: Deferred[StreamResult] | None = None  # waits for the answer, after voice_end
+        self._pumped: Deferred[None] | None = None
         self._loop: LoopingCall | None = None
         self._failure: Exception | None = None
         self._settle_call: Any = None
@@ -254,12 +254,12 @@ class AudioStreamer:
 
     # running
 
-    def run(self) -> Deferred:
+    def run(self) -> Deferred[StreamResult]:
         """Stream the whole source; fires with the :class:`StreamResult`."""
         return self._run()
 
     @inlineCallbacks
-    def _run(self):
+    def _run(self) -> Generator[Deferred[Any], Any, StreamResult]:
         client = self.client
         self._unsubscribe += [client.on("message", self._onMessage), client.on("audio", self._onAudio),
                               client.on("close", self._onClose)]
@@ -281,7 +281,7 @@ class AudioStreamer:
                 raise self._failure
             self._timeout_call = self.clock.callLater(self.response_timeout, self._finish, False)
             self._check()
-            result = yield self._done
+            result: StreamResult = yield self._done
             return result
         finally:
             for off in self._unsubscribe:
@@ -295,7 +295,7 @@ class AudioStreamer:
                 self._loop.stop()
             self.source.close()
 
-    def _pump(self) -> Deferred:
+    def _pump(self) -> Deferred[None]:
         """Send the source, one frame per period (catching up after a late tick)."""
         self._pumped = finished = Deferred[None]()
 
@@ -338,7 +338,8 @@ class AudioStreamer:
 
     @property
     def sent_ms(self) -> float:
-        return 1000.0 * self._samples_read / self.source.sample_rate
+        rate: int = self.source.sample_rate  # IAudioSource attribute
+        return 1000.0 * self._samples_read / rate
 
     def _sendPackets(self, packets: list[bytes]) -> None:
         for packet in packets:
@@ -484,11 +485,11 @@ class AudioStreamer:
         self._done.callback(self.result)
 
 
-def stream_audio(client: VoiceClient, source: IAudioSource, **kw: Any) -> Deferred:
+def stream_audio(client: VoiceClient, source: IAudioSource, **kw: Any) -> Deferred[StreamResult]:
     """Stream ``source`` with an :class:`AudioStreamer`; fires with the :class:`StreamResult`."""
     return AudioStreamer(client, source, **kw).run()
 
 
-def stream_wav(client: VoiceClient, path: str | Path, **kw: Any) -> Deferred:
+def stream_wav(client: VoiceClient, path: str | Path, **kw: Any) -> Deferred[StreamResult]:
     """Stream a 16-bit PCM WAV file; fires with the :class:`StreamResult`."""
     return stream_audio(client, WavSource(path), **kw)

@@ -144,7 +144,7 @@ class _EngineIOProtocol(WebSocketServerProtocol):
             binary = isinstance(message, bytes)
             data = message if isinstance(message, bytes) else message.encode("utf-8")
             self.sendMessage(data, binary,
-                             doNotCompress=binary or len(message) < self.factory.bridge.server.config.compression_threshold)
+                             doNotCompress=binary or len(data) < self.factory.bridge.server.config.compression_threshold)
 
     def closeFromPool(self) -> None:
         if self.state == self.STATE_OPEN:

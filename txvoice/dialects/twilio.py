@@ -33,6 +33,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import uuid
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -347,7 +348,12 @@ class TwilioMediaStreamProtocol(VoiceServerProtocol):
         if record["cleared"]:
             return  # returned by a clear: that audio was dropped, not played
         # Mark names round to the millisecond: the mark for everything sent stands for all of it.
-        played = float(at)
+        try:
+            played = float(at)
+        except ValueError:
+            played = math.nan
+        if not 0 <= played <= record["sent_ms"] + 0.5:  # NaN too: a name we did not send, not an internal error
+            raise _Problem(f"mark {name!r} is not one of ours", code="unknown_mark")
         if played >= record["sent_ms"] - 0.5:
             played = record["sent_ms"]
         record["marks_played"] += 1

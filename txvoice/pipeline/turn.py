@@ -83,7 +83,7 @@ class SpeechTurn:
         self.samples_out = 0
         self.tts_rate = 16000
         self.latency: dict[str, float] = {}
-        self._work: Deferred | None = None
+        self._work: Deferred[None] | None = None
         self._deadline: Any = None
 
     # -- worker thread -----------------------------------------------------------------------------
@@ -150,7 +150,7 @@ class SpeechTurn:
         self.stage = stage
         self.sink.event("processing_progress", {"stage": stage, "progress": progress, **extra})
 
-    def finish(self) -> Deferred:
+    def finish(self) -> Deferred[None]:
         if self.cancelled:
             return succeed(None)
         pipeline = self.pipeline
@@ -170,7 +170,7 @@ class SpeechTurn:
         self._work.addBoth(self._ended)
         return self._work
 
-    async def _process(self, slot: Deferred) -> None:
+    async def _process(self, slot: Deferred[Any]) -> None:
         pipeline, sink = self.pipeline, self.sink
         if not slot.called:
             self._progress("queued", 0.0, queued=pipeline.limiter.queued)
@@ -223,7 +223,7 @@ class SpeechTurn:
         log.debug("turn of {session_id} answered: {latency_ms}", session_id=self.context.session_id,
                   latency_ms=latency_ms)
 
-    async def _stage(self, stage: str, work: Deferred) -> Any:
+    async def _stage(self, stage: str, work: Deferred[Any]) -> Any:
         """Await one engine stage; its failures become :class:`StageFailed` (cancellation passes)."""
         try:
             return await work
@@ -232,7 +232,7 @@ class SpeechTurn:
         except Exception:
             raise StageFailed(stage, Failure()) from None
 
-    def _transcribe(self) -> Deferred:
+    def _transcribe(self) -> Deferred[Transcript]:
         if self.option_error is not None:
             return fail(self.option_error)
         if self.stt_error is not None:
@@ -265,9 +265,10 @@ class SpeechTurn:
         def synthesis() -> Any:  # on the worker: starting the engine may spawn a process
             return tts.synthesize(text, voice=options.tts_voice, rate=options.tts_rate, sample_rate=rate)
 
-        return await self._stage("tts", pumpSynthesis(
+        samples: int = await self._stage("tts", pumpSynthesis(
             synthesis, self._audio, threadpool=pipeline.synthesisPool(), reactor=pipeline._reactor(),
         ))
+        return samples
 
     def _outputRate(self) -> int:
         """Synthesize at the rate the client gets, so the audio is resampled once (by the engine)."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred, succeed
@@ -71,7 +71,8 @@ def _looks_like_jwt(token: str) -> bool:
 class AdmissionPolicy:
     """Origin, limits and credentials for every WebSocket upgrade of one server."""
 
-    def __init__(self, config: VoiceConfig, clock: IReactorTime, on_refused=None) -> None:
+    def __init__(self, config: VoiceConfig, clock: IReactorTime,
+                 on_refused: Callable[[str], object] | None = None) -> None:
         self.config = config
         self.origins = OriginPolicy.from_setting(config.allowed_origins)
         self.limiter = ConnectionLimiter(max_per_ip=config.max_connections_per_ip, max_total=config.max_connections)
@@ -110,7 +111,7 @@ class AdmissionPolicy:
         log.info("refused a connection: {reason}", reason=reason)
         return ConnectionDeny(status, message)
 
-    def admit(self, request: ConnectionRequest, peer_host: str, in_protocol_auth: bool) -> Deferred:
+    def admit(self, request: ConnectionRequest, peer_host: str, in_protocol_auth: bool) -> Deferred[Admission]:
         """Fire with an :class:`Admission`, or fail with a ``ConnectionDeny`` (HTTP status)."""
         try:
             ip = client_ip(peer_host, request.headers, self.trusted_proxies)
@@ -122,7 +123,7 @@ class AdmissionPolicy:
                 raise self._refuse(e.code, e.http_status, e.message) from None
             token = extract_token(request.headers, request.params)
         except ConnectionDeny as refused:
-            d: Deferred = Deferred()
+            d: Deferred[Admission] = Deferred()
             d.errback(Failure(refused))
             return d
         if token is None or self.authenticator is None:
@@ -144,7 +145,7 @@ class AdmissionPolicy:
 
         return self.authenticate(token).addCallbacks(accepted, rejected)
 
-    def authenticate(self, token: str, user_id: str | None = None) -> Deferred:
+    def authenticate(self, token: str, user_id: str | None = None) -> Deferred[Principal]:
         """A JWT (checked by the authenticator) or a session token (redeemed once) -> Principal."""
         if self.authenticator is None:
             return succeed(Principal(user_id=user_id or "anonymous"))
@@ -153,7 +154,7 @@ class AdmissionPolicy:
         return self.issuer.redeem(token)
 
 
-def _failed(error: Exception) -> Deferred:
-    d: Deferred = Deferred()
+def _failed(error: Exception) -> Deferred[Any]:
+    d: Deferred[Any] = Deferred()
     d.errback(Failure(error))
     return d

@@ -70,16 +70,16 @@ class RawIngest:
         self.feeds = TurnFeeds()
         self.attach = self.feeds.attach
         self.chunks = 0
-        self.initial: list = []
+        self.initial: list[Any] = []
         if answers:
             self.feeds.open(1)
 
-    def process(self, item: tuple) -> list | None:
+    def process(self, item: tuple[Any, ...]) -> list[Any] | None:
         self.chunks += 1
         slot = self.feeds.current
         return slot.push(item[0], None, None) if slot is not None else None
 
-    def end(self, _: object = None) -> list:
+    def end(self, _: object = None) -> list[Any]:
         slot = self.feeds.current
         if slot is None:
             return []
@@ -132,7 +132,7 @@ class VoiceChannel:
         self.responses: deque[ResponseStream] = deque()  # ready, in play order
         self.playing: ResponseStream | None = None
         self.open_turns: list[ResponseStream] = []  # turns whose pipeline has not finished
-        self.barge_ins: list[dict] = []
+        self.barge_ins: list[dict[str, Any]] = []
         #: What the active stream's worker was last told (StreamIngest.replying): a reply is playing or queued.
         self._told_replying = False
         #: The connection's output bound (txvoice.server.backpressure), when the dialect has one.
@@ -247,7 +247,7 @@ class VoiceChannel:
                 lambda events: self._attached(stream, handle, events), self._chunkFailed,
             )
 
-    def _attached(self, stream: VoiceStream, handle: TurnHandle, events: list | None) -> None:
+    def _attached(self, stream: VoiceStream, handle: TurnHandle, events: list[Any] | None) -> None:
         handle.attached = True
         if events:
             self._dispatch(stream, events)
@@ -267,7 +267,7 @@ class VoiceChannel:
             stream.chunk_done, self._chunkFailed,
         )
 
-    def _chunkDone(self, stream: VoiceStream, events: list | None) -> None:
+    def _chunkDone(self, stream: VoiceStream, events: list[Any] | None) -> None:
         if events:
             self._dispatch(stream, events)
         self.observer.chunkProcessed(events)
@@ -294,7 +294,7 @@ class VoiceChannel:
 
     # events from the ingest (reactor thread): the one lane from the workers back here
 
-    def _dispatch(self, stream: VoiceStream, events: list) -> None:
+    def _dispatch(self, stream: VoiceStream, events: list[Any]) -> None:
         """What a chunk's processing reported (typed events, in order), handled on the reactor."""
         sink = self.sink
         for event in events:
@@ -348,7 +348,7 @@ class VoiceChannel:
                 self.open_turns.remove(response)
             return result
 
-        def failed(failure) -> None:
+        def failed(failure: Failure) -> None:
             self.log.failure("a turn failed", failure)
             self.sink.event("processing_failed", {"code": "pipeline_failed", "message": str(failure.value)})
             response.cancel("pipeline_failed")
