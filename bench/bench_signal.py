@@ -45,6 +45,14 @@ from txvoice.audio.ingest import StreamIngest, StreamSettings  # noqa: E402
 from txvoice.audio.resample import Resampler  # noqa: E402
 from txvoice.audio.turns import TurnDetector  # noqa: E402
 from txvoice.audio.vad import SpectralGate, VoiceActivityDetector, WebRtcClassifier  # noqa: E402
+from txvoice.audio.workers import _run_batch  # noqa: E402
+
+try:  # the native batch ingest (issue 26); an older tree has none
+    from txvoice.audio.ingest import prepare_batch  # noqa: E402
+    from txvoice.audio.native import available as native_available  # noqa: E402
+    _HAS_NATIVE = True
+except ImportError:
+    _HAS_NATIVE = False
 
 TEXT = (
     "The quick brown fox jumps over the lazy dog. Real time voice needs a fast signal path. "
@@ -199,9 +207,13 @@ def cases(seconds: float) -> dict[str, Callable[[], Callable[[], int]]]:
 
     out["chain 48k: resample+frames+denoise+AGC+turns"] = chain
 
-    def ingest(codec: str, replying: bool = False) -> Callable[[], Callable[[], int]]:
+    def ingest(codec: str, replying: bool = False, native: bool = False, streams: int = 1
+               ) -> Callable[[], Callable[[], int]]:
         # What the server does per client chunk on its audio thread (voice_activity mode): decode
         # (Opus straight to 16 kHz), frames, VAD, turns; packets made once, outside the timing.
+        # ``native``: the native batch ingest (txvoice/audio/_native.c), the chunks of ``streams``
+        # streams interleaved and run as worker batches of one chunk per stream, as the audio
+        # thread gets them under load (prepare_batch, then each chunk's own work).
         if codec == "opus":
             fmt = AudioFormat("opus", 48000, 1)
             packets = OpusEncoder(fmt).encode(s48)
@@ -210,14 +222,28 @@ def cases(seconds: float) -> dict[str, Callable[[], Callable[[], int]]]:
             packets = [f.tobytes() for f in f16]
 
         def setup() -> Callable[[], int]:
-            stream = StreamIngest(fmt, StreamSettings(mode="voice_activity"), answers=False)
-            if replying and hasattr(stream, "replying"):
-                stream.replying(True)  # a reply plays: the fast barge-in onset classifies every frame
+            extra = {"native": native} if native or _HAS_NATIVE else {}
+            ingests = [StreamIngest(fmt, StreamSettings(mode="voice_activity"), answers=False, **extra)
+                       for _ in range(streams)]
+            for stream in ingests:
+                if replying and hasattr(stream, "replying"):
+                    stream.replying(True)  # a reply plays: the fast barge-in onset classifies every frame
+            batches = [[(stream.process, (packet, k, 0.0), None, None) for stream in ingests]
+                       for k, packet in enumerate(packets)]
+            prepare = prepare_batch if native else None
 
             def run() -> int:
-                for k, packet in enumerate(packets):
-                    stream.process((packet, k, 0.0))
-                return len(packets)
+                if prepare is not None:
+                    for batch in batches:
+                        _run_batch(batch, prepare)  # type: ignore[arg-type]
+                elif streams == 1:  # as before there were batches: the chunks straight to the ingest
+                    process = ingests[0].process
+                    for k, packet in enumerate(packets):
+                        process((packet, k, 0.0))
+                else:
+                    for batch in batches:
+                        _run_batch(batch)  # type: ignore[arg-type]
+                return len(packets) * streams
 
             return run
 
@@ -227,6 +253,12 @@ def cases(seconds: float) -> dict[str, Callable[[], Callable[[], int]]]:
     out["ingest pcm 16k, 20 ms chunk (VAD+turns)"] = ingest("pcm")
     out["ingest opus 48k, 20 ms packet, reply playing (fast onset on)"] = ingest("opus", True)
     out["ingest pcm 16k, 20 ms chunk, reply playing (fast onset on)"] = ingest("pcm", True)
+    if _HAS_NATIVE and native_available():
+        for n in (1, 10, 50):
+            out[f"ingest opus 48k, native batch of {n} streams"] = ingest("opus", native=True, streams=n)
+        out["ingest opus 48k, Python, 50 streams (same batches)"] = ingest("opus", streams=50)
+        out["ingest opus 48k, native batch of 50, reply playing"] = ingest("opus", True, native=True, streams=50)
+        out["ingest opus 48k, Python, 50 streams, reply playing"] = ingest("opus", True, streams=50)
 
     n_ops = 20000
 

@@ -6,7 +6,9 @@ TXVOICE_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${TXVOICE_VENV:-$TXVOICE_ROOT/.venv}"
 PYTHON="${PYTHON:-python3}"
 
-apt_packages=(libopus0 libsoxr0 espeak-ng sox)
+# gcc: the native batch ingest (txvoice/audio/_native.c, an optional extension: without it the
+# pure-Python path serves, slower).
+apt_packages=(libopus0 libsoxr0 espeak-ng sox gcc)
 if [ "${1:-}" = "test" ]; then
   apt_packages+=(ffmpeg gcc zlib1g-dev chromium nodejs)
   # Scale-out tests (tests/scaleout/): a real Redis and a real load balancer, started on free ports.
@@ -38,6 +40,12 @@ extras=""
 [ "${1:-}" = "test" ] && extras="[test]"
 "$VENV/bin/pip" install -q --no-warn-script-location "$TXVOICE_ROOT$extras" 2>&1 \
   | grep -v "^WARNING: Location 'file://" || true
+# The native batch ingest in the checkout as well (tests and bench/run.py import txvoice from here):
+# setuptools >= 77 reads pyproject.toml's metadata, as pip's isolated build does.
+"$VENV/bin/python" -c 'import setuptools, sys; sys.exit(int(setuptools.__version__.split(".")[0]) < 77)' 2>/dev/null \
+  || "$VENV/bin/pip" install -q "setuptools>=77" 2>&1 | grep -v "^WARNING" || true
+(cd "$TXVOICE_ROOT" && "$VENV/bin/python" setup.py -q build_ext --inplace >/dev/null 2>&1) \
+  || echo "txvoice: the native ingest (txvoice/audio/_native.c) was not built: the pure-Python path serves" >&2
 # Refresh Twisted's plugin cache so `twistd --help` lists txvoice at once.
 "$VENV/bin/python" -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))" 2>/dev/null || true
 export TXVOICE_ROOT VENV

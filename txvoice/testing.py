@@ -27,6 +27,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from zope.interface import implementer
 
 from txvoice.audio.format import AudioFormat
+from txvoice.audio.ingest import batch_preparer
 from txvoice.audio.workers import AudioWorkers
 from txvoice.config import VoiceConfig
 from txvoice.dialects.native import NativeVoiceProtocol
@@ -59,7 +60,7 @@ def memory_server(pipeline: IVoicePipeline | None = None, **config: Any) -> Voic
     """
     clock = MemoryReactorClock()
     cfg = VoiceConfig(open_handshake_timeout=0, **config)
-    server = VoiceServer(cfg, pipeline or EchoPipeline(), AudioWorkers(clock, threads=0), clock)
+    server = VoiceServer(cfg, pipeline or EchoPipeline(), AudioWorkers(clock, threads=0, prepare=batch_preparer()), clock)
     server.pacer.startService()
     return server
 

@@ -11,141 +11,22 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import numpy as np
 
+from txvoice.audio import native as _native
 from txvoice.audio.codecs import decoder_at
+from txvoice.audio.codecs.opus import OpusDecoder, invalid_packet
 from txvoice.audio.enhance import AutomaticGainControl, Denoiser
 from txvoice.audio.format import AudioFormat
 from txvoice.audio.frames import FrameAssembler
-from txvoice.audio._libsoxr import QUALITIES
 from txvoice.audio.resample import Resampler
-from txvoice.audio.bargein import DEFAULT_RULE, RULES, FastOnset
-from txvoice.audio.turns import TurnDetector, TurnEnded, TurnMode, TurnSettings, TurnStarted
-from txvoice.audio.vad import SpeechStarted, SpeechStopped
-from txvoice.errors import ProtocolError
-
-MODE_ALIASES = {
-    "push_to_talk": "push_to_talk",
-    "ptt": "push_to_talk",
-    "continuous": "continuous",
-    "voice_activity": "voice_activity",
-    "vad": "voice_activity",
-    "adaptive": "voice_activity",
-}
-
-# Option names clients use (S1 snake_case, S4 camelCase) -> StreamSettings fields.
-_OPTION_NAMES = {
-    "enable_vad": "vad", "enableVAD": "vad", "vad": "vad",
-    "vad_threshold": "vad_threshold", "vadThreshold": "vad_threshold",
-    "prefix_padding_ms": "prefix_padding_ms",
-    "silence_ms": "silence_ms", "end_of_turn_silence_ms": "silence_ms", "silence_duration_ms": "silence_ms",
-    "max_turn_ms": "max_turn_ms", "max_audio_duration": "max_turn_ms", "maxAudioDuration": "max_turn_ms",
-    "segment_ms": "segment_ms",
-    "enable_denoising": "denoise", "enableDenoising": "denoise", "denoise": "denoise",
-    "enable_agc": "agc", "enableAGC": "agc", "agc": "agc",
-    "frame_ms": "frame_ms",
-    "output_codec": "output_codec", "output_sample_rate": "output_sample_rate",
-    "response_lead_ms": "response_lead_ms",
-    "resample_quality": "resample_quality",
-    "barge_in_rule": "barge_in_rule", "bargeInRule": "barge_in_rule",
-}
-
-
-@dataclass(frozen=True)
-class StreamSettings:
-    """What a client may set per stream in ``voice_start`` (``mode`` and ``options``)."""
-
-    mode: str = "push_to_talk"
-    vad: bool = True
-    vad_threshold: float = 0.5
-    prefix_padding_ms: int = 300
-    silence_ms: int = 500
-    max_turn_ms: int = 180_000
-    segment_ms: int = 5000
-    denoise: bool = False
-    agc: bool = False
-    frame_ms: int = 20
-    output_codec: str | None = None
-    output_sample_rate: int | None = None
-    response_lead_ms: int = 100
-    #: soxr quality of the input's resampling to the pipeline rate.  "HQ" holds audio back in
-    #: blocks (at 48 kHz: ~490 samples every other 20 ms chunk, up to 37 ms); "LL" (the default) is
-    #: HQ's filter at minimum phase in small blocks: output on every chunk, at most ~9 ms behind
-    #: (issue #21); "QQ" adds none (cubic interpolation): the telephony bridges use it.
-    resample_quality: str = "LL"
-    #: When speech over a playing reply interrupts it (txvoice.audio.bargein): "fast" (two 10 ms
-    #: frames, the default) or "frames3" (the turn VAD's speech start, three 20 ms frames).
-    barge_in_rule: str = DEFAULT_RULE
-
-    @classmethod
-    def parse(cls, mode: str | None, options: Mapping[str, Any]) -> "StreamSettings":
-        """Read ``voice_start``'s mode and options; unknown or ill-typed ones are ``invalid_field``."""
-        values: dict[str, Any] = {}
-        if mode is not None:
-            canonical = MODE_ALIASES.get(str(mode).lower())
-            if canonical is None:
-                raise ProtocolError(
-                    f"mode must be one of push_to_talk, continuous, voice_activity, not {mode!r}",
-                    code="invalid_field", field="mode",
-                )
-            values["mode"] = canonical
-        defaults = cls()
-        for key, value in options.items():
-            name = _OPTION_NAMES.get(key)
-            if name is None:
-                continue  # pipeline options pass through untouched
-            expected = type(getattr(defaults, name)) if getattr(defaults, name) is not None else None
-            if name in ("output_codec", "resample_quality", "barge_in_rule"):
-                ok = isinstance(value, str)
-            elif name == "output_sample_rate":
-                ok = isinstance(value, int) and not isinstance(value, bool)
-            elif expected is bool:
-                ok = isinstance(value, bool)
-            elif expected is float:
-                ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-            else:
-                ok = isinstance(value, int) and not isinstance(value, bool)
-            if not ok:
-                raise ProtocolError(f"options.{key} has the wrong type", code="invalid_field", field=key)
-            values[name] = value
-        settings = cls(**values)
-        if settings.frame_ms not in (10, 20, 30):
-            raise ProtocolError("options.frame_ms must be 10, 20 or 30", code="invalid_field", field="frame_ms")
-        if not 0 <= settings.response_lead_ms <= 2000:
-            raise ProtocolError("options.response_lead_ms must be within 0..2000", code="invalid_field",
-                                field="response_lead_ms")
-        if settings.resample_quality not in QUALITIES:
-            raise ProtocolError(f"options.resample_quality must be one of {', '.join(QUALITIES)}",
-                                code="invalid_field", field="resample_quality")
-        if settings.barge_in_rule not in RULES:
-            raise ProtocolError(f"options.barge_in_rule must be one of {', '.join(RULES)}",
-                                code="invalid_field", field="barge_in_rule")
-        settings.turn_settings()  # validates the ranges
-        return settings
-
-    def turn_settings(self) -> TurnSettings:
-        try:
-            return TurnSettings(
-                prefix_padding_ms=self.prefix_padding_ms,
-                silence_ms=self.silence_ms,
-                max_turn_ms=self.max_turn_ms,
-                segment_ms=self.segment_ms,
-                vad_threshold=float(self.vad_threshold),
-            )
-        except ProtocolError as e:
-            raise ProtocolError(e.message, code="invalid_field", field=e.details.get("field")) from None
-
-    def wants_input_format(self, fmt: AudioFormat) -> bool:
-        """True when responses may go out in the input's own format (no output_* override to another)."""
-        return self.output_codec in (None, fmt.codec) and self.output_sample_rate in (None, fmt.sample_rate)
-
-    @property
-    def decodes(self) -> bool:
-        """Whether the stream needs decoding at all (VAD, turns by VAD/segments, enhancement)."""
-        return self.vad or self.mode != "push_to_talk" or self.denoise or self.agc
-
+from txvoice.audio.bargein import FastOnset
+from txvoice.audio.streamsettings import MODE_ALIASES as MODE_ALIASES, StreamSettings as StreamSettings  # re-exported: they lived here
+from txvoice.audio.turns import TurnDetector, TurnEnded, TurnMode, TurnStarted
+from txvoice.audio.vad import SpeechStarted, SpeechStopped, WebRtcClassifier
+from txvoice.errors import AudioError
 
 #: What a turn's ``feed`` may return: something for the reactor thread to call (a partial
 #: transcript to send ...), carried back in the chunk's results.
@@ -269,6 +150,7 @@ class StreamIngest:
         pipeline_rate: int = 16000,
         feed_raw: bool = False,
         answers: bool = True,
+        native: bool | None = None,
     ) -> None:
         self.format = fmt
         self.settings = settings
@@ -312,9 +194,50 @@ class StreamIngest:
         self.initial: list[IngestEvent] = []
         if settings.mode == "push_to_talk":
             self.initial = self._handle(self.turns.start_turn(), None) or []
+        #: The stream's C state when its chunks go through the native batch ingest
+        #: (txvoice.audio.native; ``native=None``: whenever it is built and the stream's path is
+        #: one it covers: Opus, mono, no resampling, no denoise or AGC).
+        self.native: _native.NativeStream | None = None
+        #: Chunks the batch already decoded and classified (prepare_batch), in order.
+        self.ready: deque[_native.Prepared] = deque()
+        if native is None:
+            native = _native.available() and self.native_capable
+        if native:
+            self._go_native()
+
+    @property
+    def native_capable(self) -> bool:
+        """Whether the native batch ingest covers this stream's path."""
+        onset = self.onset
+        return (type(self.decoder) is OpusDecoder and self.decoder.output_channels == 1 and self._resample is None
+                and self.denoiser is None and self.agc is None
+                and type(self.turns.vad.classifier) is WebRtcClassifier
+                and (onset is None or type(onset.classifier) is WebRtcClassifier))
+
+    def _go_native(self) -> None:
+        """Hand the decoder, webrtcvads and gates to C; the detectors get its decisions instead."""
+        if not self.native_capable:
+            raise ValueError("the native ingest does not cover this stream")
+        vad = self.turns.vad
+        classifier = vad.classifier
+        assert isinstance(classifier, WebRtcClassifier)
+        onset = self.onset
+        self.native = _native.NativeStream(
+            self.decoder, classifier._vad, classifier.gate,
+            onset.classifier._vad if onset is not None else None, onset.classifier.gate if onset is not None else None,
+        )
+        self._preset = vad.classifier = _native.PresetDecisions(classifier.sample_rate, classifier.frame_size)
+        # C assembles the frames: the Python assembler only sees end()'s tail (none for Opus), so a small one.
+        self.assembler = FrameAssembler(self.assembler.sample_rate, self.assembler.frame_ms, capacity_ms=0)
+        self._onset_preset = None
+        if onset is not None:
+            self._onset_preset = _native.PresetDecisions(onset.sample_rate, onset.sub)
+            onset.classifier = self._onset_preset  # type: ignore[assignment]  # it has the classifier's gate.track
 
     def process(self, item: tuple[bytes, int | None, float]) -> "list[IngestEvent] | None":
         """One chunk as the client sent it (and when it arrived) -> the events it caused (worker thread)."""
+        if self.native is not None:
+            return self._process_native(item)
         raw, sequence, arrival = item
         self.chunks += 1
         pcm = self.decoder.decode(raw, sequence)
@@ -327,6 +250,43 @@ class StreamIngest:
         self._arrivals.append((self._samples_in * 1000.0 / self._rate_in, arrival))
         resample = self._resample
         return self._frames(self.assembler.push(pcm if resample is None else resample(pcm)), events)
+
+    def _process_native(self, item: tuple[bytes, int | None, float]) -> "list[IngestEvent] | None":
+        """:meth:`process` on the native path: the chunk's decoding and decisions came from the batch."""
+        raw, sequence, arrival = item
+        if not isinstance(raw, bytes):
+            raw = bytes(raw)
+        ready = self.ready
+        if ready:
+            row, pcm, voiced, onset = ready.popleft()
+        else:  # not prepared with its batch (no prepare_batch on these workers): a batch of one
+            assert self.native is not None
+            row, pcm, voiced, onset = _native.run_batch(
+                [self.native], [raw], [sequence], [self.onset is not None and self.onset.active])[0]
+        self.chunks += 1
+        kind = row[0]
+        if kind:
+            if kind == _native.EMPTY_PACKET:
+                raise AudioError("empty Opus packet", code="truncated_frame")
+            if kind == _native.INVALID_PACKET:
+                raise invalid_packet(row[1], len(raw))
+            raise ZeroDivisionError("integer division or modulo by zero")
+        events: list[IngestEvent] | None = None
+        if self.feed_raw and self.feeds.current is not None:
+            events = self.feeds.current.push(raw, None, None)
+        samples = row[2]
+        if not samples:
+            return events
+        self._samples_in += samples
+        self._arrivals.append((self._samples_in * 1000.0 / self._rate_in, arrival))
+        preset = self._preset
+        preset.decisions = voiced
+        preset.pos = row[5]
+        if self._onset_preset is not None:
+            self._onset_preset.decisions = onset
+            self._onset_preset.pos = row[6]
+        size, offset, count = preset.frame_size, row[3], row[4]
+        return self._frames(pcm[offset:offset + count * size].reshape(count, size), events)
 
     def replying(self, active: bool) -> None:
         """
@@ -345,6 +305,10 @@ class StreamIngest:
     def _frames(self, frames: np.ndarray, events: "list[IngestEvent] | None" = None) -> "list[IngestEvent] | None":
         denoiser, agc, turns, feeds, onset = self.denoiser, self.agc, self.turns, self.feeds, self.onset
         fed = not self.feed_raw
+        if onset is not None and self.native is not None and not onset.active:
+            # Idle, the onset only tracks its gate's floor, which the native batch did: count the frames.
+            onset.frames += len(frames) * (turns.frame_size // onset.sub)
+            onset = None
         # Indexed, not iterated: iterating a numpy array ends in a formatted IndexError.
         for i in range(len(frames)):
             frame = frames[i]
@@ -408,3 +372,42 @@ class StreamIngest:
         # voice_end is the button released in push-to-talk; in the other modes the stream just ends.
         closing = list(self.turns.end_turn() if self.settings.mode == "push_to_talk" else self.turns.finish())
         return self._handle(closing, events) if closing else (events or [])
+
+
+_PROCESS = StreamIngest.process
+
+
+def prepare_batch(items: list[Any], start: int) -> int:
+    """
+    Decode and classify, in one native call, the run of chunks on the native path that begins at
+    ``items[start]`` (a worker batch's ``(work, arg, deliver, fail)`` items; the run ends at the
+    first other item, so whatever that item changes -- a reply starting -- is seen by the chunks
+    after it); each ingest takes its results in order (:meth:`StreamIngest.process`).  Returns
+    the index after the run (after ``start`` when it was not a native chunk).
+    """
+    owners: list[StreamIngest] = []
+    packets: list[bytes] = []
+    sequences: list[int | None] = []
+    active: list[bool] = []
+    index, end = start, len(items)
+    while index < end:
+        work, arg = items[index][0], items[index][1]
+        owner = getattr(work, "__self__", None)
+        if getattr(work, "__func__", None) is not _PROCESS or owner is None or owner.native is None:
+            break
+        raw = arg[0] if isinstance(arg[0], bytes) else bytes(arg[0])
+        owners.append(owner)
+        packets.append(raw)
+        sequences.append(arg[1])
+        active.append(owner.onset is not None and owner.onset.active)
+        index += 1
+    if owners:
+        streams = [owner.native for owner in owners]
+        for owner, prepared in zip(owners, _native.run_batch(streams, packets, sequences, active)):  # type: ignore[arg-type]
+            owner.ready.append(prepared)
+    return max(index, start + 1)
+
+
+def batch_preparer() -> "Callable[[list[Any], int], int] | None":
+    """What :class:`~txvoice.audio.workers.AudioWorkers` should get as ``prepare``: the native batch, when built."""
+    return prepare_batch if _native.available() else None

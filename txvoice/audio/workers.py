@@ -38,13 +38,25 @@ from twisted.python.failure import Failure
 Work = Callable[[Any], Any]
 Deliver = Callable[[Any], None]
 Item = tuple[Work, Any, "Deliver | None", "Deliver | None"]
+#: ``prepare(items, start)``: do what the run of items from ``start`` can share in one go (the
+#: native batch ingest: :func:`txvoice.audio.ingest.prepare_batch`) before they run; returns the
+#: index after that run.
+Prepare = Callable[[list[Item], int], int]
 
 
-def _run_batch(items: list[Item]) -> list[tuple[Deliver, Any]]:
+def _run_batch(items: list[Item], prepare: Prepare | None = None) -> list[tuple[Deliver, Any]]:
     """Run a batch in a worker thread; collect what must be delivered on the reactor."""
     results: list[tuple[Deliver, Any]] = []
     append = results.append
-    for work, arg, deliver, fail in items:
+    prepared = 0 if prepare is not None else len(items)
+    for index, (work, arg, deliver, fail) in enumerate(items):
+        if index >= prepared and prepare is not None:
+            try:
+                prepared = prepare(items, index)
+            except Exception:
+                # Each item then does its own work, and fails on its own.
+                _log.failure("preparing an audio batch failed")
+                prepared = len(items)
         try:
             value = work(arg)
         except BaseException:
@@ -82,13 +94,15 @@ class AudioWorkers(Service):
 
     ``threads=0`` runs every item inline on the caller's thread: deterministic tests use it.
     ``batch_delay`` (seconds, ``--audio-batch-ms``) holds the first item of a batch that long so
-    the items that arrive meanwhile share its hop.
+    the items that arrive meanwhile share its hop.  ``prepare`` (see :data:`Prepare`) runs
+    before each run of a batch's items it covers: the native ingest decodes them all at once.
     """
 
     name = "audio-workers"  # type: ignore[assignment]  # Twisted declares Service.name as None
 
     def __init__(
-        self, reactor: IReactorThreads | IReactorTime | None = None, threads: int = 2, batch_delay: float = 0.0
+        self, reactor: IReactorThreads | IReactorTime | None = None, threads: int = 2, batch_delay: float = 0.0,
+        prepare: Prepare | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
@@ -99,6 +113,7 @@ class AudioWorkers(Service):
         self.threads = threads
         #: Seconds an item waits for others before its shard hands the batch over (0: the next turn).
         self.batch_delay = batch_delay
+        self.prepare = prepare
         self._shards = [_Shard() for _ in range(max(threads, 1))]
         self._threads: list[threading.Thread] = []
         self._flush_call: IDelayedCall | None = None
@@ -172,7 +187,7 @@ class AudioWorkers(Service):
             if shard is None:
                 batch()  # a single call; it reports by itself
             else:
-                callFromThread(batchDone, shard, _run_batch(batch))
+                callFromThread(batchDone, shard, _run_batch(batch, self.prepare))
 
     # hand-off
 
@@ -187,7 +202,7 @@ class AudioWorkers(Service):
         ``deliver(result)`` (or ``fail(failure)``) on the reactor thread when it is done.
         """
         if not self._threads:
-            self._deliver(_run_batch([(work, arg, deliver, fail)]), inline=True)
+            self._deliver(_run_batch([(work, arg, deliver, fail)], self.prepare), inline=True)
             return
         self._shards[key % len(self._shards)].pending.append((work, arg, deliver, fail))
         if self._flush_call is None:

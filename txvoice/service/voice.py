@@ -18,6 +18,7 @@ from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.python.usage import UsageError
 
+from txvoice.audio.ingest import batch_preparer
 from txvoice.audio.workers import AudioWorkers
 from txvoice.config import VoiceConfig
 from txvoice.dialects.registry import DialectPathClash, dialect_services, mount_dialects
@@ -125,6 +126,10 @@ class VoiceService(MultiService):
         if self.server.config.lean_poll:
             if install_lean_poll(self.server.clock):
                 self.log.info("lean epoll dispatch installed (no per-event legacy log context)")
+        # Which audio path Opus streams take (txvoice.audio.native; TXVOICE_NATIVE_INGEST=0 turns it off).
+        native = self.server.workers.prepare is not None
+        self.log.info("audio ingest: {path}", path="native batch (txvoice/audio/_native.c)" if native else "pure Python",
+                      native_ingest=native)
         if self.server.config.gc_freeze:
             # Before the children start: the listener is not accepting yet, so no one waits on it.
             freeze_startup_heap(self.log)
@@ -227,7 +232,8 @@ def makeVoiceService(
     shared = parse_tcp_listen(config.listen) if count > 1 and worker is None else None
     # Autobahn logs every connection at debug level through txaio; keep that off the hot path.
     txaio.set_global_log_level("info")  # type: ignore[attr-defined]  # set by txaio.use_twisted()
-    workers = AudioWorkers(reactor, threads=config.audio_threads, batch_delay=config.audio_batch_ms / 1000.0)
+    workers = AudioWorkers(reactor, threads=config.audio_threads, batch_delay=config.audio_batch_ms / 1000.0,
+                           prepare=batch_preparer())
     pipeline = pipeline or make_pipeline(config.pipeline, config)
     try:
         # --redis: the stores several nodes share; with --processes, process i is node <node-id>.<i>.
