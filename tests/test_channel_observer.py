@@ -14,7 +14,7 @@ from zope.interface.verify import verifyClass
 
 from txvoice.dialects.audiosocket import AudioSocketProtocol
 from txvoice.dialects.native import NativeVoiceProtocol
-from txvoice.dialects.realtime_calls import CallSession
+from txvoice.dialects.realtime_callsession import CallSession
 from txvoice.dialects.s3session import UnifiedSession
 from txvoice.dialects.telephony import audio_failed
 from txvoice.dialects.twilio import TwilioMediaStreamProtocol

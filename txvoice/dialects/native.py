@@ -1,5 +1,4 @@
-"""
-The native dialect, ``txvoice.v1``: S1's JSON envelope and message types, plus binary audio frames.
+"""The native dialect, ``txvoice.v1``: S1's JSON envelope and message types, plus binary audio frames.
 
 Every client message is answered or acted on; every bad input gets an ``error`` with a stable
 ``code`` and the offending ``message_id``, and the connection stays up.  See ``doc/protocol.md``.
@@ -219,12 +218,10 @@ class NativeVoiceProtocol(VoiceServerProtocol):
 
     def _resumableChanged(self) -> None:
         """The user, tenant or conversation changed: a store shared by nodes writes the resume state now."""
-        session = self.session
-        if session is None:
-            return
-        self.server.registry.changed(session)
-        if self._log_id is not None and self.server.config.resume_ttl > 0:
-            self.server.resume_store.opened(session, self._log_id)
+        if (session := self.session) is not None:
+            self.server.registry.changed(session)
+            if self._log_id is not None and self.server.config.resume_ttl > 0:
+                self.server.resume_store.opened(session, self._log_id)
 
     def _hold(self, d: Deferred) -> None:
         """Hold incoming messages until ``d`` (and any other step pending) has fired, then handle them in order."""

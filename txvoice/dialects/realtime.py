@@ -29,7 +29,8 @@ from twisted.python.failure import Failure
 
 from txvoice.audio.format import AudioFormat
 from txvoice.audio.sniff import sniff_container, wav_shape
-from txvoice.dialects.realtime_calls import CallSession, CallTable, envelope, user_address
+from txvoice.dialects.realtime_calls import CallTable
+from txvoice.dialects.realtime_callsession import CallSession, envelope, user_address
 from txvoice.dialects.realtime_options import audio_options
 from txvoice.dialects.realtime_sink import RealtimeSink
 from txvoice.errors import ProtocolError, StateError, VoiceError

@@ -13,7 +13,7 @@ from typing import Any
 from zope.interface import implementer
 
 from txvoice.audio.format import AudioFormat
-from txvoice.dialects.realtime_calls import CallSession
+from txvoice.dialects.realtime_callsession import CallSession
 from txvoice.pipeline.interfaces import IResponseSink
 
 #: S4's pipeline stage names for txvoice's.
