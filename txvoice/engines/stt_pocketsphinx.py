@@ -111,6 +111,17 @@ class _Decoder:
         native = self.native
         native.process_raw(data) if native is not None else self.decoder.process_raw(data, False, False)
 
+    def partialText(self) -> str:
+        native = self.native
+        if native is not None:
+            return native.hyp_text()
+        hyp = self.decoder.hyp()
+        return hyp.hypstr if hyp is not None else ""
+
+    def startUtterance(self) -> None:
+        native = self.native
+        native.start_utt() if native is not None else self.decoder.start_utt()
+
     def endUtterance(self) -> None:
         native = self.native
         native.end_utt() if native is not None else self.decoder.end_utt()
@@ -354,7 +365,7 @@ class PocketSphinxSTT:
         try:
             if jsgf is not None:
                 decoder.useGrammar(jsgf, self.max_grammars, self.lexicon)
-            decoder.decoder.start_utt()
+            decoder.startUtterance()
         except BaseException:
             pool.release(decoder)
             raise
@@ -403,8 +414,7 @@ class PocketSphinxStream:
             partial = None
             if self._partialEvery and self._sinceMark >= self._partialEvery:
                 self._sinceMark = 0
-                hyp = self._decoder.decoder.hyp()
-                text = " ".join(hyp.hypstr.split()) if hyp is not None else ""
+                text = " ".join(self._decoder.partialText().split())
                 if text and text != self._lastPartial:
                     self._lastPartial = text
                     partial = Transcript(text=text, final=False, audio_ms=self.audio_ms)
