@@ -7,7 +7,7 @@ Redis.  The Redis store itself is tested against a real Redis in tests/scaleout/
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet import defer
 from twisted.internet.error import ConnectionDone
@@ -37,6 +37,7 @@ class ClusterCallStore:
     def __init__(self, cluster: Cluster, node_id: str) -> None:
         self.cluster, self.node_id = cluster, node_id
         self.handler: TakeoverHandler | None = None
+        self.queued_handler: Callable[[str], None] | None = None
         cluster.nodes[node_id] = self
 
     def claim(self, record: CallRecord) -> defer.Deferred[CallRecord | None]:
@@ -61,6 +62,18 @@ class ClusterCallStore:
 
     def serve(self, handler: TakeoverHandler) -> None:
         self.handler = handler
+
+    def queued(self, address: str) -> None:
+        for name, other in list(self.cluster.nodes.items()):
+            if name != self.node_id and other.queued_handler is not None:
+                other.queued_handler(address)
+
+    def on_queued(self, handler: Callable[[str], None]) -> None:
+        self.queued_handler = handler
+
+    def holder(self, call_id: str) -> defer.Deferred[str | None]:
+        record = self.cluster.records.get(call_id)
+        return defer.succeed(record.node if record is not None else None)
 
 
 def node(cluster: Cluster, name: str, offline: MemoryOfflineStore) -> Any:

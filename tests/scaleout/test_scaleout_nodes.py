@@ -132,6 +132,35 @@ def test_no_redis_command_per_audio_frame(two, shared_redis):
         client.close()
 
 
+def test_in_protocol_auth_shows_in_the_cluster_view_at_once(two, shared_redis):
+    """The registry entry is re-written when auth makes the user known (the refresh is 100 s away here), once."""
+    a, b = two
+    client = VoiceClient(b.url)
+    try:
+        session_id = client.greeting["data"]["session_id"]
+
+        def entry() -> dict | None:
+            sessions = http("GET", f"{base(a)}/monitoring/cluster", token=bearer("ops"))[1]["sessions"]
+            return next((s for s in sessions if s["session_id"] == session_id), None)
+
+        assert wait_for(entry, 5, "the session in the cluster view")["user_id"] is None
+        client.send_json("auth", {"token": bearer("dora", tenant="t-dora")}, message_id="auth-1")
+        client.until(lambda m: isinstance(m, dict) and m.get("type") == "auth_success")
+        seen = wait_for(lambda: (e := entry()) and e["user_id"] == "dora" and e, 3, "dora in the cluster view")
+        assert (seen["node"], seen["tenant"]) == ("n1", "t-dora")
+        before = shared_redis.commandstats()
+        client.send_json("auth", {"token": bearer("dora", tenant="t-dora")}, message_id="auth-2")  # the same user again
+        client.until(lambda m: isinstance(m, dict) and m.get("type") == "auth_success"
+                     and m["data"].get("reply_to") == "auth-2")
+        time.sleep(0.3)
+        moved = {k: v - before.get(k, 0) for k, v in shared_redis.commandstats().items() if v != before.get(k, 0)}
+        moved.pop("ping", None)
+        moved.pop("info", None)
+        assert moved.get("eval", 0) <= 1, moved  # the resume state's write; the registry entry is as it was
+    finally:
+        client.close()
+
+
 def test_health_names_the_node(two):
     assert [health(base(n))["node_id"] for n in two] == ["n0", "n1"]
 

@@ -13,6 +13,7 @@ from twisted.internet import defer, reactor, task
 from twisted.logger import LogLevel, capturedLogs
 
 from inprocess import connected
+from txvoice.scaleout.calls import RedisCallStore
 from txvoice.scaleout.connection import RedisUnavailable
 from txvoice.scaleout.registry import RedisSessionRegistry
 from txvoice.scaleout.resume import RedisResumeStore
@@ -85,3 +86,25 @@ def test_outage_notice_logs_the_first_failure_once_and_the_count_when_it_works_a
     assert len(warnings) == 2  # one for each outage
     assert "not connected" in warnings[0]["error"] and warnings[1]["error"] == "redis_unavailable: down again"
     assert len(infos) == 1 and infos[0]["failures"] == 51
+
+
+@pytest_twisted.inlineCallbacks
+def test_call_record_refreshes_that_fail_are_logged_once_per_outage(redis_server):
+    """The call store's refresh uses OutageNotice as the registry's and resume store's writes do."""
+    conn = yield connected(redis_server.url, "wc:")
+    try:
+        store = RedisCallStore(conn, 30)
+        store.owned["call-1"] = "e1"
+        send = conn.call
+        conn.call = lambda *args: defer.fail(RedisUnavailable("Redis at the test is not connected"))  # type: ignore[method-assign]
+        with capturedLogs() as events:
+            for _ in range(20):
+                yield store.refresh()  # the failure ends there
+            conn.call = send  # type: ignore[method-assign]
+            yield store.refresh()
+        warnings = [e for e in events if e["log_level"] is LogLevel.warn]
+        infos = [e for e in events if e["log_level"] is LogLevel.info and e.get("what") == "refreshing call records in Redis"]
+        assert len(warnings) == 1 and warnings[0]["what"] == "refreshing call records in Redis", warnings
+        assert len(infos) == 1 and infos[0]["failures"] == 20
+    finally:
+        yield conn.stopService()

@@ -220,7 +220,10 @@ class NativeVoiceProtocol(VoiceServerProtocol):
     def _resumableChanged(self) -> None:
         """The user, tenant or conversation changed: a store shared by nodes writes the resume state now."""
         session = self.session
-        if session is not None and self._log_id is not None and self.server.config.resume_ttl > 0:
+        if session is None:
+            return
+        self.server.registry.changed(session)
+        if self._log_id is not None and self.server.config.resume_ttl > 0:
             self.server.resume_store.opened(session, self._log_id)
 
     def _hold(self, d: Deferred) -> None:

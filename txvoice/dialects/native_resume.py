@@ -73,6 +73,7 @@ def _resume(self: ResumeConnection, state: ResumeState | None, env: Envelope) ->
     else:
         session.user_id, session.tenant = state.user_id, state.tenant
         session.conversation_id = state.conversation_id
+        self.server.registry.changed(session)
         self._acked = state.acked
         if state.log_id is not None:
             self._log_id = state.log_id

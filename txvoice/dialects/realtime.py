@@ -322,6 +322,7 @@ class RealtimeProtocol(VoiceServerProtocol):
         session.conversation_id = call_id
         if session.state is SessionState.CONNECTED:
             session.transition(SessionState.AUTHENTICATED)
+        self.server.registry.changed(session)
         self.watchExpiry(principal.expires_at)
         if heartbeat is not None and self.heartbeat is not None:
             self.heartbeat.reconfigure(heartbeat)

@@ -6,7 +6,10 @@ connection serves it, what the sink writes goes out at once; when the connection
 being answered goes on and what it writes is queued in the :class:`IOfflineStore` (bounded), and
 the call is kept for ``resume_ttl`` seconds.  A ``session_start`` for the same call and user on a
 new connection takes it over: the queue is handed over first, in order and once, then live
-messages follow.  Messages for a user with no connection at all are queued under ``user:<id>``.
+messages follow.  Messages for a user with no connection here (``sendToUser``) are queued under
+``user:<id>``, and the other nodes are told (``ICallStore.queued``): one serving a call of that
+user takes the queue and delivers them live; else they wait for the user's next ``session_start``.
+``sendToCall`` for a call another node holds does the same under the call's address.
 
 Which node holds a call is the :class:`~txvoice.session.calls.ICallStore`'s (``--redis``: Redis,
 else this process).  A ``session_start`` for a call the table does not hold claims it there; when
@@ -338,6 +341,7 @@ class CallTable:
         self.store = store
         self.call_store: ICallStore = server.call_store if server.call_store is not None else MemoryCallStore()
         self.call_store.serve(self._takenOver)
+        self.call_store.on_queued(self._queuedElsewhere)
         self.calls: dict[str, CallSession] = {}
         self.handed_over = 0  # calls this node let go to another
         self.resumed_from_other_nodes = 0
@@ -442,13 +446,71 @@ class CallTable:
                 call.send(msg_type, data)
                 reached += 1
         if not reached:
-            self.store.put(user_address(user_id), envelope(msg_type, None, data), False)
+            # Queued, then (once stored) the other nodes are told: one serving the user delivers it now.
+            address = user_address(user_id)
+            self.store.put(address, envelope(msg_type, None, data), False).addCallbacks(
+                lambda _: self.call_store.queued(address),
+                lambda f: log.warn("a message for user {user_id} could not be queued: {error}", user_id=user_id,
+                                   error=f.getErrorMessage()))
         return reached
 
+    def _queuedElsewhere(self, address: str) -> None:
+        """Another node queued messages for a user or call: delivered live if this node serves it."""
+        if address.startswith("call:"):
+            call = self.calls.get(address[len("call:"):])
+            if call is not None and call.protocol is not None and not call.ended:
+                def write(queued: list[Any], call: CallSession = call) -> None:
+                    for message in queued:  # as the call's own output: live, buffered, or requeued
+                        call.write(message.payload, message.is_binary)
+
+                self.store.take(address).addCallback(write).addErrback(
+                    lambda f: log.warn("messages for call {call_id} queued by another node could not be taken: "
+                                       "{error}", call_id=address, error=f.getErrorMessage()))
+            return  # offline here: the queue is handed over when the call resumes
+        if not address.startswith("user:"):
+            return
+        user_id = address[len("user:"):]
+        if not self._live(user_id):
+            return
+
+        def deliver(queued: list[Any]) -> None:
+            live = self._live(user_id)
+            if not live:  # gone meanwhile: back in the queue for their next session_start
+                for message in queued:
+                    self.store.put(address, message.payload, message.is_binary)
+                return
+            for message in queued:
+                for protocol in live:
+                    protocol.writeOut(message.payload, message.is_binary)
+            self.queued_delivered += len(queued)
+
+        self.store.take(address).addCallback(deliver).addErrback(
+            lambda f: log.warn("messages for user {user_id} queued by another node could not be taken: {error}",
+                               user_id=user_id, error=f.getErrorMessage()))
+
+    def _live(self, user_id: str) -> list["CallConnection"]:
+        return [call.protocol for call in self if call.user_id == user_id and call.protocol is not None]
+
     def sendToCall(self, call_id: str, msg_type: str, data: dict[str, Any]) -> bool:
-        """Send to a call, live or queued while it is offline; False when there is no such call."""
+        """
+        Send to a call of this node, live or queued while it is offline: True.  False when this
+        node holds no such call; then, if another node holds it (a shared call store), the
+        message is queued under the call and that node told: delivered live there, or when the
+        call resumes.
+        """
         call = self.calls.get(call_id)
-        if call is None:
-            return False
-        call.send(msg_type, data)
-        return True
+        if call is not None:
+            call.send(msg_type, data)
+            return True
+        address = call_address(call_id)
+
+        def held(node: str | None) -> Any:
+            if node is None or node == self.call_store.node_id:
+                return None  # no such call anywhere (or it is ending here)
+            return self.store.put(address, envelope(msg_type, call_id, data), False).addCallback(
+                lambda _: self.call_store.queued(address))
+
+        self.call_store.holder(call_id).addCallback(held).addErrback(
+            lambda f: log.warn("a message for call {call_id} could not be forwarded: {error}", call_id=call_id,
+                               error=f.getErrorMessage()))
+        return False

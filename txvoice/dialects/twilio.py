@@ -292,6 +292,7 @@ class TwilioMediaStreamProtocol(VoiceServerProtocol):
         conversation.metadata.update(telephony=DIALECT, call_sid=call_sid, account_sid=account_sid,
                                      stream_sid=stream_sid, custom_parameters=dict(params))
         session.conversation_id = conversation.id
+        self.server.registry.changed(session)
         options: dict[str, Any] = {
             "telephony": DIALECT, "call_id": call_sid, "call_sid": call_sid, "account_sid": account_sid,
             "stream_sid": stream_sid, "custom_parameters": dict(params), "dtmf": [],

@@ -90,6 +90,7 @@ class VoiceWSProtocol(VoiceServerProtocol):
         if session.state is SessionState.CONNECTED:
             session.transition(SessionState.AUTHENTICATED)  # --voicews-allow-anonymous
         principal_attributes(session, self.admission.principal if self.admission else None)
+        self.server.registry.changed(session)  # the tenant from the token's claims
         coordinator = self._coordinator = Coordinator.of(self.server)
         joined = coordinator.get(self._join_id)
         if joined is not None:

@@ -16,6 +16,16 @@ balancer to node B is resumed on B, with its offline queue, once.
   nothing is waited for; otherwise the wait is bounded by ``handoff_timeout``.
 - :meth:`RedisCallStore.forget` (the call ended) deletes the record only if it is still this
   claim's (compare the epoch, in a script).
+- What this node sends for one record (claim, forget, the refresh) goes out in order
+  (:meth:`~txvoice.scaleout.connection.RedisConnection.ordered`): a forget is not applied before
+  the claim it ends.  A refresh that fails is logged once per outage (:class:`OutageNotice`).
+
+- :meth:`RedisCallStore.queued`: a message for a user (S4's ``sendToUser``) that no call of this
+  node could take live was queued under the user; ``queued`` on ``calls:queued`` tells the other
+  nodes, and one serving a call of that user takes the queue (once: ``take`` is atomic) and
+  delivers it live.  Nobody serving the user: the queue waits for their next ``session_start``.
+  ``sendToCall`` for a call another node holds (:meth:`RedisCallStore.holder`) does the same
+  under the call's address: delivered live by its node, or when it resumes.
 
 Nothing here runs per audio frame: a claim per ``session_start`` of a call this node does not
 hold, a forget per call end, the refresh timer.
@@ -24,7 +34,7 @@ hold, a forget per call end, the refresh timer.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Callable
 
 from twisted.application.service import Service
 from twisted.internet import defer
@@ -34,9 +44,13 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txvoice.scaleout.connection import RedisConnection
+from txvoice.scaleout.writes import OutageNotice
 from txvoice.session.calls import CallInUse, CallRecord, ICallStore, TakeoverHandler
 
 log = Logger(namespace="txvoice.redis")
+
+#: Where a node says it queued messages for an address (a user) it serves nobody at.
+QUEUED_CHANNEL = "calls:queued"
 
 #: Longest a new owner waits for the old node to let a call go (its reply being finished).
 HANDOFF_TIMEOUT = 10.0
@@ -102,8 +116,11 @@ class RedisCallStore(Service):
         self.handoff_timeouts = 0
         self._refresh = LoopingCall(self.refresh)
         self._refresh.clock = redis.clock
-        self._failing = False
+        self._notice = OutageNotice("refreshing call records in Redis")
+        self._queued_notice = OutageNotice("telling the other nodes of messages queued for their users")
+        self._queued_handler: Callable[[str], None] | None = None
         redis.subscribe(self._channel(self.node_id), self._received)
+        redis.subscribe(QUEUED_CHANNEL, self._queuedElsewhere)
         redis.on_up(self.refresh)
 
     @property
@@ -121,8 +138,9 @@ class RedisCallStore(Service):
 
     def claim(self, record: CallRecord) -> defer.Deferred[CallRecord | None]:
         doc = {**record.as_dict(), "who": _who(record.user_id, record.tenant)}
-        d = self.redis.eval(_CLAIM, [self._key(record.call_id)],
-                            [json.dumps(doc, separators=(",", ":")), doc["who"], self.ttl_ms])
+        key = self._key(record.call_id)
+        d = self.redis.ordered(key, lambda: self.redis.eval(
+            _CLAIM, [key], [json.dumps(doc, separators=(",", ":")), doc["who"], self.ttl_ms]))
 
         def claimed(result: list[Any]) -> CallRecord | None:
             ok, raw = int(result[0]), result[1]
@@ -177,11 +195,28 @@ class RedisCallStore(Service):
     def forget(self, call_id: str, epoch: str) -> defer.Deferred[bool]:
         if self.owned.get(call_id) == epoch:
             del self.owned[call_id]
-        d = self.redis.eval(_FORGET, [self._key(call_id)], [epoch])
+        key = self._key(call_id)
+        d = self.redis.ordered(key, lambda: self.redis.eval(_FORGET, [key], [epoch]))
         return d.addCallback(lambda n: bool(int(n)))
 
     def serve(self, handler: TakeoverHandler) -> None:
         self._handler = handler
+
+    def queued(self, address: str) -> None:
+        message = json.dumps({"address": address, "node": self.node_id}, separators=(",", ":"))
+        self._queued_notice.watch(self.redis.publish(QUEUED_CHANNEL, message))
+
+    def on_queued(self, handler: Callable[[str], None]) -> None:
+        self._queued_handler = handler
+
+    def holder(self, call_id: str) -> defer.Deferred[str | None]:
+        d = self.redis.call("GET", self._key(call_id))
+        return d.addCallback(lambda raw: str(json.loads(raw)["node"]) if raw else None)
+
+    def _queuedElsewhere(self, channel: str, message: str) -> None:
+        doc = json.loads(message)
+        if doc.get("node") != self.node_id and self._queued_handler is not None:
+            self._queued_handler(str(doc["address"]))
 
     # pub/sub
 
@@ -215,18 +250,8 @@ class RedisCallStore(Service):
             pairs += [self._key(call_id), epoch]
         if not pairs:
             return defer.succeed(0)
-        d = self.redis.eval(_REFRESH, [], [self.ttl_ms, *pairs])
-        d.addCallbacks(self._written, self._failed)
-        return d
-
-    def _written(self, result: Any) -> Any:
-        self._failing = False
-        return result
-
-    def _failed(self, failure: Failure) -> None:
-        if not self._failing:
-            self._failing = True
-            log.warn("call records could not be refreshed in Redis: {error}", error=failure.getErrorMessage())
+        d = self.redis.ordered(pairs[0::2], lambda: self.redis.eval(_REFRESH, [], [self.ttl_ms, *pairs]))
+        return self._notice.watch(d)
 
     def startService(self) -> None:
         super().startService()

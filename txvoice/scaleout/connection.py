@@ -14,7 +14,8 @@ it alone; txredisapi then fails them all in one reactor turn.  A stall is only c
 reactor has polled its sockets once more (a node whose own reactor was held past STALLED has its
 answers waiting there, unread: that is not Redis hanging).  A ``PING`` every second tells whether Redis
 answers; :meth:`RedisConnection.health_reason` is what ``/health`` shows as ``degraded`` while it
-does not.  Callbacks registered with :meth:`RedisConnection.on_up` run each time Redis is back (a
+does not.  :meth:`RedisConnection.ordered` sends commands for one key one after another
+(:mod:`txvoice.scaleout.ordering`: the pool would otherwise apply them in any order).  Callbacks registered with :meth:`RedisConnection.on_up` run each time Redis is back (a
 registry re-writes its sessions then).
 """
 
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, TypeVar
 
 import txredisapi
 from twisted.application.service import Service
@@ -34,9 +35,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txvoice.errors import VoiceError
+from txvoice.scaleout.ordering import KeyOrder
 from txvoice.scaleout.settings import RedisSettings
 
 log = Logger(namespace="txvoice.redis")
+
+T = TypeVar("T")
 
 #: Seconds between PINGs (the health of the link).
 PING_INTERVAL = 1.0
@@ -139,6 +143,8 @@ class RedisConnection(Service):
         self._stalled = False
         self._stall_check = LoopingCall(self._checkStall)
         self._stall_check.clock = clock
+        #: Units of commands per key, in order (:meth:`ordered`).
+        self.order = KeyOrder()
 
     # service
 
@@ -269,6 +275,14 @@ class RedisConnection(Service):
             return result
 
         return d.addBoth(done)
+
+    def ordered(self, keys: str | Iterable[str], send: Callable[[], defer.Deferred[T]]) -> defer.Deferred[T]:
+        """
+        ``send()`` (commands for ``keys``) once every earlier unit for any of ``keys`` has been
+        answered: what one node writes to a key is applied in the order it was written, although
+        the pool sends each command on any of its connections.
+        """
+        return self.order.run(keys, send)
 
     def _checkStall(self) -> None:
         since = self._waiting_since

@@ -7,9 +7,10 @@ The offline message queue (S4) on Redis: bounded lists with a TTL, one per addre
 (read and ``DEL`` together, so a message is handed over once).  Messages older than ``max_age`` are
 dropped at ``take`` (counted ``expired``).  Drops are counted by reason, as the in-process store.
 
-The commands for one address are sent one after the other (each once the previous answered):
-txredisapi sends each command on a connection of its pool picked at random, so two ``put`` in a
-row could otherwise be applied out of order (seen: a reply's audio queued after its end).
+The commands for one address are sent one after the other (each once the previous answered,
+:meth:`RedisConnection.ordered <txvoice.scaleout.connection.RedisConnection.ordered>`): txredisapi
+sends each command on a connection of its pool picked at random, so two ``put`` in a row could
+otherwise be applied out of order (seen: a reply's audio queued after its end).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import time
 from typing import Any, Callable, TypeVar
 
 from twisted.internet import defer
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txvoice.scaleout.connection import RedisConnection
@@ -82,32 +82,10 @@ class RedisOfflineStore:
         self.now = now
         self.dropped = {reason: 0 for reason in DROP_REASONS}
         self._pending: dict[str, int] = {}  # what this node last saw per address (approximate)
-        self._tails: dict[str, defer.Deferred[None]] = {}  # per address: fires when its last command answered
 
     def _serial(self, address: str, run: Callable[[], defer.Deferred[T]]) -> defer.Deferred[T]:
         """``run()`` once every earlier command for ``address`` has been answered (in order)."""
-        previous = self._tails.get(address)
-        tail: defer.Deferred[None] = defer.Deferred()
-        self._tails[address] = tail
-        result: defer.Deferred[T] = defer.Deferred()
-
-        def go(_: object = None) -> None:
-            def settled(outcome: Any) -> None:
-                if self._tails.get(address) is tail:
-                    del self._tails[address]
-                if isinstance(outcome, Failure):
-                    result.errback(outcome)
-                else:
-                    result.callback(outcome)
-                tail.callback(None)
-
-            defer.maybeDeferred(run).addBoth(settled)
-
-        if previous is None:
-            go()
-        else:
-            previous.addCallback(go)
-        return result
+        return self.redis.ordered(self.redis.key("offline", address), run)
 
     def _keys(self, address: str) -> list[str]:
         return [self.redis.key("offline", address), self.redis.key("offline-bytes", address)]

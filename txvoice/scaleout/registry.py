@@ -5,8 +5,12 @@ conversation, dialect, transports, opened_at) with a TTL and its id in the ``ses
 scored by expiry -- so that ``/monitoring/cluster`` lists the cluster.  A timer re-writes every
 local session each third of ``--redis-session-ttl`` (one EVAL per 100 sessions, one batch a reactor
 turn: :mod:`txvoice.scaleout.writes`): a node killed with SIGKILL stops refreshing and its entries
-expire.  A closed session is removed at once.  While Redis is down the writes fail (logged once
-per outage) and the refresh when it is back re-writes everything.  Nothing here runs per audio
+expire.  A session whose user, tenant or conversation becomes known or changes (in-protocol auth,
+a call's ``session_start``, a resume) is re-written then (:meth:`RedisSessionRegistry.changed`:
+``/monitoring/cluster`` shows it at once, not up to a third of the TTL later).  A closed session
+is removed at once, after what was written for it has been answered
+(:meth:`~txvoice.scaleout.connection.RedisConnection.ordered`: no ghost entry).  While Redis is
+down the writes fail (logged once per outage) and the refresh when it is back re-writes everything.  Nothing here runs per audio
 frame.
 """
 
@@ -68,6 +72,10 @@ def session_document(session: Session, node_id: str) -> dict[str, Any]:
     }
 
 
+def _identity(session: Session) -> tuple[str | None, str | None, str | None]:
+    return session.user_id, session.tenant, session.conversation_id
+
+
 @implementer(ISessionRegistry)
 class RedisSessionRegistry(Service):
     """Local sessions, mirrored to Redis (see the module docstring); also the refresh timer."""
@@ -78,6 +86,8 @@ class RedisSessionRegistry(Service):
         self._refresh = LoopingCall(self.refresh)
         self._refresh.clock = redis.clock
         self._notice = OutageNotice("writing the session registry to Redis")
+        #: session id -> (user, tenant, conversation) as last written (:meth:`changed` writes on a change only).
+        self._identity: dict[str, tuple[str | None, str | None, str | None]] = {}
         redis.on_up(self.refresh)
 
     # ISessionRegistry: the local sessions
@@ -90,10 +100,19 @@ class RedisSessionRegistry(Service):
         if self.local.get(session.id) is not session:
             return
         self.local.remove(session)
+        self._identity.pop(session.id, None)
         redis = self.redis
-        d = defer.gatherResults([redis.call("DEL", redis.key("session", session.id)),
-                                 redis.call("ZREM", redis.key("sessions"), session.id)], consumeErrors=True)
+        key = redis.key("session", session.id)
+        # After the session's write (and a refresh round's batch holding it) has been answered: sent
+        # on another pool connection, the DEL could be applied first and leave a ghost entry.
+        d = redis.ordered(key, lambda: defer.gatherResults(
+            [redis.call("DEL", key), redis.call("ZREM", redis.key("sessions"), session.id)], consumeErrors=True))
         d.addErrback(self._notice.failed)
+
+    def changed(self, session: Session) -> None:
+        """Re-write the entry if its user, tenant or conversation differ from what was last written."""
+        if self.local.get(session.id) is session and self._identity.get(session.id) != _identity(session):
+            self._write([session])
 
     def get(self, session_id: str) -> Session | None:
         return self.local.get(session_id)
@@ -118,13 +137,20 @@ class RedisSessionRegistry(Service):
 
     def _send(self, sessions: list[Session]) -> defer.Deferred[Any]:
         redis = self.redis
-        # Those closed since a refresh round began are left out (their entry is gone: not back).
-        docs = [json.dumps(session_document(s, redis.node_id), separators=(",", ":"))
-                for s in sessions if self.local.get(s.id) is s]
-        if not docs:
-            return defer.succeed(0)
-        d = redis.eval(_WRITE, [redis.key("sessions"), redis.key("session", "")],
-                       [int(self.ttl * 1000), int(time.time() * 1000), *docs])
+
+        def send() -> defer.Deferred[Any]:
+            # Encoded when sent: those closed meanwhile (since a refresh round began, or while an
+            # earlier write of theirs was answered) are left out -- their entry is gone, not back.
+            live = [s for s in sessions if self.local.get(s.id) is s]
+            for s in live:
+                self._identity[s.id] = _identity(s)
+            docs = [json.dumps(session_document(s, redis.node_id), separators=(",", ":")) for s in live]
+            if not docs:
+                return defer.succeed(0)
+            return redis.eval(_WRITE, [redis.key("sessions"), redis.key("session", "")],
+                              [int(self.ttl * 1000), int(time.time() * 1000), *docs])
+
+        d = redis.ordered([redis.key("session", s.id) for s in sessions], send)
         return d.addCallbacks(self._notice.succeeded, self._notice.passed)
 
     def _write(self, sessions: list[Session]) -> defer.Deferred[Any]:

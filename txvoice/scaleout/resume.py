@@ -7,7 +7,9 @@ with SIGKILL loses nothing it acknowledged.
   Written when a session opens (not only when its connection drops: a killed process never sees
   that) and re-written for every live session of this node each third of ``--redis-session-ttl``
   (one EVAL per 100 sessions, one batch a reactor turn), each time with a TTL of ``--resume-ttl`` plus ``--redis-session-ttl``.  ``take`` is
-  ``GETDEL``: a token resumes once, cluster-wide.
+  ``GETDEL``: a token resumes once, cluster-wide.  What this node sends for one resume key goes out
+  in order (:meth:`~txvoice.scaleout.connection.RedisConnection.ordered`): a session's ``keep``
+  is not overtaken by its write at open, nor a ``take`` here by the ``keep`` before it.
 - ``log:<log_id>``: a sorted set of the reliable message ids the session and the sessions that
   resumed it handled (the last 1024, by time).  A message is recorded *before* it is applied
   (:meth:`RedisReliableLog.record`, ``ZADD`` only when absent, atomic in a script): whichever node
@@ -86,7 +88,8 @@ class RedisResumeStore(Service):
     def _send(self, pairs: list[str], ttl_ms: int) -> defer.Deferred[Any]:
         if not pairs:
             return defer.succeed(0)
-        d = self.redis.eval(_REFRESH, [], [ttl_ms, *pairs])
+        # In order per resume key (a session's write at open, its keep, a take on this node).
+        d = self.redis.ordered(pairs[0::2], lambda: self.redis.eval(_REFRESH, [], [ttl_ms, *pairs]))
         return d.addCallbacks(self._notice.succeeded, self._notice.passed)
 
     def _write(self, pairs: list[str], ttl_ms: int) -> defer.Deferred[Any]:
@@ -110,7 +113,8 @@ class RedisResumeStore(Service):
         self._live.pop(session.id, None)
 
     def take(self, token: str) -> defer.Deferred[ResumeState | None]:
-        d = self.redis.call("GETDEL", self.redis.key("resume", _digest(token)))
+        key = self.redis.key("resume", _digest(token))
+        d = self.redis.ordered(key, lambda: self.redis.call("GETDEL", key))
 
         def found(raw: str | None) -> ResumeState | None:
             if raw is None:

@@ -90,6 +90,18 @@ class ICallStore(Interface):
     def serve(handler: TakeoverHandler) -> None:
         """Call ``handler(call_id, new_node)`` when another node claims a call this node owns."""
 
+    def queued(address: str) -> None:
+        """
+        Messages were just queued under ``address`` (a user's) because this node serves nobody
+        there: tell the other nodes, whichever serves it live takes the queue and delivers them.
+        """
+
+    def on_queued(handler: Callable[[str], None]) -> None:
+        """Call ``handler(address)`` when another node queued messages under ``address``."""
+
+    def holder(call_id: str) -> "defer.Deferred[str | None]":
+        """The node holding the call in the store (None: no such call, or this store knows no other node)."""
+
 
 @implementer(ICallStore)
 class MemoryCallStore:
@@ -108,3 +120,12 @@ class MemoryCallStore:
 
     def serve(self, handler: TakeoverHandler) -> None:
         """No other node ever claims a call."""
+
+    def queued(self, address: str) -> None:
+        """No other node to tell."""
+
+    def on_queued(self, handler: Callable[[str], None]) -> None:
+        """No other node ever queues."""
+
+    def holder(self, call_id: str) -> "defer.Deferred[str | None]":
+        return defer.succeed(None)

@@ -18,6 +18,13 @@ class ISessionRegistry(Interface):
     def remove(session: Session) -> None:
         """Forget a closed session (idempotent)."""
 
+    def changed(session: Session) -> None:
+        """
+        A registered session's user, tenant or conversation became known or changed (in-protocol
+        auth, a call's ``session_start``, a resume, joining a conversation): a registry shared by
+        nodes re-writes its entry now rather than at its next refresh.  Never called per frame.
+        """
+
     def get(session_id: str) -> Session | None:
         """The live session with this id, or None."""
 
@@ -46,6 +53,9 @@ class LocalSessionRegistry:
 
     def remove(self, session: Session) -> None:
         self._sessions.pop(session.id, None)
+
+    def changed(self, session: Session) -> None:
+        """Nothing to do: the session itself is what is kept."""
 
     def get(self, session_id: str) -> Session | None:
         return self._sessions.get(session_id)
