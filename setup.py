@@ -16,6 +16,7 @@ from setuptools import Extension, find_packages, setup
 native = Extension(
     "txvoice.audio._native",
     sources=["txvoice/audio/_native.c"],
+    depends=["txvoice/audio/_native_fft.h"],
     extra_compile_args=["-O2", "-std=c99", "-D_DEFAULT_SOURCE"],
     libraries=["m"],
     optional=True,
