@@ -31,3 +31,24 @@ def freeze_startup_heap(log: Logger) -> int:
         ms=(time.perf_counter() - started) * 1000,
     )
     return frozen
+
+
+def parse_gc_thresholds(text: str) -> tuple[int, int, int] | None:
+    """``"700,2,10"`` as the three thresholds ``gc.set_threshold`` takes; ``""``: None (keep Python's)."""
+    if not text.strip():
+        return None
+    try:
+        values = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or values[0] < 1 or min(values) < 0:
+        raise ValueError(f"--gc-thresholds: {text!r} is not three counts like 700,2,10 (the first at least 1)")
+    return values
+
+
+def apply_gc_thresholds(thresholds: tuple[int, int, int], log: Logger) -> None:
+    """``gc.set_threshold(*thresholds)``, logged with what it replaces."""
+    before = gc.get_threshold()
+    gc.set_threshold(*thresholds)
+    log.info("garbage collector thresholds {thresholds} (were {before})",
+             thresholds=",".join(map(str, thresholds)), before=",".join(map(str, before)))

@@ -29,7 +29,8 @@ from txvoice.pipeline.registry import PipelineNotFound, create_pipeline
 from txvoice.server.context import VoiceServer
 from txvoice.scaleout.install import scale_out
 from txvoice.server.web import build_site
-from txvoice.service.heap import freeze_startup_heap
+from txvoice.service.gcpauses import GCPauses
+from txvoice.service.heap import apply_gc_thresholds, freeze_startup_heap, parse_gc_thresholds
 from txvoice.service.heartbeat import HeartbeatService
 from txvoice.service.listener import ListenerService
 from txvoice.service.monitoring import MonitoringService
@@ -89,6 +90,8 @@ class VoiceService(MultiService):
         self.parent_watch = parent_watch
         #: While stopping: the step the stop is in (named in the error if it has to give up).
         self.stopping: str | None = None
+        #: With --gc-pause-log-ms: the collections' timings (service/gcpauses.py).
+        self.gcPauses: GCPauses | None = None
         #: Which stop phase each child belongs to (see ``STOP_PHASES``); children added without
         #: one (``setServiceParent``) stop in "stopping the other services".
         self.phaseOf: dict[int, str] = {}
@@ -130,6 +133,12 @@ class VoiceService(MultiService):
         native = self.server.workers.prepare is not None
         self.log.info("audio ingest: {path}", path="native batch (txvoice/audio/_native.c)" if native else "pure Python",
                       native_ingest=native)
+        if self.server.config.gc_pause_log_ms > 0:
+            self.gcPauses = GCPauses(self.log, self.server.config.gc_pause_log_ms)
+            self.gcPauses.install()
+        thresholds = parse_gc_thresholds(self.server.config.gc_thresholds)
+        if thresholds is not None:
+            apply_gc_thresholds(thresholds, self.log)
         if self.server.config.gc_freeze:
             # Before the children start: the listener is not accepting yet, so no one waits on it.
             freeze_startup_heap(self.log)
@@ -139,6 +148,8 @@ class VoiceService(MultiService):
         """Stop the children phase by phase, in ``STOP_PHASES`` order, each phase once the last is done."""
         Service.stopService(self)
         self.server.shutting_down = True
+        if self.gcPauses is not None:
+            self.gcPauses.remove()
         self.stopping = "closing the listener"
         # Worker processes stop (SIGTERM, then their own graceful stop) while this one does.
         workers_stopped = self._stopPhase("waiting for the worker processes")
@@ -229,6 +240,10 @@ def makeVoiceService(
         reactor = _reactor
     # Checked before anything is loaded: a bad --processes or listen description is a usage error.
     count = process_count(config.processes)
+    try:
+        parse_gc_thresholds(config.gc_thresholds)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     shared = parse_tcp_listen(config.listen) if count > 1 and worker is None else None
     # Autobahn logs every connection at debug level through txaio; keep that off the hot path.
     txaio.set_global_log_level("info")  # type: ignore[attr-defined]  # set by txaio.use_twisted()
