@@ -243,6 +243,22 @@ class _Scratch(threading.local):
 
 _scratch = _Scratch()
 
+#: ctypes array types of the batch's PCM buffers, by size.  ``create_string_buffer(n)`` makes a new
+#: ``c_char * n`` type for every size it has not seen (ctypes caches them only weakly), and each
+#: such type is cyclic garbage the collector frees later, with the GIL held, together with its
+#: descriptors: a few types each batch while 20 speakers talk.  Sizes rounded up to a power of
+#: two (at least 4 KiB) give a handful of types, kept for the process's life.
+_BUFFER_TYPES: dict[int, Any] = {}
+
+
+def pcm_buffer(nbytes: int) -> Any:
+    """A zeroed ctypes buffer of at least ``nbytes`` bytes, of one of a few kept types."""
+    size = 1 << max(12, (nbytes - 1).bit_length())
+    kind = _BUFFER_TYPES.get(size)
+    if kind is None:
+        kind = _BUFFER_TYPES[size] = ctypes.c_char * size
+    return kind()
+
 
 def run_batch(streams: Sequence[NativeStream], packets: Sequence[bytes], sequences: Sequence[int | None],
               onset_active: Sequence[bool]) -> list[Prepared]:
@@ -272,7 +288,7 @@ def run_batch(streams: Sequence[NativeStream], packets: Sequence[bytes], sequenc
     start = 0
     while start < count:
         # A ctypes buffer, not np.empty: its address costs nothing to read (numpy's ~1 µs).
-        memory = ctypes.create_string_buffer(room * 2)
+        memory = pcm_buffer(room * 2)
         pcm = np.frombuffer(memoryview(memory), dtype=np.int16)
         if room // _SMALLEST_FRAME + 1 > scratch.decisions:
             scratch.need(room // _SMALLEST_FRAME + 1)
