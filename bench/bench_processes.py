@@ -54,9 +54,12 @@ from run import (  # noqa: E402  (bench/run.py's building blocks: the generator,
     WORKLOADS,
     build_loadgen,
     free_port,
+    machine_load,
+    machine_sample,
     make_payloads,
     proc_cpu_s,
     raise_fd_limit,
+    stolen_share,
 )
 
 P99_LIMIT_MS = 50.0
@@ -80,7 +83,46 @@ def children(pid: int) -> list[int]:
 
 def cpu_of(pids: list[int]) -> float | None:
     values = [proc_cpu_s(p) for p in pids]
-    return None if any(v is None for v in values) else sum(values)
+    return None if any(v is None for v in values) else sum(v for v in values if v is not None)
+
+
+def cpu_by_pid(pids: list[int]) -> dict[int, float | None]:
+    return {p: proc_cpu_s(p) for p in pids}
+
+
+def per_process(cpu0: dict[int, float | None], cpu1: dict[int, float | None], split: dict[int, int],
+                frames_acked: int, wall_s: float) -> list[dict[str, Any]]:
+    """
+    Each server process's share of one run: the sessions the kernel gave it, the cores it kept
+    busy over the sending window and its CPU per frame.  Every session sends at the same rate, so
+    a process's frames are ``frames_acked`` times its share of the sessions.  The parent first.
+    """
+    total = sum(split.values())
+    rows = []
+    for pid in cpu0:
+        c0, c1 = cpu0.get(pid), cpu1.get(pid)
+        if c0 is None or c1 is None:
+            continue
+        sessions = split.get(pid, 0)
+        frames = frames_acked * sessions / total if total else 0.0
+        rows.append({"pid": pid, "sessions": sessions, "cores": round((c1 - c0) / max(wall_s, 1e-6), 3),
+                     "cpu_us_per_frame": round((c1 - c0) * 1e6 / frames, 1) if frames else None})
+    return rows
+
+
+def capacity(server_cores: float, gen_cores: float, others_cores: float, steal: dict[str, float],
+             sessions: int, ncpus: int = 2) -> dict[str, Any]:
+    """
+    Where the machine's cores went during a run: the server, the load generator, other work and
+    the hypervisor's steal, and what was left idle.  ``sessions_per_server_core`` (sessions per
+    core the server used) is the figure that does not depend on how much of the machine the
+    generator took; ``idle_cores`` near 0 means the run was bounded by the machine, not the server.
+    """
+    stolen = sum(steal.values())
+    idle = ncpus - server_cores - gen_cores - others_cores - stolen
+    return {"gen_cores": round(gen_cores, 3), "others_cores": round(others_cores, 3), "stolen_cores": round(stolen, 3),
+            "idle_cores": round(idle, 3),
+            "sessions_per_server_core": round(sessions / server_cores, 1) if server_cores > 0 else None}
 
 
 def sessions_per_process(port: int, pids: list[int]) -> dict[int, int]:
@@ -163,7 +205,7 @@ class TxvoiceServer:
 
 
 def loadgen(port: int, n: int, duration: float, warmup: float, drain: float, workload: str,
-            on_phase=None) -> tuple[dict[str, Any], list[str]]:
+            on_phase: Any = None) -> tuple[dict[str, Any], list[str]]:
     payload, path = WORKLOADS[workload]
     cmd = [str(LOADGEN), "--port", str(port), "--path", path, "--frames", str(PAYLOADS / payload),
            "--sessions", str(n), "--duration", str(duration), "--warmup", str(warmup), "--drain", str(drain),
@@ -175,7 +217,7 @@ def loadgen(port: int, n: int, duration: float, warmup: float, drain: float, wor
         for line in gen.stderr:
             if line.startswith("PHASE "):
                 if on_phase:
-                    on_phase(line.split()[1])
+                    on_phase(line.split()[1], gen.pid)
             else:
                 errors.append(line.rstrip())
 
@@ -204,9 +246,12 @@ def run_once(config: str, n: int, args: argparse.Namespace, label: str) -> dict[
         pids = server.pids()
         marks: dict[str, Any] = {}
 
-        def on_phase(phase: str) -> None:
+        def on_phase(phase: str, gen_pid: int) -> None:
             if phase in ("send", "end"):
                 marks[phase] = (cpu_of(pids), time.monotonic())
+                marks[phase + "_by_pid"] = cpu_by_pid(pids)
+                marks[phase + "_gen"] = proc_cpu_s(gen_pid)
+                marks[phase + "_machine"] = machine_sample()
             if phase == "end":
                 marks["split"] = sessions_per_process(server.port, pids)
 
@@ -227,6 +272,18 @@ def run_once(config: str, n: int, args: argparse.Namespace, label: str) -> dict[
             record["frames_per_s"] = round(g["frames_acked"] / max(t1 - t0, 1e-6), 0)
         split = marks.get("split") or {}
         record["sessions_per_process"] = sorted(split.values(), reverse=True)
+        if "send" in marks and "end" in marks:
+            wall = marks["end"][1] - marks["send"][1]
+            record["by_process"] = per_process(marks["send_by_pid"], marks["end_by_pid"], split, g["frames_acked"], wall)
+            g0, g1 = marks.get("send_gen"), marks.get("end_gen")
+            gen_cores = (g1 - g0) / max(wall, 1e-6) if g0 is not None and g1 is not None else 0.0
+            m0, m1 = marks["send_machine"], marks["end_machine"]
+            own = (record.get("cpu_s") or 0.0) + gen_cores * wall
+            load = machine_load(m0, m1, own)
+            steal = stolen_share(m0.get("ticks", {}), m1.get("ticks", {})) if m0 and m1 else {}
+            record["steal"] = steal
+            record.update(capacity(record.get("cpu_cores") or 0.0, gen_cores, load.get("others_cores", 0.0), steal, n,
+                                   len(os.sched_getaffinity(0))))
     except Exception as e:  # a broken run is a failed step, with its reason
         record.update(error=str(e), clean=False, passed=False)
     finally:
@@ -234,12 +291,21 @@ def run_once(config: str, n: int, args: argparse.Namespace, label: str) -> dict[
     return record
 
 
+def fmt_processes(rows: list[dict[str, Any]]) -> str:
+    """``sessions/cores/µs per frame`` of each process, the parent first: ``61s/0.52c/170.1us``."""
+    return " ".join(f"{p['sessions']}s/{p['cores']}c/{p['cpu_us_per_frame']}us" for p in rows) or "-"
+
+
 def describe(r: dict[str, Any]) -> str:
     if "error" in r:
         return f"ERROR {r['error'][:160]}"
     return (f"p50 {r['p50_ms']:.2f} p99 {r['p99_ms']:.2f} ms, lost {r['lost']}, {r.get('frames_per_s', '-')} frames/s, "
             f"cpu {r.get('cpu_us_per_frame', '-')} us/frame ({r.get('cpu_cores', '-')} cores), "
-            f"split {r.get('sessions_per_process')}, gen cpu {r['gen_cpu_frac']:.0%}"
+            f"split {r.get('sessions_per_process')}, per process "
+            f"{fmt_processes(r.get('by_process', []))}, "
+            f"gen {r.get('gen_cores', '-')} cores, others {r.get('others_cores', '-')}, steal {r.get('steal')}, "
+            f"idle {r.get('idle_cores', '-')} cores, {r.get('sessions_per_server_core', '-')} sessions/server core, "
+            f"gen cpu {r['gen_cpu_frac']:.0%}"
             f"{' (generator saturated)' if r['saturated'] else ''} -> {'pass' if r['passed'] else 'FAIL'}")
 
 
@@ -354,6 +420,19 @@ def main(argv: list[str] | None = None) -> int:
             row += [f"{median([r.get('p99_ms') for r in at])} ({passed}/{len(at)} pass)",
                     str(median([r.get("cpu_us_per_frame") for r in at])), str(median([r.get("cpu_cores") for r in at]))]
         lines.append("| " + " | ".join(row) + " |")
+    # Where the two cores went, run by run: the instrument shares the machine with the server.
+    lines += ["", "Where the cores went (per run; per process: sessions/cores busy/CPU µs per frame, the parent first; "
+              "idle near 0 means the machine, not the server, was the limit):", "",
+              "| rep | N | server | per process | server cores | generator cores | others' cores | stolen cores | idle cores | "
+              "sessions per server core | p99 ms | pass |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in sorted(runs, key=lambda r: (r["sessions"], r["rep"], r["config"])):
+        if "error" in r:
+            continue
+        lines.append(f"| {r['rep']} | {r['sessions']} | `--processes {r['processes']}` | {fmt_processes(r.get('by_process', []))} | "
+                     f"{r.get('cpu_cores', '–')} | {r.get('gen_cores', '–')} | {r.get('others_cores', '–')} | "
+                     f"{r.get('stolen_cores', '–')} | {r.get('idle_cores', '–')} | {r.get('sessions_per_server_core', '–')} | "
+                     f"{r.get('p99_ms')} | {'yes' if r['passed'] else 'no'} |")
     table = "\n".join(lines) + "\n"
     result = {
         "config": {"configs": CONFIGS, "ladder": ladder, "fixed_n": a.fixed_n, "reps": a.reps, "duration_s": a.duration,
