@@ -65,6 +65,9 @@ from run import (  # noqa: E402  (bench/run.py's building blocks: the generator,
 P99_LIMIT_MS = 50.0
 FRAME_S = 0.020
 CONFIGS = {"p1": 1, "p2": 2}
+#: Cores of other work plus steal above which a run with no idle core left says more about the
+#: machine than about the server.
+DISTURBED_LIMIT = 0.25
 
 
 def children(pid: int) -> list[int]:
@@ -291,6 +294,13 @@ def run_once(config: str, n: int, args: argparse.Namespace, label: str) -> dict[
     return record
 
 
+def disturbed(r: dict[str, Any], limit: float = DISTURBED_LIMIT) -> bool:
+    """Whether the machine was full because of someone else: others + steal over ``limit``, < 0.1 core idle."""
+    if r.get("idle_cores") is None:
+        return False
+    return (r.get("others_cores") or 0.0) + (r.get("stolen_cores") or 0.0) > limit and r["idle_cores"] < 0.1
+
+
 def fmt_processes(rows: list[dict[str, Any]]) -> str:
     """``sessions/cores/µs per frame`` of each process, the parent first: ``61s/0.52c/170.1us``."""
     return " ".join(f"{p['sessions']}s/{p['cores']}c/{p['cpu_us_per_frame']}us" for p in rows) or "-"
@@ -324,6 +334,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ladder", default=None, help="comma-separated session counts [20,30,40,50,60,80,100,125,150,200,250,300]")
     p.add_argument("--workload", default="opus", choices=sorted(WORKLOADS))
     p.add_argument("--out-dir", default=str(BENCH / "results"))
+    p.add_argument("--disturbed-limit", type=float, default=DISTURBED_LIMIT,
+                   help=f"a failed step is disturbed when others' work and steal took more than this many cores and "
+                        f"under 0.1 core was idle [{DISTURBED_LIMIT}]")
+    p.add_argument("--disturbed-retries", type=int, default=1, help="re-runs of a failed, disturbed step [1]")
     a = p.parse_args(argv)
     a.reps = a.reps or (1 if a.quick else 3)
     a.duration = a.duration or (2.0 if a.quick else 6.0)
@@ -331,8 +345,8 @@ def main(argv: list[str] | None = None) -> int:
     a.warmup = min(1.5, a.duration / 4)
     a.drain = 1.0 if a.quick else 2.0
     ladder = sorted({int(x) for x in (a.ladder or ("10,20" if a.quick else "20,30,40,50,60,80,100,125,150,200,250,300")).split(",")})
-    if max(ladder + [a.fixed_n]) > 2000 or a.duration > 60 or a.reps > 5:
-        p.error("bounded runs only: sessions <= 2000, duration <= 60 s, reps <= 5")
+    if max(ladder + [a.fixed_n]) > 2000 or a.duration > 60 or a.reps > 5 or not 0 <= a.disturbed_retries <= 2:
+        p.error("bounded runs only: sessions <= 2000, duration <= 60 s, reps <= 5, disturbed retries <= 2")
     if a.fixed_n not in ladder:
         ladder = sorted(ladder + [a.fixed_n])
 
@@ -354,8 +368,19 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 r = run_once(config, n, a, f"r{rep}")
                 r["rep"] = rep
-                runs.append(r)
                 print(f"  [rep {rep}] {config} N={n:<4d} {describe(r)}", flush=True)
+                for attempt in range(a.disturbed_retries):
+                    if r["passed"] or not disturbed(r, a.disturbed_limit):
+                        break
+                    # The machine, not the server, ran out: others' work or steal took the cores.
+                    again = run_once(config, n, a, f"r{rep}-again{attempt + 1}")
+                    again["rep"] = rep
+                    print(f"  [rep {rep}] {config} N={n:<4d} again (the last was disturbed): {describe(again)}", flush=True)
+                    r["superseded"] = True
+                    runs.append(r)
+                    r = again
+                r["disturbed"] = disturbed(r, a.disturbed_limit)
+                runs.append(r)
                 if not r["passed"] and config in alive:
                     alive.remove(config)
             if not alive and n >= a.fixed_n:
@@ -363,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
 
     summary: dict[str, Any] = {}
     for config in CONFIGS:
-        mine = [r for r in runs if r["config"] == config]
+        mine = [r for r in runs if r["config"] == config and not r.get("superseded")]
         fixed = [r for r in mine if r["sessions"] == a.fixed_n and "error" not in r]
         best_n, best_fps = [], []
         for rep in range(a.reps):
@@ -384,6 +409,8 @@ def main(argv: list[str] | None = None) -> int:
             "p50_ms": median([r.get("p50_ms") for r in fixed]),
             "p99_ms": median([r.get("p99_ms") for r in fixed]),
             "sessions_per_process": [r.get("sessions_per_process") for r in fixed],
+            "sessions_per_server_core": median([r.get("sessions_per_server_core") for r in fixed]),
+            "disturbed_runs": sum(bool(r.get("disturbed")) for r in mine),
         }
     base = summary["p1"]
 
@@ -393,8 +420,9 @@ def main(argv: list[str] | None = None) -> int:
 
     lines = [
         f"| server | max N (p99 < 50 ms) | frames/s served there | ratio | CPU µs/frame @ N={a.fixed_n} | ratio | "
-        f"CPU cores busy @ N={a.fixed_n} | p50 / p99 ms @ N={a.fixed_n} | sessions per process @ N={a.fixed_n} |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        f"CPU cores busy @ N={a.fixed_n} | p50 / p99 ms @ N={a.fixed_n} | sessions per process @ N={a.fixed_n} | "
+        f"sessions per server core @ N={a.fixed_n} | disturbed runs |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for config, s in summary.items():
         splits = "; ".join("/".join(str(x) for x in sp) for sp in s["sessions_per_process"] if sp)
@@ -402,7 +430,8 @@ def main(argv: list[str] | None = None) -> int:
             f"| `--processes {s['processes']}` | {s['max_sessions_p99_50ms']:g} | "
             f"{format(s['frames_per_s_at_max'], '.0f') if s['frames_per_s_at_max'] else '–'} | "
             f"{ratio('frames_per_s_at_max', config)} | {s['cpu_us_per_frame']} | {ratio('cpu_us_per_frame', config)} | "
-            f"{s['cpu_cores']} | {s['p50_ms']} / {s['p99_ms']} | {splits or '–'} |"
+            f"{s['cpu_cores']} | {s['p50_ms']} / {s['p99_ms']} | {splits or '–'} | {s['sessions_per_server_core']} | "
+            f"{s['disturbed_runs']} |"
         )
     # Every step side by side: the same N, the same minutes of the machine.
     lines += ["", "| N | " + " | ".join(f"`--processes {CONFIGS[c]}` p99 ms | CPU µs/frame | cores busy" for c in CONFIGS) + " |",
@@ -412,7 +441,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         row = [str(n)]
         for config in CONFIGS:
-            at = [r for r in runs if r["config"] == config and r["sessions"] == n and "error" not in r]
+            at = [r for r in runs if r["config"] == config and r["sessions"] == n and "error" not in r
+                  and not r.get("superseded")]
             if not at:
                 row += ["–", "–", "–"]
                 continue
@@ -432,7 +462,8 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {r['rep']} | {r['sessions']} | `--processes {r['processes']}` | {fmt_processes(r.get('by_process', []))} | "
                      f"{r.get('cpu_cores', '–')} | {r.get('gen_cores', '–')} | {r.get('others_cores', '–')} | "
                      f"{r.get('stolen_cores', '–')} | {r.get('idle_cores', '–')} | {r.get('sessions_per_server_core', '–')} | "
-                     f"{r.get('p99_ms')} | {'yes' if r['passed'] else 'no'} |")
+                     f"{r.get('p99_ms')} | {'yes' if r['passed'] else 'no'}"
+                     f"{' (disturbed)' if r.get('disturbed') else ''}{' (superseded)' if r.get('superseded') else ''} |")
     table = "\n".join(lines) + "\n"
     result = {
         "config": {"configs": CONFIGS, "ladder": ladder, "fixed_n": a.fixed_n, "reps": a.reps, "duration_s": a.duration,

@@ -65,3 +65,15 @@ def test_sessions_per_process_reads_this_process_sockets(bench):
         accepted.close()
         client.close()
         server.close()
+
+
+def test_disturbed_needs_a_full_machine_and_someone_else(bench):
+    # p2 N=150 of the first run with these columns: others 1.018 cores, 0.001 idle.
+    assert bench.disturbed({"others_cores": 1.018, "stolen_cores": 0.003, "idle_cores": 0.001})
+    # Full, but by the server and the generator alone: the server's own limit, not disturbed.
+    assert not bench.disturbed({"others_cores": 0.05, "stolen_cores": 0.02, "idle_cores": 0.0})
+    # Others busy, but a core's worth left idle: the machine was not what stopped it.
+    assert not bench.disturbed({"others_cores": 0.6, "stolen_cores": 0.0, "idle_cores": 0.5})
+    # Steal counts like others' work.
+    assert bench.disturbed({"others_cores": 0.1, "stolen_cores": 0.3, "idle_cores": 0.05})
+    assert not bench.disturbed({"error": "boom"})
