@@ -89,6 +89,34 @@ def cpu_of(pids: list[int]) -> float | None:
     return None if any(v is None for v in values) else sum(v for v in values if v is not None)
 
 
+def all_cpu() -> dict[int, tuple[str, float]]:
+    """(name, CPU seconds) of every process on the machine, to say who the others were."""
+    out = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            name = stat[stat.index("(") + 1:stat.rindex(")")]
+            f = stat[stat.rindex(")") + 2:].split()
+            out[int(entry)] = (name, (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK"))
+    return out
+
+
+def busiest_others(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]], ours: set[int],
+                   wall_s: float, top: int = 3) -> list[str]:
+    """The ``top`` processes outside ``ours`` that used the most CPU between two readings: ``name:pid cores``."""
+    used = []
+    for pid, (name, c1) in after.items():
+        if pid in ours:
+            continue
+        c0 = before.get(pid, (name, 0.0))[1]  # started during the window: all of its time is in it
+        if c1 - c0 > 0:
+            used.append((c1 - c0, f"{name}:{pid} {(c1 - c0) / max(wall_s, 1e-6):.2f}"))
+    return [label for _, label in sorted(used, reverse=True)[:top]]
+
+
 def cpu_by_pid(pids: list[int]) -> dict[int, float | None]:
     return {p: proc_cpu_s(p) for p in pids}
 
@@ -255,6 +283,7 @@ def run_once(config: str, n: int, args: argparse.Namespace, label: str) -> dict[
                 marks[phase + "_by_pid"] = cpu_by_pid(pids)
                 marks[phase + "_gen"] = proc_cpu_s(gen_pid)
                 marks[phase + "_machine"] = machine_sample()
+                marks[phase + "_all"] = all_cpu()
             if phase == "end":
                 marks["split"] = sessions_per_process(server.port, pids)
 
@@ -285,6 +314,7 @@ def run_once(config: str, n: int, args: argparse.Namespace, label: str) -> dict[
             load = machine_load(m0, m1, own)
             steal = stolen_share(m0.get("ticks", {}), m1.get("ticks", {})) if m0 and m1 else {}
             record["steal"] = steal
+            record["others_top"] = busiest_others(marks["send_all"], marks["end_all"], set(pids) | {os.getpid()}, wall)
             record.update(capacity(record.get("cpu_cores") or 0.0, gen_cores, load.get("others_cores", 0.0), steal, n,
                                    len(os.sched_getaffinity(0))))
     except Exception as e:  # a broken run is a failed step, with its reason
@@ -313,7 +343,8 @@ def describe(r: dict[str, Any]) -> str:
             f"cpu {r.get('cpu_us_per_frame', '-')} us/frame ({r.get('cpu_cores', '-')} cores), "
             f"split {r.get('sessions_per_process')}, per process "
             f"{fmt_processes(r.get('by_process', []))}, "
-            f"gen {r.get('gen_cores', '-')} cores, others {r.get('others_cores', '-')}, steal {r.get('steal')}, "
+            f"gen {r.get('gen_cores', '-')} cores, others {r.get('others_cores', '-')} {r.get('others_top', [])}, "
+            f"steal {r.get('steal')}, "
             f"idle {r.get('idle_cores', '-')} cores, {r.get('sessions_per_server_core', '-')} sessions/server core, "
             f"gen cpu {r['gen_cpu_frac']:.0%}"
             f"{' (generator saturated)' if r['saturated'] else ''} -> {'pass' if r['passed'] else 'FAIL'}")
@@ -460,7 +491,8 @@ def main(argv: list[str] | None = None) -> int:
         if "error" in r:
             continue
         lines.append(f"| {r['rep']} | {r['sessions']} | `--processes {r['processes']}` | {fmt_processes(r.get('by_process', []))} | "
-                     f"{r.get('cpu_cores', '–')} | {r.get('gen_cores', '–')} | {r.get('others_cores', '–')} | "
+                     f"{r.get('cpu_cores', '–')} | {r.get('gen_cores', '–')} | {r.get('others_cores', '–')}"
+                     f"{' (' + ', '.join(r['others_top']) + ')' if r.get('others_top') else ''} | "
                      f"{r.get('stolen_cores', '–')} | {r.get('idle_cores', '–')} | {r.get('sessions_per_server_core', '–')} | "
                      f"{r.get('p99_ms')} | {'yes' if r['passed'] else 'no'}"
                      f"{' (disturbed)' if r.get('disturbed') else ''}{' (superseded)' if r.get('superseded') else ''} |")

@@ -77,3 +77,12 @@ def test_disturbed_needs_a_full_machine_and_someone_else(bench):
     # Steal counts like others' work.
     assert bench.disturbed({"others_cores": 0.1, "stolen_cores": 0.3, "idle_cores": 0.05})
     assert not bench.disturbed({"error": "boom"})
+
+
+def test_busiest_others_leaves_ours_out_and_counts_newcomers(bench):
+    before = {1: ("twistd", 10.0), 2: ("pytest", 5.0), 3: ("idle", 1.0)}
+    after = {1: ("twistd", 12.0), 2: ("pytest", 6.0), 3: ("idle", 1.0), 4: ("wstest", 0.5)}
+    assert bench.busiest_others(before, after, {1}, 2.0) == ["pytest:2 0.50", "wstest:4 0.25"]
+    assert bench.busiest_others(before, after, {1}, 2.0, top=1) == ["pytest:2 0.50"]
+    # The real table of this machine: readable, and this process is in it.
+    assert os.getpid() in bench.all_cpu()
