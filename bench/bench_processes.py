@@ -282,6 +282,7 @@ def run_once(config: str, n: int, args: argparse.Namespace, label: str) -> dict[
                 marks[phase] = (cpu_of(pids), time.monotonic())
                 marks[phase + "_by_pid"] = cpu_by_pid(pids)
                 marks[phase + "_gen"] = proc_cpu_s(gen_pid)
+                marks["gen_pid"] = gen_pid
                 marks[phase + "_machine"] = machine_sample()
                 marks[phase + "_all"] = all_cpu()
             if phase == "end":
@@ -314,7 +315,7 @@ def run_once(config: str, n: int, args: argparse.Namespace, label: str) -> dict[
             load = machine_load(m0, m1, own)
             steal = stolen_share(m0.get("ticks", {}), m1.get("ticks", {})) if m0 and m1 else {}
             record["steal"] = steal
-            record["others_top"] = busiest_others(marks["send_all"], marks["end_all"], set(pids) | {os.getpid()}, wall)
+            record["others_top"] = busiest_others(marks["send_all"], marks["end_all"], set(pids) | {os.getpid(), marks["gen_pid"]}, wall)
             record.update(capacity(record.get("cpu_cores") or 0.0, gen_cores, load.get("others_cores", 0.0), steal, n,
                                    len(os.sched_getaffinity(0))))
     except Exception as e:  # a broken run is a failed step, with its reason
