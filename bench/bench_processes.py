@@ -332,6 +332,22 @@ def disturbed(r: dict[str, Any], limit: float = DISTURBED_LIMIT) -> bool:
     return (r.get("others_cores") or 0.0) + (r.get("stolen_cores") or 0.0) > limit and r["idle_cores"] < 0.1
 
 
+def doubling_budget(p1_runs: list[dict[str, Any]], ncpus: int) -> dict[str, Any] | None:
+    """
+    What "twice one process's sessions" would cost on this machine: one process's passing run at
+    its largest N (server and generator cores), doubled, against the cores there are.  Above
+    ``ncpus`` the ratio cannot reach 2x here whatever the server does: the generator and the second
+    process compete for the same cores.
+    """
+    passed = [r for r in p1_runs if r.get("passed") and r.get("cpu_cores") is not None and r.get("gen_cores") is not None]
+    if not passed:
+        return None
+    top = max(passed, key=lambda r: (r["sessions"], -(r.get("others_cores") or 0.0)))
+    need = 2 * top["cpu_cores"] + 2 * top["gen_cores"]
+    return {"p1_sessions": top["sessions"], "p1_server_cores": top["cpu_cores"], "p1_gen_cores": top["gen_cores"],
+            "cores_needed_for_2x": round(need, 2), "cores": ncpus, "fits": need <= ncpus}
+
+
 def fmt_processes(rows: list[dict[str, Any]]) -> str:
     """``sessions/cores/µs per frame`` of each process, the parent first: ``61s/0.52c/170.1us``."""
     return " ".join(f"{p['sessions']}s/{p['cores']}c/{p['cpu_us_per_frame']}us" for p in rows) or "-"
@@ -497,6 +513,12 @@ def main(argv: list[str] | None = None) -> int:
                      f"{r.get('stolen_cores', '–')} | {r.get('idle_cores', '–')} | {r.get('sessions_per_server_core', '–')} | "
                      f"{r.get('p99_ms')} | {'yes' if r['passed'] else 'no'}"
                      f"{' (disturbed)' if r.get('disturbed') else ''}{' (superseded)' if r.get('superseded') else ''} |")
+    budget = doubling_budget([r for r in runs if r["config"] == "p1" and not r.get("superseded")], len(cpus))
+    if budget:
+        lines += ["", f"Twice one process's largest passing N ({budget['p1_sessions']} sessions: {budget['p1_server_cores']} "
+                      f"server + {budget['p1_gen_cores']} generator cores) would need about {budget['cores_needed_for_2x']} "
+                      f"cores with the generator on the same machine; there are {budget['cores']}"
+                      f"{'' if budget['fits'] else ', so a 2x max-N ratio cannot be measured here: read CPU µs/frame and sessions per server core instead'}."]
     table = "\n".join(lines) + "\n"
     result = {
         "config": {"configs": CONFIGS, "ladder": ladder, "fixed_n": a.fixed_n, "reps": a.reps, "duration_s": a.duration,
@@ -505,6 +527,7 @@ def main(argv: list[str] | None = None) -> int:
                         "cpu": next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                                      if line.startswith("model name")), None)},
         "summary": summary,
+        "doubling_budget": budget,
         "runs": runs,
         "elapsed_s": round(time.monotonic() - t_start, 1),
     }

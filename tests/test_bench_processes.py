@@ -86,3 +86,16 @@ def test_busiest_others_leaves_ours_out_and_counts_newcomers(bench):
     assert bench.busiest_others(before, after, {1}, 2.0, top=1) == ["pytest:2 0.50"]
     # The real table of this machine: readable, and this process is in it.
     assert os.getpid() in bench.all_cpu()
+
+
+def test_doubling_budget_from_the_largest_passing_step(bench):
+    runs = [
+        {"sessions": 150, "passed": True, "cpu_cores": 1.02, "gen_cores": 0.195},
+        {"sessions": 200, "passed": True, "cpu_cores": 1.06, "gen_cores": 0.2},
+        {"sessions": 250, "passed": False, "cpu_cores": 1.1, "gen_cores": 0.21},
+    ]
+    b = bench.doubling_budget(runs, 2)
+    assert b == {"p1_sessions": 200, "p1_server_cores": 1.06, "p1_gen_cores": 0.2, "cores_needed_for_2x": 2.52,
+                 "cores": 2, "fits": False}
+    assert bench.doubling_budget(runs, 4)["fits"]
+    assert bench.doubling_budget([{"sessions": 10, "passed": False, "cpu_cores": 0.1, "gen_cores": 0.01}], 2) is None
