@@ -22,6 +22,14 @@ Figures, medians over the repetitions:
   /proc) over the sending window, per acknowledged frame, at the fixed N;
 * sessions per process @ N: how the kernel spread the connections (from /proc: which process
   holds each accepted socket).
+* where the cores went, per run: each process's sessions, cores and CPU µs/frame (parent
+  first), the generator's cores, others' cores (with the busiest other processes named), stolen
+  and idle cores, and sessions per server core.  A failing step with under 0.1 core idle and
+  others + steal over ``--disturbed-limit`` cores is disturbed and run again once
+  (``--disturbed-retries``);
+* whether twice one process's largest passing N fits the machine with the generator on it: on
+  two cores it does not (one process at its limit keeps ~1.1 server + 0.2 generator cores busy),
+  so there the max-N ratio says more about the machine than about ``--processes``.
 
 Results go to ``bench/results/processes.json`` and ``processes.md``.  The machine may be shared:
 compare the two lines with each other (the ratios), not with other runs.  Every server listens on
