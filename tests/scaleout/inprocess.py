@@ -10,9 +10,11 @@ from txvoice.scaleout.settings import parse_redis_settings
 
 
 @defer.inlineCallbacks
-def connected(url: str, prefix: str):
-    """A started RedisConnection to ``url`` with key prefix ``prefix``, once it is up (5 s at most)."""
-    conn = RedisConnection(parse_redis_settings(VoiceConfig(redis=url, redis_prefix=prefix)), reactor, "t")
+def connected(url: str, prefix: str, name: str = "t", **config):
+    """A started RedisConnection to ``url`` with key prefix ``prefix`` (node ``name``; ``config``: more
+    VoiceConfig fields), once it is up (5 s at most)."""
+    settings = parse_redis_settings(VoiceConfig(redis=url, redis_prefix=prefix, **config))
+    conn = RedisConnection(settings, reactor, name)
     conn.startService()
     for _ in range(100):
         if conn.up:

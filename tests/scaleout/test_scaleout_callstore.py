@@ -10,23 +10,14 @@ import pytest_twisted
 from twisted.internet import defer, reactor, task
 from zope.interface.verify import verifyObject
 
-from txvoice.config import VoiceConfig
+from inprocess import connected
 from txvoice.scaleout.calls import RedisCallStore
-from txvoice.scaleout.connection import RedisConnection
-from txvoice.scaleout.settings import parse_redis_settings
 from txvoice.session.calls import CallInUse, CallRecord, ICallStore, new_epoch
 
 
 @defer.inlineCallbacks
 def node(url: str, prefix: str, name: str, **kw):
-    conn = RedisConnection(parse_redis_settings(VoiceConfig(redis=url, redis_prefix=prefix, redis_session_ttl=3)),
-                           reactor, name)
-    conn.startService()
-    for _ in range(100):
-        if conn.up:
-            break
-        yield task.deferLater(reactor, 0.05, lambda: None)
-    assert conn.up, conn.reason
+    conn = yield connected(url, prefix, name, redis_session_ttl=3)
     return conn, RedisCallStore(conn, resume_ttl=1.0, **kw)
 
 

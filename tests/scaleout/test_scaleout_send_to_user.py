@@ -13,24 +13,16 @@ from __future__ import annotations
 import pytest_twisted
 from twisted.internet import defer, reactor, task
 
-from txvoice.config import VoiceConfig
+from inprocess import connected
 from txvoice.dialects.realtime import RealtimeProtocol, call_table
 from txvoice.scaleout.calls import RedisCallStore
-from txvoice.scaleout.connection import RedisConnection
 from txvoice.scaleout.offline import RedisOfflineStore
-from txvoice.scaleout.settings import parse_redis_settings
 from wsmemory import MemoryClient, memory_server
 
 
 @defer.inlineCallbacks
 def node(url: str, prefix: str, node_id: str):
-    conn = RedisConnection(parse_redis_settings(VoiceConfig(redis=url, redis_prefix=prefix)), reactor, node_id)
-    conn.startService()
-    for _ in range(100):
-        if conn.up:
-            break
-        yield task.deferLater(reactor, 0.05, lambda: None)
-    assert conn.up, conn.reason
+    conn = yield connected(url, prefix, node_id)
     server = memory_server()
     server.offline_store = RedisOfflineStore(conn)
     server.call_store = RedisCallStore(conn, 30)

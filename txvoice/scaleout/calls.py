@@ -36,15 +36,13 @@ from __future__ import annotations
 import json
 from typing import Any, Callable
 
-from twisted.application.service import Service
 from twisted.internet import defer
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txvoice.scaleout.connection import RedisConnection
-from txvoice.scaleout.writes import OutageNotice
+from txvoice.scaleout.writes import OutageNotice, RefreshedStore
 from txvoice.session.calls import CallInUse, CallRecord, ICallStore, TakeoverHandler
 
 log = Logger(namespace="txvoice.redis")
@@ -99,11 +97,11 @@ def _who(user_id: str, tenant: str | None) -> str:
 
 
 @implementer(ICallStore)
-class RedisCallStore(Service):
+class RedisCallStore(RefreshedStore):
     """The cluster's calls (see the module docstring); also its refresh timer."""
 
     def __init__(self, redis: RedisConnection, resume_ttl: float, handoff_timeout: float = HANDOFF_TIMEOUT) -> None:
-        self.redis = redis
+        super().__init__(redis, "refreshing call records in Redis")
         self.node_id = redis.node_id
         self.resume_ttl = resume_ttl
         self.handoff_timeout = handoff_timeout
@@ -114,14 +112,10 @@ class RedisCallStore(Service):
         self._waiting: dict[tuple[str, str], defer.Deferred[bool]] = {}
         self.handoffs = 0
         self.handoff_timeouts = 0
-        self._refresh = LoopingCall(self.refresh)
-        self._refresh.clock = redis.clock
-        self._notice = OutageNotice("refreshing call records in Redis")
         self._queued_notice = OutageNotice("telling the other nodes of messages queued for their users")
         self._queued_handler: Callable[[str], None] | None = None
         redis.subscribe(self._channel(self.node_id), self._received)
         redis.subscribe(QUEUED_CHANNEL, self._queuedElsewhere)
-        redis.on_up(self.refresh)
 
     @property
     def ttl_ms(self) -> int:
@@ -253,12 +247,4 @@ class RedisCallStore(Service):
         d = self.redis.ordered(pairs[0::2], lambda: self.redis.eval(_REFRESH, [], [self.ttl_ms, *pairs]))
         return self._notice.watch(d)
 
-    def startService(self) -> None:
-        super().startService()
-        self._refresh.start(self.redis.settings.session_ttl / 3.0, now=False)
-
-    def stopService(self) -> None:
-        super().stopService()
-        if self._refresh.running:
-            self._refresh.stop()
 

@@ -20,13 +20,11 @@ import json
 import time
 from typing import Any, Iterator
 
-from twisted.application.service import Service
 from twisted.internet import defer
-from twisted.internet.task import LoopingCall
 from zope.interface import implementer
 
 from txvoice.scaleout.connection import RedisConnection
-from txvoice.scaleout.writes import OutageNotice, in_batches
+from txvoice.scaleout.writes import RefreshedStore, in_batches
 from txvoice.session.registry import ISessionRegistry, LocalSessionRegistry
 from txvoice.session.session import Session
 
@@ -77,18 +75,14 @@ def _identity(session: Session) -> tuple[str | None, str | None, str | None]:
 
 
 @implementer(ISessionRegistry)
-class RedisSessionRegistry(Service):
+class RedisSessionRegistry(RefreshedStore):
     """Local sessions, mirrored to Redis (see the module docstring); also the refresh timer."""
 
     def __init__(self, redis: RedisConnection) -> None:
-        self.redis = redis
+        super().__init__(redis, "writing the session registry to Redis")
         self.local = LocalSessionRegistry()
-        self._refresh = LoopingCall(self.refresh)
-        self._refresh.clock = redis.clock
-        self._notice = OutageNotice("writing the session registry to Redis")
         #: session id -> (user, tenant, conversation) as last written (:meth:`changed` writes on a change only).
         self._identity: dict[str, tuple[str | None, str | None, str | None]] = {}
-        redis.on_up(self.refresh)
 
     # ISessionRegistry: the local sessions
 
@@ -167,11 +161,3 @@ class RedisSessionRegistry(Service):
         d.addCallback(lambda docs: [json.loads(doc) for doc in docs or []])
         return d
 
-    def startService(self) -> None:
-        super().startService()
-        self._refresh.start(self.ttl / 3.0, now=False)
-
-    def stopService(self) -> None:
-        super().stopService()
-        if self._refresh.running:
-            self._refresh.stop()

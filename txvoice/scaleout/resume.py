@@ -23,13 +23,11 @@ import json
 import time
 from typing import Any
 
-from twisted.application.service import Service
 from twisted.internet import defer
-from twisted.internet.task import LoopingCall
 from zope.interface import implementer
 
 from txvoice.scaleout.connection import RedisConnection
-from txvoice.scaleout.writes import OutageNotice, in_batches
+from txvoice.scaleout.writes import OutageNotice, RefreshedStore, in_batches
 from txvoice.session.resume import IReliableLog, IResumeStore, ResumeState
 from txvoice.session.session import Session
 
@@ -60,16 +58,12 @@ def _digest(token: str) -> str:
 
 
 @implementer(IResumeStore)
-class RedisResumeStore(Service):
+class RedisResumeStore(RefreshedStore):
     def __init__(self, redis: RedisConnection, resume_ttl: float) -> None:
-        self.redis = redis
+        super().__init__(redis, "writing resume state to Redis")
         self.resume_ttl = resume_ttl
         #: session id -> (session, log id): this node's live sessions that can be resumed.
         self._live: dict[str, tuple[Session, str]] = {}
-        self._refresh = LoopingCall(self.refresh)
-        self._refresh.clock = redis.clock
-        self._notice = OutageNotice("writing resume state to Redis")
-        redis.on_up(self.refresh)
 
     @property
     def _ttl_ms(self) -> int:
@@ -137,14 +131,6 @@ class RedisResumeStore(Service):
         """Re-write the resume state of every live session of this node, in batches."""
         return in_batches(self.redis.clock, list(self._live.values()), self._send_live).addErrback(lambda _: None)
 
-    def startService(self) -> None:
-        super().startService()
-        self._refresh.start(self.redis.settings.session_ttl / 3.0, now=False)
-
-    def stopService(self) -> None:
-        super().stopService()
-        if self._refresh.running:
-            self._refresh.stop()
 
 
 @implementer(IReliableLog)

@@ -11,16 +11,23 @@ How a node's background writes to Redis behave at scale and while Redis is unrea
   the rest counted, and the first success after it says how many failed.  While Redis is down
   every registry write, resume write, reliable-message record and broadcast fails at once; a warning for
   each is a log storm on the reactor thread at exactly the wrong time.
+- :class:`RefreshedStore`: the service a store with expiring entries is (registry, resume store,
+  call store): ``refresh`` every third of ``--redis-session-ttl`` while running and each time Redis is
+  back, its failures through one :class:`OutageNotice`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
 
+from twisted.application.service import Service
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+
+if TYPE_CHECKING:  # pragma: no cover
+    from txvoice.scaleout.connection import RedisConnection
 
 log = Logger(namespace="txvoice.redis")
 
@@ -83,3 +90,26 @@ def in_batches(clock: IReactorTime, items: Sequence[T], write: Callable[[list[T]
 
     d: defer.Deferred[int] = run()
     return d
+
+
+class RefreshedStore(Service):
+    """A store whose Redis entries expire unless re-written: :meth:`refresh` on a timer and when Redis is back."""
+
+    def __init__(self, redis: "RedisConnection", what: str) -> None:
+        self.redis = redis
+        self._refresh = task.LoopingCall(self.refresh)
+        self._refresh.clock = redis.clock
+        self._notice = OutageNotice(what)
+        redis.on_up(self.refresh)
+
+    def refresh(self) -> defer.Deferred[Any]:
+        raise NotImplementedError
+
+    def startService(self) -> None:
+        super().startService()
+        self._refresh.start(self.redis.settings.session_ttl / 3.0, now=False)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._refresh.running:
+            self._refresh.stop()
