@@ -78,18 +78,20 @@ CONFIGS = {"p1": 1, "p2": 2}
 DISTURBED_LIMIT = 0.25
 
 
-def children(pid: int) -> list[int]:
-    """PIDs whose parent is ``pid`` (the workers of a txvoice parent)."""
-    out = []
+def proc_stats():
+    """(pid, name, the fields after the name) of every process in /proc/*/stat (those gone meanwhile left out)."""
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 stat = Path(f"/proc/{entry}/stat").read_text()
             except OSError:
                 continue
-            if int(stat[stat.rindex(")") + 2:].split()[1]) == pid:
-                out.append(int(entry))
-    return out
+            yield int(entry), stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+
+
+def children(pid: int) -> list[int]:
+    """PIDs whose parent is ``pid`` (the workers of a txvoice parent)."""
+    return [child for child, _, f in proc_stats() if int(f[1]) == pid]
 
 
 def cpu_of(pids: list[int]) -> float | None:
@@ -99,17 +101,8 @@ def cpu_of(pids: list[int]) -> float | None:
 
 def all_cpu() -> dict[int, tuple[str, float]]:
     """(name, CPU seconds) of every process on the machine, to say who the others were."""
-    out = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            name = stat[stat.index("(") + 1:stat.rindex(")")]
-            f = stat[stat.rindex(")") + 2:].split()
-            out[int(entry)] = (name, (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK"))
-    return out
+    tick = os.sysconf("SC_CLK_TCK")
+    return {pid: (name, (int(f[11]) + int(f[12])) / tick) for pid, name, f in proc_stats()}
 
 
 def busiest_others(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]], ours: set[int],
