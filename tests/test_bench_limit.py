@@ -8,30 +8,22 @@ frame's intended send time (a generator that stalls reports the stall as latency
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
-import os
 import signal
 import socket
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import websockets
 
-RUNNER = Path(__file__).resolve().parent.parent / "bench" / "run.py"
+from benchscripts import loaded, stall_once_sending
+
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("txvoice_bench_run_limit", RUNNER)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    yield from loaded("run.py", "txvoice_bench_run_limit")
 
 
 @pytest.fixture(scope="module")
@@ -90,13 +82,7 @@ def test_latency_counts_from_the_intended_send_time_when_the_generator_stalls(be
     gen = subprocess.Popen([str(bench.LOADGEN), "--port", str(c_limit), "--frames", str(frames), "--sessions", "5",
                             "--duration", "2", "--warmup", "0.2", "--drain", "1"],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for line in gen.stderr:
-        if line.startswith("PHASE send"):
-            break
-    time.sleep(0.8)
-    os.kill(gen.pid, signal.SIGSTOP)
-    time.sleep(0.3)
-    os.kill(gen.pid, signal.SIGCONT)
+    stall_once_sending(gen)
     out, _ = gen.communicate(timeout=20)
     g = json.loads(out)
     assert g["frames_lost"] == 0 and g["frames_acked"] == g["frames_sent"] == 5 * 100

@@ -10,14 +10,10 @@ server (the ``websockets`` library) that records what each connection sent, in o
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
-import os
-import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -26,20 +22,17 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
+from benchscripts import loaded, stall_once_sending
+
 ROOT = Path(__file__).resolve().parent.parent
-RUNNER = ROOT / "bench" / "run.py"
 TOKEN = "Bearer loadgen-test-token"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("txvoice_bench_run_options", RUNNER)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    module.build_loadgen()
-    yield module
-    del sys.modules[spec.name]
+    for module in loaded("run.py", "txvoice_bench_run_options"):
+        module.build_loadgen()
+        yield module
 
 
 class Recorder:
@@ -178,14 +171,7 @@ def test_probes_count_from_the_intended_send_time_when_the_generator_stalls(benc
     with Recorder() as server:
         gen = loadgen(bench, server.port, tmp_path, "--header", f"Authorization: {TOKEN}", "--probe-every", "1",
                       sessions=2, duration=2.0)
-        assert gen.stderr is not None
-        for line in gen.stderr:
-            if line.startswith("PHASE send"):
-                break
-        time.sleep(0.8)
-        os.kill(gen.pid, signal.SIGSTOP)
-        time.sleep(0.3)
-        os.kill(gen.pid, signal.SIGCONT)
+        stall_once_sending(gen)
         g = result(gen)
     assert g["probes_sent"] == g["probes_answered"] == 2 * 100 and g["probes_lost"] == 0
     assert g["probe_latency_us"]["max"] >= 250_000, g["probe_latency_us"]  # the stall is in the latency ...

@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-RUNNER = Path(__file__).resolve().parent.parent / "bench" / "run.py"
+from benchscripts import loaded
+
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("txvoice_bench_run", RUNNER)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    yield from loaded("run.py", "txvoice_bench_run")
 
 
 def step(rep: int, n: int, *, passed: bool = True, discarded: bool = False, p99: float = 10.0) -> dict:
