@@ -277,3 +277,15 @@ def test_decoder_at_leaves_a_replaced_factory_alone():
         assert seen == {}
     finally:
         register_decoder("opus", OpusDecoder)
+
+
+def test_a_packet_of_no_duration_after_a_gap_is_an_invalid_packet(monkeypatch):
+    """Concealment divides by the packet's length: a packet that parses but holds no audio is refused, not a crash."""
+    fmt = AudioFormat("opus", 48000, 1, 20.0)
+    packets = OpusEncoder(fmt).encode(np.zeros(48000 // 5, dtype=np.int16))
+    decoder = OpusDecoder(fmt)
+    decoder.decode(packets[0], 1)
+    monkeypatch.setattr("txvoice.audio.codecs.opus.packet_samples", lambda data, rate: 0)
+    with pytest.raises(AudioError) as caught:
+        decoder.decode(packets[1], 5)  # a gap of three: concealment first
+    assert caught.value.code == "invalid_opus_packet"

@@ -17,6 +17,7 @@ import numpy as np
 
 from txvoice.audio import native as _native
 from txvoice.audio.codecs import decoder_at
+from txvoice.audio.codecs._libopus import OPUS_INVALID_PACKET
 from txvoice.audio.codecs.opus import OpusDecoder, invalid_packet
 from txvoice.audio.enhance import AutomaticGainControl, Denoiser
 from txvoice.audio.format import AudioFormat
@@ -270,7 +271,7 @@ class StreamIngest:
                 raise AudioError("empty Opus packet", code="truncated_frame")
             if kind == _native.INVALID_PACKET:
                 raise invalid_packet(row[1], len(raw))
-            raise ZeroDivisionError("integer division or modulo by zero")
+            raise invalid_packet(OPUS_INVALID_PACKET, len(raw))  # ZERO_DURATION, as OpusDecoder says it
         events: list[IngestEvent] | None = None
         if self.feed_raw and self.feeds.current is not None:
             events = self.feeds.current.push(raw, None, None)

@@ -121,6 +121,8 @@ class OpusDecoder:
         parsed = self._state.validate(data)
         if parsed < 0:
             raise invalid_packet(parsed, len(data))
+        if per_packet == 0:  # parses, but says no audio: not a packet we can place after a gap
+            raise invalid_packet(_libopus.OPUS_INVALID_PACKET, len(data))
         concealed = min(missing, self._max_conceal // per_packet) * per_packet
         channels = self._channels
         out = np.empty((concealed + per_packet) * channels, dtype=np.int16)
