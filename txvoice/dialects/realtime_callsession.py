@@ -210,10 +210,9 @@ class CallSession:
         if self.protocol is not protocol:
             return
         self.protocol = None
-        if self._buffer is not None:
-            for payload, is_binary in self._buffer:
-                self._put(payload, is_binary)
-            self._buffer = None
+        buffered, self._buffer = self._buffer, None
+        for payload, is_binary in buffered or ():
+            self.write(payload, is_binary)  # offline now: consecutive audio joins into one queued message
         channel = self.channel
         if channel is not None and channel.stream is not None:
             try:
