@@ -22,14 +22,13 @@ import json
 from typing import Any
 
 from twisted.internet import defer
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txvoice.scaleout.connection import RedisConnection
-from txvoice.security.token_quota import ITokenQuota, LiveTokens, Who
+from txvoice.scaleout.writes import OutageNotice
+from txvoice.security.token_quota import ITokenQuota, LocalTokenQuota, Who
 
-log = Logger(namespace="txvoice.redis")
 
 #: KEYS[1] the principal's set; ARGV digest, ttl ms, limit -> {1} counted, {0, ms until the soonest expires}.
 _RESERVE = """
@@ -55,9 +54,11 @@ def principal_key(who: Who) -> str:
 class RedisTokenQuota:
     def __init__(self, redis: RedisConnection) -> None:
         self.redis = redis
-        self.local = LiveTokens()
+        #: This node's own count: what it reserved, and the whole count while Redis is unreachable.
+        self._here = LocalTokenQuota()
+        self.local = self._here.local
         self.fallbacks = 0  # reserves counted by this node alone (Redis unreachable)
-        self._failing = False
+        self._notice = OutageNotice("counting session tokens per user in Redis (this node counts alone meanwhile)")
 
     def _key(self, who: Who) -> str:
         return self.redis.key("quota", "tokens", principal_key(who))
@@ -66,24 +67,16 @@ class RedisTokenQuota:
         d = self.redis.eval(_RESERVE, [self._key(who)], [digest, max(1, int(ttl * 1000)), limit])
 
         def counted(result: list[Any]) -> float | None:
-            self._failing = False
+            self._notice.succeeded(None)
             if not int(result[0]):
                 return max(0.0, int(result[1]) / 1000.0)
             self.local.add(who, digest, now + ttl)
             return None
 
-        def fallback(failure: Failure) -> float | None:
+        def fallback(failure: Failure) -> defer.Deferred[float | None]:
             self.fallbacks += 1
-            if not self._failing:
-                self._failing = True
-                log.warn("session tokens per user are counted on this node alone while Redis is unreachable: {error}",
-                         error=failure.getErrorMessage())
-            live = self.local
-            if live.count(who, now) >= limit:
-                soonest = live.soonest_expiry(who)
-                return (soonest if soonest is not None else now) - now
-            live.add(who, digest, now + ttl)
-            return None
+            self._notice.failed(failure)
+            return self._here.reserve(who, digest, ttl, limit, now)
 
         return d.addCallbacks(counted, fallback)
 
