@@ -418,8 +418,8 @@ class SocketIOVoice:
         unified, client.unified = client.unified, None
         if unified is None:
             return
-        if client.transport is not None:  # always, with a session (_open makes it first)
-            unified.detach(client.transport)
+        assert client.transport is not None  # always, with a session (_open makes it first)
+        unified.detach(client.transport)
         owned, client.owned = client.owned, None
         if owned is not None and owned.state is not SessionState.CLOSED:
             Coordinator.of(self.server).remove(unified)
