@@ -135,7 +135,7 @@ class CallTable:
         if protocol is not None:
             protocol.takenOver(call)
         log.info("call {call_id} taken over by node {node}", call_id=call_id, node=node)
-        timeout = float(getattr(self.call_store, "handoff_timeout", 10.0)) * 0.8
+        timeout = self.call_store.handoff_timeout * 0.8  # finished before the new owner stops waiting
         return call.handOff(timeout)
 
     def remove(self, call: CallSession) -> None:

@@ -43,15 +43,13 @@ from zope.interface import implementer
 
 from txvoice.scaleout.connection import RedisConnection
 from txvoice.scaleout.writes import OutageNotice, RefreshedStore
-from txvoice.session.calls import CallInUse, CallRecord, ICallStore, TakeoverHandler
+from txvoice.session.calls import HANDOFF_TIMEOUT, CallInUse, CallRecord, ICallStore, TakeoverHandler
 
 log = Logger(namespace="txvoice.redis")
 
 #: Where a node says it queued messages for an address (a user) it serves nobody at.
 QUEUED_CHANNEL = "calls:queued"
 
-#: Longest a new owner waits for the old node to let a call go (its reply being finished).
-HANDOFF_TIMEOUT = 10.0
 
 #: KEYS[1] the record; ARGV[1] the new record (JSON), ARGV[2] its owner ("who"), ARGV[3] ttl ms.
 #: -> {1, previous or ""} when claimed, {0, previous} when another user holds it.

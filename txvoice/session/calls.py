@@ -63,6 +63,9 @@ def new_epoch() -> str:
 
 #: What a node does when another claims one of its calls: let it go; the Deferred fires once the
 #: call's output is in the offline queue (the new owner takes it then).
+#: Longest a new owner waits for the old node to let a call go (its reply being finished).
+HANDOFF_TIMEOUT = 10.0
+
 TakeoverHandler = Callable[[str, str], "defer.Deferred[None]"]
 
 
@@ -70,6 +73,7 @@ class ICallStore(Interface):
     """The calls of a cluster, by ``callId`` (see the module docstring)."""
 
     node_id = Attribute("This node's name (the owner it records).")
+    handoff_timeout = Attribute("Longest (s) a new owner waits for the old node to let a call go.")
 
     def claim(record: CallRecord) -> "defer.Deferred[CallRecord | None]":
         """
@@ -108,6 +112,7 @@ class MemoryCallStore:
     """One process: every call the table does not hold is new; there is no other node."""
 
     node_id = "local"
+    handoff_timeout = HANDOFF_TIMEOUT
 
     def claim(self, record: CallRecord) -> "defer.Deferred[CallRecord | None]":
         return defer.succeed(None)
