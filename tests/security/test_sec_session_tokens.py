@@ -352,10 +352,10 @@ def test_expired_places_of_principals_that_never_return_are_dropped(clock):
     issuer = SessionTokenIssuer(clock=clock, ttl=60, max_per_principal=5)
     for i in range(100):
         ok(issuer.issue(Principal(user_id=f"user-{i}")))
-    assert len(issuer._live) == 100
+    assert len(issuer.quota.local) == 100
     clock.advance(61)
     ok(issuer.issue(ALICE))
-    assert len(issuer._live) == 1
+    assert len(issuer.quota.local) == 1
 
 
 def test_too_many_tokens_is_429_with_retry_after(clock):

@@ -174,7 +174,6 @@ class SessionTokenIssuer:
         self.max_per_principal = max_per_principal
         #: Where the unused tokens per principal are counted (--redis: across the cluster).
         self.quota: ITokenQuota = quota if quota is not None else LocalTokenQuota()
-        self._live = self.quota.local
 
     def seconds(self) -> float:
         """The issuer's notion of now (its clock), for computing ``expires_in``."""
