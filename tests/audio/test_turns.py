@@ -326,3 +326,39 @@ def test_a_silent_stream_allocates_no_turn_buffer() -> None:
     detector = TurnDetector("voice_activity")
     feed(detector, speech.silence(2000), finish=False)
     assert detector._audio.nbytes == 0
+
+
+# -- pre_roll=False (turns only reported: no history ring) ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "mode, script, settings",
+    [
+        ("voice_activity", "1" * 60 + "0" * 25 + "1" * 150 + "0" * 40 + "1" * 30, {"max_turn_ms": 1000, "silence_ms": 200}),
+        ("voice_activity", "0" * 3 + "1" * 40 + "0" * 20, {"prefix_padding_ms": 1000, "silence_ms": 200}),
+        ("push_to_talk", "", {"max_turn_ms": 1000}),
+        ("continuous", "0" * 10 + "1" * 50, {"segment_ms": 1200}),
+    ],
+)
+def test_a_detector_without_pre_roll_reports_the_same_turns_at_the_same_times(mode: str, script: str, settings: dict) -> None:
+    pcm = frames_of(6000)
+    runs = []
+    for pre_roll in (True, False):
+        detector = TurnDetector(mode, TurnSettings(**settings), classifier=speech.ScriptedClassifier(script),
+                                keep_audio=False, pre_roll=pre_roll)
+        events = list(detector.start_turn()) if mode == "push_to_talk" else []
+        runs.append((detector, events + feed(detector, pcm)))
+    (with_ring, events), (bare, bare_events) = runs
+    describe = lambda events: [(e.kind, e.t_ms, getattr(e, "turn", None), getattr(e, "reason", None),
+                                getattr(e, "start_ms", None)) for e in events]
+    assert turns(events)
+    assert describe(bare_events) == describe(events)
+    starts = [e for e in events if isinstance(e, TurnStarted)]
+    assert any(len(e.audio) for e in starts)  # the ring's pre-roll, which the bare detector does without
+    assert all(len(e.audio) == 0 for e in bare_events if isinstance(e, TurnStarted))
+    assert with_ring._history is not None and bare._history is None
+
+
+def test_pre_roll_false_needs_keep_audio_false() -> None:
+    with pytest.raises(ValueError):
+        TurnDetector("voice_activity", pre_roll=False)

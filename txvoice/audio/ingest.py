@@ -170,12 +170,15 @@ class StreamIngest:
         self.denoiser = Denoiser(pipeline_rate) if settings.denoise else None
         self.agc = AutomaticGainControl(pipeline_rate) if settings.agc else None
         # Each frame is fed to the pipeline's turn as it comes: the detector need not keep the turn too.
+        # Its pre-roll (TurnStarted.audio) only goes to a turn that gets decoded audio; turns that are
+        # only reported (answers=False), or fed the raw chunks, need no history ring.
         self.turns = TurnDetector(
             TurnMode.parse(settings.mode),
             settings.turn_settings(),
             sample_rate=pipeline_rate,
             frame_ms=settings.frame_ms,
             keep_audio=False,
+            pre_roll=answers and not feed_raw,
         )
         #: The fast barge-in rule's own onset detector (None with the default rule).
         self.onset = (FastOnset(pipeline_rate, float(settings.vad_threshold))

@@ -185,7 +185,11 @@ class TurnDetector:
     ``keep_audio=False`` is for consumers that stream each frame (the server does): the detector
     then keeps no copy of the open turn, so ``TurnEnded.audio`` is empty and a session costs no
     turn buffer (up to ``max_turn_ms`` of samples: 5.8 MB at the default 180 s) and no copy per
-    frame.  ``TurnStarted.audio`` (the pre-roll) is there either way.
+    frame.  ``TurnStarted.audio`` (the pre-roll) is there either way, unless ``pre_roll=False``
+    too: for a consumer that uses no turn audio at all (turns only reported, not answered) the
+    detector then keeps no history ring either (~14 KB a stream at the defaults: prefix padding and
+    the VAD's confirmation window), so ``TurnStarted.audio`` is empty; every event's times are
+    the same, as the ring's capacity still bounds how far back a turn can start.
     """
 
     def __init__(
@@ -197,9 +201,13 @@ class TurnDetector:
         frame_ms: int = 20,
         classifier: ISpeechClassifier | None = None,
         keep_audio: bool = True,
+        pre_roll: bool = True,
     ) -> None:
+        if keep_audio and not pre_roll:
+            raise ValueError("pre_roll=False needs keep_audio=False: a kept turn starts with its pre-roll")
         self.mode = TurnMode.parse(mode)
         self.keep_audio = keep_audio
+        self.pre_roll = pre_roll
         self.settings = settings = settings or TurnSettings()
         self.sample_rate = sample_rate
         self.frame_ms = frame_ms
@@ -221,7 +229,9 @@ class TurnDetector:
             history = self._prefix + round(vad.max_start_delay_ms * ms) + self.frame_size
         else:
             history = self.frame_size  # just the frame being pushed
-        self._history = _Ring(history)
+        #: How far back (samples) a turn can start: the history's capacity, kept or not.
+        self._history_len = max(history, 1)
+        self._history: _Ring | None = _Ring(history) if pre_roll else None
         # The open turn's audio; allocated by the first turn (a silent stream never needs one).
         self._audio = NO_AUDIO
         self._len = 0  # samples in the open turn (kept in ``_audio`` when ``keep_audio``)
@@ -259,22 +269,25 @@ class TurnDetector:
     def _open(self, start: int) -> TurnStarted:
         """Open a turn whose audio runs from sample ``start`` up to now (taken from the history)."""
         # Never further back than the history holds, nor so far that the turn is already full.
-        start = max(start, self._samples - len(self._history.buf), self._samples - self._max + self.frame_size)
+        start = max(start, self._samples - self._history_len, self._samples - self._max + self.frame_size)
         self.in_turn = True
         self._reopen = False
         self._turns += 1
         self._start = start
         count = self._samples - start
         self._len = count
+        history = self._history
+        if history is None:
+            return TurnStarted(self._turns, self._ms(start), NO_AUDIO)
         if not self.keep_audio:
             audio = np.empty(count, dtype=np.int16)
-            self._history.read_into(audio, count)
+            history.read_into(audio, count)
             return TurnStarted(self._turns, self._ms(start), audio)
         if count > len(self._audio) or self._audio is NO_AUDIO:
             # Room for a second of speech at least, so a short turn does not grow by copies.
             size = max(count, 2 * len(self._audio), self.sample_rate)
             self._audio = np.zeros(min(size, self._max), dtype=np.int16)
-        self._history.read_into(self._audio, count)
+        history.read_into(self._audio, count)
         return TurnStarted(self._turns, self._ms(start), self._audio[:count].copy())
 
     def _close(self, reason: str) -> TurnEnded:
@@ -292,7 +305,8 @@ class TurnDetector:
         vad_event = self.vad.process(frame)
         frame_start = self._samples
         self._samples += self.frame_size
-        self._history.write(frame)
+        if self._history is not None:
+            self._history.write(frame)
         events: list[TurnEvent] | None = [vad_event] if vad_event is not None else None
 
         if self.in_turn:
