@@ -116,6 +116,18 @@ def test_decode_returns_arrays_the_caller_owns():
     assert first.flags.writeable
 
 
+def test_a_decoder_makes_its_buffers_on_first_use():
+    """A stream on the native batch ingest never decodes in Python: its decoder holds no buffer."""
+    fmt = AudioFormat("opus", 16000, 1)
+    packets = encode_all(fmt, np.random.default_rng(3).integers(-8000, 8000, 3200, dtype=np.int16))
+    decoder = decoder_for(fmt)
+    assert decoder._buffer is None and decoder._state._parse_scratch is None
+    first = decoder.decode(packets[0], 0)
+    assert decoder._buffer is not None and decoder._state._parse_scratch is None
+    assert len(decoder.decode(packets[2], 2)) == 2 * len(first)  # a gap: validated, concealed, decoded
+    assert decoder._state._parse_scratch is not None
+
+
 @pytest.mark.parametrize("fec", [True, False])
 @pytest.mark.parametrize("rate", [48000, 16000])
 def test_lost_packets_are_concealed_with_the_right_length(rate, fec, speech):

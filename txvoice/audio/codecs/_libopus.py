@@ -23,6 +23,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import weakref
+from typing import Any
 
 __all__ = [
     "APPLICATIONS",
@@ -207,7 +208,7 @@ class DecoderState:
         self._st = ctypes.c_void_p(st)
         self.rate = rate
         self.channels = channels
-        self._parse_scratch = ctypes.create_string_buffer(_PARSE_SCRATCH_BYTES)
+        self._parse_scratch: Any = None  # validate()'s, made on its first call (after a sequence gap only)
         weakref.finalize(self, _lib.opus_decoder_destroy, st)
 
     def decode(self, packet: bytes, out: ctypes.c_void_p, max_samples: int, fec: bool = False) -> int:
@@ -220,7 +221,10 @@ class DecoderState:
 
     def validate(self, packet: bytes) -> int:
         """Parse ``packet`` fully without decoding: frame count, or a negative error code."""
-        base = ctypes.addressof(self._parse_scratch)
+        scratch = self._parse_scratch
+        if scratch is None:
+            scratch = self._parse_scratch = ctypes.create_string_buffer(_PARSE_SCRATCH_BYTES)
+        base = ctypes.addressof(scratch)
         return _opus_packet_parse(packet, len(packet), base, base + 8, base + 392, base + 488)
 
     def reset(self) -> None:

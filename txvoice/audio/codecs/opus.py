@@ -90,9 +90,16 @@ class OpusDecoder:
         self._state = DecoderState(rate, fmt.channels)
         self._max_samples = rate * _libopus.MAX_FRAME_MS // 1000
         self._max_conceal = rate * max_conceal_ms // 1000
-        self._buffer = np.zeros(self._max_samples * fmt.channels, dtype=np.int16)
-        self._buffer_ptr = ctypes.c_void_p(self._buffer.ctypes.data)
+        # The decode buffer is made by the first decode(): a stream on the native batch ingest
+        # (txvoice.audio.native) decodes in C into the batch's buffer and never needs one.
+        self._buffer: np.ndarray | None = None
+        self._buffer_ptr: ctypes.c_void_p | None = None
         self._last_sequence: int | None = None
+
+    def _make_buffer(self) -> tuple[np.ndarray, ctypes.c_void_p]:
+        buffer = self._buffer = np.zeros(self._max_samples * self._channels, dtype=np.int16)
+        pointer = self._buffer_ptr = ctypes.c_void_p(buffer.ctypes.data)
+        return buffer, pointer
 
     def decode(self, data: bytes, sequence: int | None = None) -> np.ndarray:
         """Decode one packet, after concealing the packets a sequence gap says were lost."""
@@ -104,10 +111,13 @@ class OpusDecoder:
         if sequence is not None and last is not None and sequence - last > 1:
             pcm = self._decode_after_gap(data, sequence - last - 1)
         else:
-            n = self._state.decode(data, self._buffer_ptr, self._max_samples)
+            buffer, pointer = self._buffer, self._buffer_ptr
+            if buffer is None or pointer is None:
+                buffer, pointer = self._make_buffer()
+            n = self._state.decode(data, pointer, self._max_samples)
             if n < 0:
                 raise invalid_packet(n, len(data))
-            pcm = self._buffer[: n * self._channels].copy()
+            pcm = buffer[: n * self._channels].copy()
         if sequence is not None:
             self._last_sequence = sequence
         return pcm
