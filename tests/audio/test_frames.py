@@ -118,6 +118,20 @@ def test_a_chunk_larger_than_the_buffer_grows_it() -> None:
     assert np.array_equal(block.reshape(-1), pcm)
 
 
+@pytest.mark.parametrize("capacity_ms", [0, 200])
+def test_an_assembler_without_capacity_holds_no_buffer_until_a_chunk_needs_one(capacity_ms: int) -> None:
+    """capacity_ms=0 (the native ingest's assembler): the same frames and tail, a buffer only when used."""
+    assembler = FrameAssembler(16000, 20, capacity_ms=capacity_ms)
+    assert assembler._buf.nbytes == (0 if capacity_ms == 0 else 6400)
+    assert len(assembler.flush(pad=True)) == 0
+    pcm = np.arange(2000, dtype=np.int16)
+    assert assembler.push(pcm[:100]).shape == (0, 320)
+    block = assembler.push(pcm[100:1000])
+    assert np.array_equal(block.reshape(-1), pcm[:960])
+    padded = assembler.flush(pad=True)
+    assert len(padded) == 320 and np.array_equal(padded[:40], pcm[960:1000]) and not padded[40:].any()
+
+
 def test_stream_time_counts_frames() -> None:
     assembler = FrameAssembler(48000, 30)
     assembler.push(np.zeros(48000, dtype=np.int16))

@@ -40,7 +40,9 @@ class FrameAssembler:
     longer with ``frame.copy()``.
 
     The buffer holds one partial frame plus the largest chunk seen so far; it grows (rarely, by
-    doubling) only when a larger chunk arrives.
+    doubling) only when a larger chunk arrives.  With ``capacity_ms=0`` there is none until a
+    chunk needs it (the native batch ingest assembles frames in C: its streams' assemblers only
+    see the decoder's tail at the end, none for Opus).
     """
 
     def __init__(self, sample_rate: int = 16000, frame_ms: int = 20, *, capacity_ms: int = 200) -> None:
@@ -49,7 +51,7 @@ class FrameAssembler:
         self.sample_rate = sample_rate
         self.frame_ms = frame_ms
         self.frame_size = frame_samples(sample_rate, frame_ms)
-        capacity = max(2 * self.frame_size, sample_rate * capacity_ms // 1000)
+        capacity = max(2 * self.frame_size, sample_rate * capacity_ms // 1000) if capacity_ms else 0
         self._buf = np.zeros(capacity, dtype=np.int16)
         self._start = 0  # first pending sample; frames before it were handed out by the last push
         self._fill = 0  # pending samples (always < frame_size between calls)
@@ -88,7 +90,7 @@ class FrameAssembler:
             self._start = 0
         total = fill + len(pcm)
         if total > len(buf):
-            grown = np.zeros(max(total, 2 * len(buf)), dtype=np.int16)
+            grown = np.zeros(max(total, 2 * len(buf), 2 * size), dtype=np.int16)
             grown[:fill] = buf[:fill]
             self._buf = buf = grown
         buf[fill:total] = pcm
