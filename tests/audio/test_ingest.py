@@ -121,3 +121,23 @@ def test_the_ingest_streams_whole_turns_without_keeping_them(speech, attach_afte
         assert len(streamed) == round((end.t_ms - end.start_ms) * 16)
         start = round(end.start_ms * 16)
         assert np.array_equal(streamed, pcm16[start : start + len(streamed)])
+
+
+def test_the_arrival_log_answers_as_the_deque_of_pairs_it_replaced():
+    """ArrivalLog: the oldest of the last 64 chunks that ends after t, as deque(maxlen=64) of (end, arrival) did."""
+    from collections import deque
+
+    from txvoice.audio.ingest import ArrivalLog
+
+    rng = np.random.default_rng(7)
+    log, reference = ArrivalLog(64), deque(maxlen=64)
+    assert log.arrival_of(0.0) is None
+    end = 0.0
+    for k in range(200):
+        end += float(rng.choice([20.0, 40.0, 60.0]))
+        arrival = 1000.0 + k * 0.02 + float(rng.random()) * 1e-3
+        log.append(end, arrival)
+        reference.append((end, arrival))
+        for t in (0.0, end - 1000.0, end - 61.0, end - 20.0, end - 0.5, end, end + 1.0, float(rng.random()) * end):
+            expected = next((a for e, a in reference if e > t), None)
+            assert log.arrival_of(t) == expected

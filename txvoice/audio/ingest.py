@@ -9,6 +9,7 @@ start/end) for the reactor, or None when a chunk caused none (the common case).
 
 from __future__ import annotations
 
+from array import array
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -93,6 +94,37 @@ class _TurnSlot:
             # Frames are views into the assembler's buffer: keep a copy until the turn is attached.
             self.pending.append((raw, None if pcm is None else pcm.copy()))
         return events
+
+
+class ArrivalLog:
+    """
+    When the last ``size`` chunks arrived, by the stream time at their end: which chunk held a
+    given frame, so a barge-in can report its delay from that chunk's arrival.  One flat array of
+    doubles (1 KB for 64 chunks) instead of a deque of tuples of floats (~7 KB once full).
+    """
+
+    __slots__ = ("_log", "_size", "_count")
+
+    def __init__(self, size: int = 64) -> None:
+        self._log = array("d", bytes(16 * size))  # (end_ms, arrival) pairs, a ring
+        self._size = size
+        self._count = 0
+
+    def append(self, end_ms: float, arrival: float) -> None:
+        i = 2 * (self._count % self._size)
+        log = self._log
+        log[i] = end_ms
+        log[i + 1] = arrival
+        self._count += 1
+
+    def arrival_of(self, t_ms: float) -> float | None:
+        """The arrival of the oldest chunk still logged that ends after ``t_ms``; None when none does."""
+        log, size, count = self._log, self._size, self._count
+        for k in range(max(0, count - size), count):
+            i = 2 * (k % size)
+            if log[i] > t_ms:
+                return log[i + 1]
+        return None
 
 
 class TurnFeeds:
@@ -188,9 +220,7 @@ class StreamIngest:
         self.feeds = TurnFeeds()
         self.attach = self.feeds.attach
         self.chunks = 0
-        # (stream time at the end of a chunk, its arrival time): which chunk held the first voiced
-        # frame, so a barge-in can report its delay from that chunk's arrival.
-        self._arrivals: deque[tuple[float, float]] = deque(maxlen=64)
+        self._arrivals = ArrivalLog(64)
         self._samples_in = 0
         self._rate_in = self.decoder.output_rate * self.decoder.output_channels
         #: Events from before the first chunk (push-to-talk's turn opens with the stream), for the
@@ -203,7 +233,7 @@ class StreamIngest:
         #: one it covers: Opus, mono, no resampling, no denoise or AGC).
         self.native: _native.NativeStream | None = None
         #: Chunks the batch already decoded and classified (prepare_batch), in order.
-        self.ready: deque[_native.Prepared] = deque()
+        self.ready: list[_native.Prepared] = []  # a list: rarely more than one (a deque is 0.7 KB empty)
         if native is None:
             native = _native.available() and self.native_capable
         if native:
@@ -251,7 +281,7 @@ class StreamIngest:
         if not pcm.size:
             return events
         self._samples_in += pcm.size
-        self._arrivals.append((self._samples_in * 1000.0 / self._rate_in, arrival))
+        self._arrivals.append(self._samples_in * 1000.0 / self._rate_in, arrival)
         resample = self._resample
         return self._frames(self.assembler.push(pcm if resample is None else resample(pcm)), events)
 
@@ -262,7 +292,7 @@ class StreamIngest:
             raw = bytes(raw)
         ready = self.ready
         if ready:
-            row, pcm, voiced, onset = ready.popleft()
+            row, pcm, voiced, onset = ready.pop(0)
         else:  # not prepared with its batch (no prepare_batch on these workers): a batch of one
             assert self.native is not None
             row, pcm, voiced, onset = _native.run_batch(
@@ -282,7 +312,7 @@ class StreamIngest:
         if not samples:
             return events
         self._samples_in += samples
-        self._arrivals.append((self._samples_in * 1000.0 / self._rate_in, arrival))
+        self._arrivals.append(self._samples_in * 1000.0 / self._rate_in, arrival)
         preset = self._preset
         preset.decisions = voiced
         preset.pos = row[5]
@@ -301,10 +331,7 @@ class StreamIngest:
             self.onset.set_active(active)
 
     def _arrival_of(self, t_ms: float) -> float | None:
-        for end_ms, arrival in self._arrivals:
-            if end_ms > t_ms:
-                return arrival
-        return None
+        return self._arrivals.arrival_of(t_ms)
 
     def _frames(self, frames: np.ndarray, events: "list[IngestEvent] | None" = None) -> "list[IngestEvent] | None":
         denoiser, agc, turns, feeds, onset = self.denoiser, self.agc, self.turns, self.feeds, self.onset
