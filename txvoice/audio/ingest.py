@@ -320,7 +320,13 @@ class StreamIngest:
             self._onset_preset.decisions = onset
             self._onset_preset.pos = row[6]
         size, offset, count = preset.frame_size, row[3], row[4]
-        return self._frames(pcm[offset:offset + count * size].reshape(count, size), events)
+        events = self._frames(pcm[offset:offset + count * size].reshape(count, size), events)
+        # The decisions are the whole batch's (~1.4 KB each at 64 items): a stream idle until its
+        # next chunk must not keep its last batch's alive.
+        preset.decisions = b""
+        if self._onset_preset is not None:
+            self._onset_preset.decisions = b""
+        return events
 
     def replying(self, active: bool) -> None:
         """
