@@ -158,6 +158,7 @@ class VoiceServerProtocol(FastFraming, WebSocketServerProtocol):  # type: ignore
         return None
 
     def onOpen(self) -> None:
+        self._releaseHandshake()
         session = self.session
         assert session is not None
         server = self.server
@@ -179,6 +180,17 @@ class VoiceServerProtocol(FastFraming, WebSocketServerProtocol):  # type: ignore
             dialect=self.dialect,
         )
         self.sessionOpened()
+
+    #: What Autobahn keeps of the opening handshake for the connection's life (the request's raw
+    #: bytes, headers, query, the response text: ~2 KB a session); txvoice reads the handshake
+    #: only in onConnect (the ConnectionRequest), so they are let go once the connection is open.
+    HANDSHAKE_ATTRIBUTES = ("http_request_data", "http_status_line", "http_headers", "http_request_uri",
+                            "http_request_path", "http_request_params", "http_request_host",
+                            "http_response_data", "websocket_origin", "_wskey")
+
+    def _releaseHandshake(self) -> None:
+        for name in self.HANDSHAKE_ATTRIBUTES:
+            setattr(self, name, None)
 
     # closing
 
