@@ -69,3 +69,10 @@ def test_a_streaming_session_keeps_little() -> None:
     assert len(kept) == SESSIONS
     grown = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
     assert grown / SESSIONS < BOUND, f"{grown / SESSIONS:.0f} bytes per session"
+
+
+def test_a_channel_holds_its_ready_responses_in_a_list() -> None:
+    """A list, not a deque: an empty deque costs 0.7 KB and most sessions never queue a reply."""
+    client = MemoryClient(memory_server(), VocalProtocol, subprotocol=None, path=OPUS48K)
+    channel = client.protocol.channel
+    assert type(channel.responses) is list and not channel.responses
