@@ -17,14 +17,15 @@ from txvoice.audio import native
 from txvoice.audio.codecs.opus import OpusEncoder
 from txvoice.audio.format import AudioFormat
 from txvoice.dialects.vocal import VocalProtocol
+from txvoice.server.factory import VoiceServerFactory
 from txvoice.testing import MemoryClient, memory_server
 
 OPUS48K = "/ws/audio?codec=opus&sample_rate=48000&channels=1"
 SESSIONS = 8
-#: Python bytes one streaming session may keep in memory (measured 21.7 KB, ~2.5 KB of it the
-#: MemoryClient's own factory; Autobahn's protocol and its 98-attribute dict, the session, the
-#: channel and the ingest; 23.8 KB before the handshake was let go).
-BOUND = 22_800
+#: Python bytes one streaming session may keep in memory (measured 16.2 KB: Autobahn's protocol
+#: and its 64-attribute dict, the session, the channel and the ingest; 17.9 KB with Autobahn's
+#: options copied into every protocol's dict, 20 KB before the handshake was let go too).
+BOUND = 17_000
 
 
 def _packets(count: int) -> list[bytes]:
@@ -47,10 +48,11 @@ def test_autobahn_s_copies_of_the_handshake_are_let_go_once_open() -> None:
 @pytest.mark.skipif(not native.available(), reason="the native batch ingest is not built")
 def test_a_streaming_session_keeps_little() -> None:
     server = memory_server()
+    factory = VoiceServerFactory(server, VocalProtocol)  # one, as a listener has
     packets = _packets(100)
 
     def session() -> MemoryClient:
-        client = MemoryClient(server, VocalProtocol, subprotocol=None, path=OPUS48K)
+        client = MemoryClient(server, VocalProtocol, subprotocol=None, path=OPUS48K, factory=factory)
         for packet in packets:
             client.send_binary(packet)
         assert client.messages().count({"status": "chunk_received"}) == len(packets)
@@ -69,6 +71,22 @@ def test_a_streaming_session_keeps_little() -> None:
     assert len(kept) == SESSIONS
     grown = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
     assert grown / SESSIONS < BOUND, f"{grown / SESSIONS:.0f} bytes per session"
+
+
+def test_autobahn_s_options_live_on_the_protocol_class() -> None:
+    """Not copied into each protocol's __dict__ (98 attributes and 3.3 KB, against 64 and 1.6 KB)."""
+    server = memory_server(max_message_hard_limit=123_456)
+    factory = VoiceServerFactory(server, VocalProtocol)
+    one, two = (MemoryClient(server, VocalProtocol, subprotocol=None, path=OPUS48K, factory=factory) for _ in range(2))
+    assert type(one.protocol) is type(two.protocol) and isinstance(one.protocol, VocalProtocol)
+    for name in VocalProtocol.CONFIG_ATTRS:
+        assert name not in vars(one.protocol), name
+        assert getattr(one.protocol, name) == getattr(factory, name), name
+    assert one.protocol.maxMessagePayloadSize == 123_456
+    assert len(vars(one.protocol)) <= 85
+    factory.setProtocolOptions(maxMessagePayloadSize=654_321)  # later options: a protocol made after has them
+    three = MemoryClient(server, VocalProtocol, subprotocol=None, path=OPUS48K, factory=factory)
+    assert three.protocol.maxMessagePayloadSize == 654_321 and one.protocol.maxMessagePayloadSize == 123_456
 
 
 def test_a_channel_holds_its_ready_responses_in_a_list() -> None:

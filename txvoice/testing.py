@@ -84,9 +84,11 @@ class MemoryClient:
     """A connected in-memory client of one server protocol."""
 
     def __init__(self, server: VoiceServer, protocol: type[VoiceServerProtocol] = NativeVoiceProtocol,
-                 subprotocol: str | None = "txvoice.v1", port: int = 40000, path: str = "/") -> None:
+                 subprotocol: str | None = "txvoice.v1", port: int = 40000, path: str = "/",
+                 factory: VoiceServerFactory | None = None) -> None:
         self.server = server
-        self.factory = VoiceServerFactory(server, protocol)
+        # A client of its own factory unless given one (several clients of one server, as its listener has).
+        self.factory = factory if factory is not None else VoiceServerFactory(server, protocol)
         addr = IPv4Address("TCP", "127.0.0.1", port)
         built = self.factory.buildProtocol(addr)
         assert isinstance(built, VoiceServerProtocol)
