@@ -89,6 +89,20 @@ def test_autobahn_s_options_live_on_the_protocol_class() -> None:
     assert three.protocol.maxMessagePayloadSize == 654_321 and one.protocol.maxMessagePayloadSize == 123_456
 
 
+def test_autobahn_s_send_queue_is_a_list_that_keeps_its_order() -> None:
+    """Autobahn appends (bytes, sync) pairs, pops the left end and asks the length: a list does all three."""
+    from txvoice.server.base import SendQueue
+
+    client = MemoryClient(memory_server(), VocalProtocol, subprotocol=None, path=OPUS48K)
+    queue = client.protocol.send_queue
+    assert type(queue) is SendQueue and not queue and len(queue) == 0
+    for item in [(b"a", True), (b"b", False), (b"c", True)]:
+        queue.append(item)
+    assert len(queue) == 3
+    assert [queue.popleft() for _ in range(3)] == [(b"a", True), (b"b", False), (b"c", True)]
+    assert not queue
+
+
 def test_a_channel_holds_its_ready_responses_in_a_list() -> None:
     """A list, not a deque: an empty deque costs 0.7 KB and most sessions never queue a reply."""
     client = MemoryClient(memory_server(), VocalProtocol, subprotocol=None, path=OPUS48K)
