@@ -181,3 +181,46 @@ def test_a_long_response_with_inline_workers() -> None:
     response.audio(np.zeros(16000 * 120, dtype=np.int16))  # 120 s: 1,200 slices
     response.endResponse({})
     assert len(sink.packets) == 6000 and sink.ended
+
+
+def test_hurry_sends_the_rest_as_fast_as_it_is_encoded() -> None:
+    """hurry(): nobody plays it live (a call queued for another node): no pacing, the clock stands still."""
+    workers = ManualWorkers()
+    response, sink, clock = stream(workers, lead_ms=100)
+    response.pacer.startService()
+    response.audio(speech(3.0))
+    response.endResponse({})
+    workers.run_next()
+    paced = len(sink.packets)
+    assert 0 < paced <= 100 // 20 + 1  # only the lead went out at once
+    response.hurry()
+    assert response.unpaced
+    while workers.jobs:
+        workers.run_next()  # each slice goes out as it comes back: not a packet waits for the clock
+    assert clock.seconds() == 0
+    assert len(sink.packets) == 150 and sink.ended and not sink.ended[0]["cancelled"]
+    response.hurry()  # done: nothing changes
+    assert len(sink.packets) == 150 and len(sink.ended) == 1
+    response.pacer.stopService()
+
+
+def test_hurry_before_a_response_plays_takes_effect_when_it_does() -> None:
+    workers = ManualWorkers()
+    clock = Clock()
+    sink = Sink()
+    response = ResponseStream(
+        OPUS, turn_number=1, sink=sink, settings=StreamSettings(response_lead_ms=100),
+        pacer=Pacer(clock), submit=workers.submit, clock=clock,
+        ready=lambda s: None, done=lambda s: None,  # waiting behind another response
+    )
+    response.startResponse(None, PCM16K, {})
+    response.audio(speech(2.0))
+    response.endResponse({})
+    response.hurry()
+    while workers.jobs:
+        workers.run_next()
+    assert not sink.packets  # not active: hurry sends nothing yet
+    response.activate()
+    while workers.jobs:
+        workers.run_next()
+    assert len(sink.packets) == 100 and sink.ended and clock.seconds() == 0
