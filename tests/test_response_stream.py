@@ -53,14 +53,17 @@ class Sink:
         self.ended.append(summary)
 
 
-def stream(workers, lead_ms: int = 10**9) -> tuple[ResponseStream, Sink, Clock]:
-    """A started response to an Opus client, with its collaborators given (no channel needed)."""
+def stream(workers, lead_ms: int = 10**9, waiting: bool = False) -> tuple[ResponseStream, Sink, Clock]:
+    """
+    A started response to an Opus client, with its collaborators given (no channel needed);
+    ``waiting``: not activated when ready (another response is playing).
+    """
     clock = Clock()
     sink = Sink()
     response = ResponseStream(
         OPUS, turn_number=1, sink=sink, settings=StreamSettings(response_lead_ms=lead_ms),
         pacer=Pacer(clock), submit=workers.submit, clock=clock,
-        ready=lambda s: s.activate(), done=lambda s: None,
+        ready=(lambda s: None) if waiting else (lambda s: s.activate()), done=lambda s: None,
     )
     response.startResponse(None, PCM16K, {})  # what a pipeline sends: 16 kHz PCM, to encode as Opus
     return response, sink, clock
@@ -159,14 +162,7 @@ def test_after_the_first_slice_the_encoding_keeps_ahead_of_the_pacer() -> None:
 
 def test_a_response_waiting_its_turn_is_encoded_only_a_window_ahead() -> None:
     workers = ManualWorkers()
-    clock = Clock()
-    sink = Sink()
-    response = ResponseStream(
-        OPUS, turn_number=1, sink=sink, settings=StreamSettings(response_lead_ms=100),
-        pacer=Pacer(clock), submit=workers.submit, clock=clock,
-        ready=lambda s: None, done=lambda s: None,  # not activated: another response is playing
-    )
-    response.startResponse(None, PCM16K, {})
+    response, sink, clock = stream(workers, lead_ms=100, waiting=True)  # another response is playing
     response.audio(speech(10.0))
     response.endResponse({})
     while workers.jobs:
@@ -206,14 +202,7 @@ def test_hurry_sends_the_rest_as_fast_as_it_is_encoded() -> None:
 
 def test_hurry_before_a_response_plays_takes_effect_when_it_does() -> None:
     workers = ManualWorkers()
-    clock = Clock()
-    sink = Sink()
-    response = ResponseStream(
-        OPUS, turn_number=1, sink=sink, settings=StreamSettings(response_lead_ms=100),
-        pacer=Pacer(clock), submit=workers.submit, clock=clock,
-        ready=lambda s: None, done=lambda s: None,  # waiting behind another response
-    )
-    response.startResponse(None, PCM16K, {})
+    response, sink, clock = stream(workers, lead_ms=100, waiting=True)  # another response is playing
     response.audio(speech(2.0))
     response.endResponse({})
     response.hurry()

@@ -23,6 +23,23 @@ from txvoice.session.session import Session
 SESSIONS = 1000
 
 
+def counting_evals(conn):
+    """Record (reactor turn, argument count) of each EVAL ``conn`` sends; returns them, the turn ticker, the real call."""
+    evals: list[tuple[int, int]] = []
+    turns = [0]
+    ticker = task.LoopingCall(lambda: turns.__setitem__(0, turns[0] + 1))
+    ticker.start(0.0005)
+    send = conn.call
+
+    def counting(*args):
+        if args[0] == "EVAL":
+            evals.append((turns[0], len(args)))
+        return send(*args)
+
+    conn.call = counting
+    return evals, ticker, send
+
+
 @pytest_twisted.inlineCallbacks
 def test_a_refresh_of_a_thousand_sessions_never_holds_the_reactor(redis_server):
     conn = yield connected(redis_server.url, "w:")
@@ -33,18 +50,7 @@ def test_a_refresh_of_a_thousand_sessions_never_holds_the_reactor(redis_server):
         for s in sessions:
             registry.local.add(s)
             resume._live[s.id] = (s, s.id)
-        evals: list[tuple[int, int]] = []  # (turn, arguments) of each EVAL sent
-        turns = [0]
-        ticker = task.LoopingCall(lambda: turns.__setitem__(0, turns[0] + 1))
-        ticker.start(0.0005)
-        send = conn.call
-
-        def counting(*args):
-            if args[0] == "EVAL":
-                evals.append((turns[0], len(args)))
-            return send(*args)
-
-        conn.call = counting  # type: ignore[method-assign]
+        evals, ticker, send = counting_evals(conn)
         cpu = time.thread_time()
         wall = time.perf_counter()
         done = defer.gatherResults([registry.refresh(), resume.refresh()])  # what Redis coming back starts
@@ -81,18 +87,7 @@ def test_a_refresh_of_a_thousand_calls_goes_in_batches_and_skips_calls_that_ende
         for i in range(SESSIONS):
             store.owned[f"c{i}"] = f"e{i}"
             yield conn.call("SET", conn.key("call", f"c{i}"), f'{{"epoch":"e{i}"}}', "PX", "600000")
-        evals: list[tuple[int, int]] = []
-        turns = [0]
-        ticker = task.LoopingCall(lambda: turns.__setitem__(0, turns[0] + 1))
-        ticker.start(0.0005)
-        send = conn.call
-
-        def counting(*args):
-            if args[0] == "EVAL":
-                evals.append((turns[0], len(args)))
-            return send(*args)
-
-        conn.call = counting  # type: ignore[method-assign]
+        evals, ticker, send = counting_evals(conn)
         d = store.refresh()
         del store.owned[f"c{SESSIONS - 1}"]  # ended after the round began: not re-armed by it
         rearmed = yield d
