@@ -59,3 +59,19 @@ def test_a_streaming_session_keeps_little_between_its_chunks() -> None:
     assert all(ingest.native is not None and ingest.turns.vad.speaking is not None for ingest in kept)
     grown = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
     assert grown / STREAMS < BOUND, f"{grown / STREAMS:.0f} bytes per stream"
+
+
+@pytest.mark.skipif(not native.available(), reason="the native batch ingest is not built")
+def test_the_onset_s_webrtcvad_is_made_when_a_reply_first_plays() -> None:
+    """Until then the idle onset only tracks its gate in C; the Python path's decisions match (test_native_ingest)."""
+    ingest = _vocal_ingest()
+    assert ingest.onset is not None and ingest.native is not None
+    assert ingest.native.onset_vad is None
+    ingest.replying(False)
+    assert ingest.native.onset_vad is None
+    ingest.replying(True)
+    made = ingest.native.onset_vad
+    assert made is not None
+    ingest.replying(False)
+    ingest.replying(True)
+    assert ingest.native.onset_vad is made  # one for the stream's life, as on the Python path

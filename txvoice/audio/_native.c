@@ -38,7 +38,7 @@ static vad_process_fn vad_process_p;
 #define MAX_SKIPS 3
 
 /* The interface version: txvoice/audio/native.py uses a library of its own version only. */
-int txv_abi(void) { return 2; }
+int txv_abi(void) { return 3; }
 
 int txv_init(void *decode, void *nb_samples, void *parse, void *vad_process)
 {
@@ -232,8 +232,8 @@ typedef struct {
     int16_t *pending;  /* < frame_size samples waiting for the rest of their frame */
     void *vad;         /* the 20 ms webrtcvad (borrowed) */
     txv_gate *gate;    /* owned */
-    void *onset_vad;   /* the 10 ms one, or NULL without the fast onset (borrowed) */
-    txv_gate *onset_gate;
+    void *onset_vad;   /* the 10 ms one (borrowed): NULL until the first reply (txv_stream_set_onset_vad) */
+    txv_gate *onset_gate; /* NULL without the fast onset */
     int sub;
 } txv_stream;
 
@@ -257,7 +257,8 @@ txv_stream *txv_stream_new(void *decoder, int rate, int max_samples, int max_con
         s->gate = gate;
         s->onset_gate = onset_gate;
     }
-    if (!s || !s->pending || !gate || gate->n != frame_size || (onset_vad && (!onset_gate || frame_size % onset_gate->n))) {
+    if (!s || !s->pending || !gate || gate->n != frame_size || (onset_vad && !onset_gate) ||
+        (onset_gate && frame_size % onset_gate->n)) {
         if (s)
             txv_stream_free(s);
         else {
@@ -276,6 +277,13 @@ txv_stream *txv_stream_new(void *decoder, int rate, int max_samples, int max_con
     s->onset_vad = onset_vad;
     s->sub = onset_gate ? onset_gate->n : 0;
     return s;
+}
+
+/* The onset's webrtcvad, made by the Python side when a reply first plays (a webrtcvad that has
+ * classified nothing is the same whenever it is made, and an idle onset only tracks its gate). */
+void txv_stream_set_onset_vad(txv_stream *s, void *onset_vad)
+{
+    s->onset_vad = onset_vad;
 }
 
 /* Error kinds in an item's info row (the Python side raises what OpusDecoder.decode would). */
@@ -368,7 +376,7 @@ int txv_batch(const int64_t *items, int count, const unsigned char *data, int16_
         const int64_t *item = items + (size_t)i * 4;
         txv_stream *s = (txv_stream *)(intptr_t)item[0];
         int32_t len = (int32_t)item[1], *row = info + (size_t)i * INFO;
-        int has_seq = (int)(item[3] & 1), active = (int)((item[3] >> 1) & 1);
+        int has_seq = (int)(item[3] & 1), active = (int)((item[3] >> 1) & 1) && s->onset_vad;
         int fs = s->frame_size, fill = s->fill, n, frames, f, rest;
         int64_t need_o;
         memset(row, 0, sizeof(int32_t) * INFO);
@@ -384,7 +392,7 @@ int txv_batch(const int64_t *items, int count, const unsigned char *data, int16_
         if (n == 0)
             continue;
         frames = (fill + n) / fs;
-        need_o = s->onset_vad && active ? (int64_t)frames * (fs / s->sub) : 0;
+        need_o = s->onset_gate && active ? (int64_t)frames * (fs / s->sub) : 0;
         if (vused + frames > dec_cap || oused + need_o > dec_cap)
             return -1; /* cannot happen with one decision of room per sample / 10 ms */
         memcpy(pcm + used, s->pending, sizeof(int16_t) * (size_t)fill);
@@ -398,7 +406,7 @@ int txv_batch(const int64_t *items, int count, const unsigned char *data, int16_
             const int16_t *frame = pcm + used + (int64_t)f * fs;
             int j;
             voiced[vused++] = (uint8_t)classify(s->vad, s->rate, s->gate, frame);
-            if (s->onset_vad) {
+            if (s->onset_gate) {
                 for (j = 0; j < fs; j += s->sub) {
                     if (active)
                         onset[oused++] = (uint8_t)classify(s->onset_vad, s->rate, s->onset_gate, frame + j);

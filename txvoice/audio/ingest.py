@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
+import webrtcvad
 
 from txvoice.audio import native as _native
 from txvoice.audio.codecs import decoder_at
@@ -256,15 +257,17 @@ class StreamIngest:
         classifier = vad.classifier
         assert isinstance(classifier, WebRtcClassifier)
         onset = self.onset
+        # The onset's webrtcvad is not handed over: an idle onset only tracks its gate, and a fresh
+        # one is made when a reply first plays (replying), as classified by nothing it is the same.
         self.native = _native.NativeStream(
-            self.decoder, classifier._vad, classifier.gate,
-            onset.classifier._vad if onset is not None else None, onset.classifier.gate if onset is not None else None,
+            self.decoder, classifier._vad, classifier.gate, None, onset.classifier.gate if onset is not None else None,
         )
         self._preset = vad.classifier = _native.PresetDecisions(classifier.sample_rate, classifier.frame_size)
         # C assembles the frames: the Python assembler only sees end()'s tail (none for Opus), so a small one.
         self.assembler = FrameAssembler(self.assembler.sample_rate, self.assembler.frame_ms, capacity_ms=0)
         self._onset_preset = None
         if onset is not None:
+            self._onset_aggressiveness = onset.classifier.params.aggressiveness
             self._onset_preset = _native.PresetDecisions(onset.sample_rate, onset.sub)
             onset.classifier = self._onset_preset  # type: ignore[assignment]  # it has the classifier's gate.track
 
@@ -334,6 +337,9 @@ class StreamIngest:
         classified then.  Submitted on the stream's worker queue, so ordered with its chunks.
         """
         if self.onset is not None:
+            native = self.native
+            if active and native is not None and native.onset_vad is None:
+                native.set_onset_vad(webrtcvad.Vad(self._onset_aggressiveness))
             self.onset.set_active(active)
 
     def _arrival_of(self, t_ms: float) -> float | None:

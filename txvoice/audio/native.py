@@ -53,7 +53,7 @@ _ROOM_PER_ITEM = 960
 _SMALLEST_FRAME = 80
 
 #: The C library's interface version (txv_abi): a library built from another _native.c is not used.
-_ABI = 2
+_ABI = 3
 
 _P = ctypes.c_void_p
 _I = ctypes.c_int
@@ -88,6 +88,8 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.txv_gate_free.restype = None
     lib.txv_stream_new.argtypes = (_P, _I, _I, _I, _I, _I, _P, _P, _P, _P)
     lib.txv_stream_new.restype = _P
+    lib.txv_stream_set_onset_vad.argtypes = (_P, _P)
+    lib.txv_stream_set_onset_vad.restype = None
     lib.txv_stream_free.argtypes = (_P,)
     lib.txv_stream_free.restype = None
     lib.txv_batch.argtypes = (_P, _I, ctypes.c_char_p, _P, _I64, _P, _P, _I64, _P)
@@ -161,10 +163,13 @@ def _free(pointer: int, keep: object) -> None:
 class NativeStream:
     """
     One stream's C state: its Opus decoder's and webrtcvads' pointers (borrowed: the objects are
-    kept alive with it), its gates and its partial frame.  Freed when collected.
+    kept alive with it), its gates and its partial frame.  Freed when collected.  With an onset
+    gate and no ``onset_vad`` the onset's webrtcvad comes later (:meth:`set_onset_vad`, when a
+    reply first plays): until then the onset only tracks its gate, which needs none (~1 KB a
+    stream that never hears a reply).
     """
 
-    __slots__ = ("pointer", "frame_size", "sub", "reserve", "__weakref__")
+    __slots__ = ("pointer", "frame_size", "sub", "reserve", "onset_vad", "__weakref__")
 
     def __init__(self, decoder: Any, vad: Any, gate: SpectralGate, onset_vad: Any = None,
                  onset_gate: SpectralGate | None = None) -> None:
@@ -182,9 +187,17 @@ class NativeStream:
         if not pointer:
             raise MemoryError("txv_stream_new failed")
         self.pointer = int(pointer)
+        #: The onset's webrtcvad.Vad, kept alive here (None: not handed over yet, or no onset).
+        self.onset_vad = onset_vad
         #: Samples one item may need at the end of the batch's pcm (a longest packet, a frame pending).
         self.reserve = decoder._max_samples + self.frame_size
-        weakref.finalize(self, _free, self.pointer, (decoder, state, vad, onset_vad))
+        weakref.finalize(self, _free, self.pointer, (decoder, state, vad))
+
+    def set_onset_vad(self, vad: Any) -> None:
+        """Hand C the onset's webrtcvad (a fresh one: it has classified nothing yet)."""
+        assert _lib is not None and self.sub and self.onset_vad is None
+        self.onset_vad = vad
+        _lib.txv_stream_set_onset_vad(self.pointer, _vad_pointer(vad))
 
 
 @implementer(ISpeechClassifier)
