@@ -310,6 +310,8 @@ def run_batch(streams: Sequence[NativeStream], packets: Sequence[bytes], sequenc
             base + start * 32, count - start, blob, ctypes.addressof(memory), room, voiced, onset,
             scratch.decisions, scratch.info_address,
         )
+        if done == -3:
+            raise MemoryError("txv_batch: no memory for a stream's partial frame")
         if done < 0:
             raise RuntimeError("txv_batch: decisions overflowed their buffer")
         if done:
