@@ -35,6 +35,8 @@ from twisted.internet.interfaces import IDelayedCall, IReactorThreads, IReactorT
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from txvoice.threadnice import lower_current_thread
+
 Work = Callable[[Any], Any]
 Deliver = Callable[[Any], None]
 Item = tuple[Work, Any, "Deliver | None", "Deliver | None"]
@@ -96,13 +98,15 @@ class AudioWorkers(Service):
     ``batch_delay`` (seconds, ``--audio-batch-ms``) holds the first item of a batch that long so
     the items that arrive meanwhile share its hop.  ``prepare`` (see :data:`Prepare`) runs
     before each run of a batch's items it covers: the native ingest decodes them all at once.
+    ``nice`` (``--worker-nice``) lowers each thread's scheduling priority by that much below the
+    reactor's (:mod:`txvoice.threadnice`).
     """
 
     name = "audio-workers"  # type: ignore[assignment]  # Twisted declares Service.name as None
 
     def __init__(
         self, reactor: IReactorThreads | IReactorTime | None = None, threads: int = 2, batch_delay: float = 0.0,
-        prepare: Prepare | None = None,
+        prepare: Prepare | None = None, nice: int = 0,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
@@ -114,6 +118,7 @@ class AudioWorkers(Service):
         #: Seconds an item waits for others before its shard hands the batch over (0: the next turn).
         self.batch_delay = batch_delay
         self.prepare = prepare
+        self.nice = nice
         self._shards = [_Shard() for _ in range(max(threads, 1))]
         self._threads: list[threading.Thread] = []
         self._flush_call: IDelayedCall | None = None
@@ -176,6 +181,7 @@ class AudioWorkers(Service):
 
     def _work(self, jobs: SimpleQueue) -> None:
         """A worker thread: run each batch and hand its results back in one reactor call."""
+        lower_current_thread(self.nice)
         get = jobs.get
         callFromThread = self._reactor.callFromThread
         batchDone = self._batchDone

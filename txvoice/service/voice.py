@@ -248,7 +248,7 @@ def makeVoiceService(
     # Autobahn logs every connection at debug level through txaio; keep that off the hot path.
     txaio.set_global_log_level("info")  # type: ignore[attr-defined]  # set by txaio.use_twisted()
     workers = AudioWorkers(reactor, threads=config.audio_threads, batch_delay=config.audio_batch_ms / 1000.0,
-                           prepare=batch_preparer())
+                           prepare=batch_preparer(), nice=config.worker_nice)
     pipeline = pipeline or make_pipeline(config.pipeline, config)
     try:
         # --redis: the stores several nodes share; with --processes, process i is node <node-id>.<i>.
