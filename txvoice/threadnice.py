@@ -4,8 +4,9 @@ Worker threads scheduled below the reactor: a per-thread nice increment (Linux).
 On a machine whose cores are all busy, a reactor thread woken by a timer or a socket waits on the
 run queue for a CPU behind whatever else is runnable -- in this process, first of all the audio
 and synthesis threads.  With twenty speakers ending turns together on two cores
-(``bench/bench_speech_lag.py``) the reactor waited ~100 ms of every 250 ms for a CPU, and most of
-its late ticks (the lag p99) were that wait, not its own work nor the GIL.  Linux keeps a nice
+(``bench/bench_speech_lag.py``, 65 s) the reactor thread spent 10.2 s runnable without a CPU (its
+own work was 7.9 s; the two audio threads ran 40 s), over 100 ms of the 250 ms before most of its
+latest ticks: the lag p99 was mostly that wait, not its own work nor the GIL.  Linux keeps a nice
 value per thread (``setpriority(PRIO_PROCESS, tid)`` changes only that thread), and a thread
 with a higher nice gets a smaller share and loses the CPU to a waking thread of normal priority
 sooner; raising one's own nice needs no privilege.  Child processes (espeak-ng) inherit the nice
