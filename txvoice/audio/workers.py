@@ -98,7 +98,7 @@ class AudioWorkers(Service):
     ``batch_delay`` (seconds, ``--audio-batch-ms``) holds the first item of a batch that long so
     the items that arrive meanwhile share its hop.  ``prepare`` (see :data:`Prepare`) runs
     before each run of a batch's items it covers: the native ingest decodes them all at once.
-    ``nice`` (``--worker-nice``) lowers each thread's scheduling priority by that much below the
+    ``nice`` (``--worker-nice``, 10 in the daemon) lowers each thread's scheduling priority by that much below the
     reactor's (:mod:`txvoice.threadnice`).
     """
 
