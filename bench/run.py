@@ -126,6 +126,8 @@ SERVERS: dict[str, ServerSpec] = {
                    about="txvoice with Twisted's buffered writes (--no-write-through), for comparison"),
         ServerSpec("txvoice-batch2ms", _txvoice_cmd(["--audio-batch-ms", "2"]), env=_txvoice_env,
                    about="txvoice holding audio chunks 2 ms before the hop to the audio thread (--audio-batch-ms 2), for comparison"),
+        ServerSpec("txvoice-inline2", _txvoice_cmd(["--audio-inline-max", "2"]), env=_txvoice_env,
+                   about="txvoice running audio batches of up to 2 chunks on the reactor when the audio thread is idle (--audio-inline-max 2), for comparison"),
         ServerSpec("txvoice-frames3", _txvoice_cmd(["--barge-in-rule", "frames3"]), env=_txvoice_env,
                    about="txvoice with the three-frame barge-in rule (--barge-in-rule frames3, no 10 ms onset detector), for comparison"),
         ServerSpec("txvoice-deflate", _txvoice_cmd(["--compression"]), deflate=True, env=_txvoice_env,

@@ -73,3 +73,21 @@ def test_a_phone_bridge_counts_failed_audio_as_a_problem_and_logs_the_unexpected
     (event,) = logs
     assert formatEvent(event) == "processing AudioSocket audio failed"
     assert event["log_level"] is LogLevel.critical and event["log_failure"].check(ZeroDivisionError)
+
+
+def test_chunk_error_passes_bad_audio_on_and_hides_the_unexpected_behind_internal_error() -> None:
+    """The one rule every dialect's chunkFailed follows (native, S3, S4, vocal, the phone bridges)."""
+    from txvoice.server.observer import chunk_error
+
+    log = Logger(namespace="test")
+    bad = VoiceError("not Opus", code="invalid_opus_packet")
+    with capturedLogs() as events:
+        assert chunk_error(Failure(bad), log) is bad
+        assert not events  # the client's own mistake: told to it, not logged as a failure
+        error = chunk_error(Failure(ZeroDivisionError("secret detail")), log, "processing {bridge} audio failed",
+                            "the chunk could not be processed", bridge="twilio")
+    assert (error.code, error.message) == ("internal_error", "the chunk could not be processed")
+    assert "secret detail" not in str(error)
+    assert len(events) == 1 and events[0]["log_level"] is LogLevel.critical
+    assert formatEvent(events[0]) == "processing twilio audio failed"
+    assert events[0]["log_failure"].check(ZeroDivisionError)

@@ -53,14 +53,17 @@ class Sink:
         self.ended.append(summary)
 
 
-def stream(workers, lead_ms: int = 10**9) -> tuple[ResponseStream, Sink, Clock]:
-    """A started response to an Opus client, with its collaborators given (no channel needed)."""
+def stream(workers, lead_ms: int = 10**9, waiting: bool = False) -> tuple[ResponseStream, Sink, Clock]:
+    """
+    A started response to an Opus client, with its collaborators given (no channel needed);
+    ``waiting``: not activated when ready (another response is playing).
+    """
     clock = Clock()
     sink = Sink()
     response = ResponseStream(
         OPUS, turn_number=1, sink=sink, settings=StreamSettings(response_lead_ms=lead_ms),
         pacer=Pacer(clock), submit=workers.submit, clock=clock,
-        ready=lambda s: s.activate(), done=lambda s: None,
+        ready=(lambda s: None) if waiting else (lambda s: s.activate()), done=lambda s: None,
     )
     response.startResponse(None, PCM16K, {})  # what a pipeline sends: 16 kHz PCM, to encode as Opus
     return response, sink, clock
@@ -159,14 +162,7 @@ def test_after_the_first_slice_the_encoding_keeps_ahead_of_the_pacer() -> None:
 
 def test_a_response_waiting_its_turn_is_encoded_only_a_window_ahead() -> None:
     workers = ManualWorkers()
-    clock = Clock()
-    sink = Sink()
-    response = ResponseStream(
-        OPUS, turn_number=1, sink=sink, settings=StreamSettings(response_lead_ms=100),
-        pacer=Pacer(clock), submit=workers.submit, clock=clock,
-        ready=lambda s: None, done=lambda s: None,  # not activated: another response is playing
-    )
-    response.startResponse(None, PCM16K, {})
+    response, sink, clock = stream(workers, lead_ms=100, waiting=True)  # another response is playing
     response.audio(speech(10.0))
     response.endResponse({})
     while workers.jobs:
@@ -181,3 +177,39 @@ def test_a_long_response_with_inline_workers() -> None:
     response.audio(np.zeros(16000 * 120, dtype=np.int16))  # 120 s: 1,200 slices
     response.endResponse({})
     assert len(sink.packets) == 6000 and sink.ended
+
+
+def test_hurry_sends_the_rest_as_fast_as_it_is_encoded() -> None:
+    """hurry(): nobody plays it live (a call queued for another node): no pacing, the clock stands still."""
+    workers = ManualWorkers()
+    response, sink, clock = stream(workers, lead_ms=100)
+    response.pacer.startService()
+    response.audio(speech(3.0))
+    response.endResponse({})
+    workers.run_next()
+    paced = len(sink.packets)
+    assert 0 < paced <= 100 // 20 + 1  # only the lead went out at once
+    response.hurry()
+    assert response.unpaced
+    while workers.jobs:
+        workers.run_next()  # each slice goes out as it comes back: not a packet waits for the clock
+    assert clock.seconds() == 0
+    assert len(sink.packets) == 150 and sink.ended and not sink.ended[0]["cancelled"]
+    response.hurry()  # done: nothing changes
+    assert len(sink.packets) == 150 and len(sink.ended) == 1
+    response.pacer.stopService()
+
+
+def test_hurry_before_a_response_plays_takes_effect_when_it_does() -> None:
+    workers = ManualWorkers()
+    response, sink, clock = stream(workers, lead_ms=100, waiting=True)  # another response is playing
+    response.audio(speech(2.0))
+    response.endResponse({})
+    response.hurry()
+    while workers.jobs:
+        workers.run_next()
+    assert not sink.packets  # not active: hurry sends nothing yet
+    response.activate()
+    while workers.jobs:
+        workers.run_next()
+    assert len(sink.packets) == 100 and sink.ended and clock.seconds() == 0

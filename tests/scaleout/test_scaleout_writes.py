@@ -23,6 +23,23 @@ from txvoice.session.session import Session
 SESSIONS = 1000
 
 
+def counting_evals(conn):
+    """Record (reactor turn, argument count) of each EVAL ``conn`` sends; returns them, the turn ticker, the real call."""
+    evals: list[tuple[int, int]] = []
+    turns = [0]
+    ticker = task.LoopingCall(lambda: turns.__setitem__(0, turns[0] + 1))
+    ticker.start(0.0005)
+    send = conn.call
+
+    def counting(*args):
+        if args[0] == "EVAL":
+            evals.append((turns[0], len(args)))
+        return send(*args)
+
+    conn.call = counting
+    return evals, ticker, send
+
+
 @pytest_twisted.inlineCallbacks
 def test_a_refresh_of_a_thousand_sessions_never_holds_the_reactor(redis_server):
     conn = yield connected(redis_server.url, "w:")
@@ -33,18 +50,7 @@ def test_a_refresh_of_a_thousand_sessions_never_holds_the_reactor(redis_server):
         for s in sessions:
             registry.local.add(s)
             resume._live[s.id] = (s, s.id)
-        evals: list[tuple[int, int]] = []  # (turn, arguments) of each EVAL sent
-        turns = [0]
-        ticker = task.LoopingCall(lambda: turns.__setitem__(0, turns[0] + 1))
-        ticker.start(0.0005)
-        send = conn.call
-
-        def counting(*args):
-            if args[0] == "EVAL":
-                evals.append((turns[0], len(args)))
-            return send(*args)
-
-        conn.call = counting  # type: ignore[method-assign]
+        evals, ticker, send = counting_evals(conn)
         cpu = time.thread_time()
         wall = time.perf_counter()
         done = defer.gatherResults([registry.refresh(), resume.refresh()])  # what Redis coming back starts
@@ -68,6 +74,31 @@ def test_a_refresh_of_a_thousand_sessions_never_holds_the_reactor(redis_server):
         yield d
         yield task.deferLater(reactor, 0.05, lambda: None)
         assert (yield conn.call("EXISTS", conn.key("session", late.id))) == 0
+    finally:
+        yield conn.stopService()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_refresh_of_a_thousand_calls_goes_in_batches_and_skips_calls_that_ended(redis_server):
+    """The call store's refresh was one EVAL over every owned call; now BATCH per EVAL, a turn apart."""
+    conn = yield connected(redis_server.url, "wk:")
+    try:
+        store = RedisCallStore(conn, 30)
+        for i in range(SESSIONS):
+            store.owned[f"c{i}"] = f"e{i}"
+            yield conn.call("SET", conn.key("call", f"c{i}"), f'{{"epoch":"e{i}"}}', "PX", "600000")
+        evals, ticker, send = counting_evals(conn)
+        d = store.refresh()
+        del store.owned[f"c{SESSIONS - 1}"]  # ended after the round began: not re-armed by it
+        rearmed = yield d
+        ticker.stop()
+        conn.call = send  # type: ignore[method-assign]
+        assert rearmed == SESSIONS - 1
+        assert len(evals) == SESSIONS // BATCH
+        assert len({t for t, _ in evals}) == len(evals)  # each batch in a reactor turn of its own
+        assert max(n for _, n in evals) <= 3 + 1 + 2 * BATCH  # EVAL, script, 0 keys, ttl, pairs
+        assert int((yield conn.call("PTTL", conn.key("call", "c0")))) <= store.ttl_ms < 600000  # re-armed
+        assert int((yield conn.call("PTTL", conn.key("call", f"c{SESSIONS - 1}")))) > store.ttl_ms  # left alone
     finally:
         yield conn.stopService()
 

@@ -409,6 +409,19 @@ def prepare_batch(items: list[Any], start: int) -> int:
     return max(index, start + 1)
 
 
+def inline_capable(item: Any) -> bool:
+    """
+    Whether a worker item is a chunk on the native path whose stream feeds no turn: its work is
+    the batch's C call and the turn bookkeeping, small and bounded (a turn's ``feed`` may run a
+    recognizer, so a stream with a current turn always hops).  Read on the reactor while the
+    stream's shard is idle: nothing runs on that stream's state meanwhile.
+    """
+    work = item[0]
+    owner = getattr(work, "__self__", None)
+    return (getattr(work, "__func__", None) is _PROCESS and owner is not None and owner.native is not None
+            and owner.feeds.current is None)
+
+
 def batch_preparer() -> "Callable[[list[Any], int], int] | None":
     """What :class:`~txvoice.audio.workers.AudioWorkers` should get as ``prepare``: the native batch, when built."""
     return prepare_batch if _native.available() else None

@@ -44,6 +44,9 @@ Item = tuple[Work, Any, "Deliver | None", "Deliver | None"]
 #: native batch ingest: :func:`txvoice.audio.ingest.prepare_batch`) before they run; returns the
 #: index after that run.
 Prepare = Callable[[list[Item], int], int]
+#: ``cheap(item)``: whether an item's work is small and bounded enough to run on the reactor
+#: instead of a hop (the native ingest: :func:`txvoice.audio.ingest.inline_capable`).
+Cheap = Callable[[Item], bool]
 
 
 def _run_batch(items: list[Item], prepare: Prepare | None = None) -> list[tuple[Deliver, Any]]:
@@ -98,15 +101,19 @@ class AudioWorkers(Service):
     ``batch_delay`` (seconds, ``--audio-batch-ms``) holds the first item of a batch that long so
     the items that arrive meanwhile share its hop.  ``prepare`` (see :data:`Prepare`) runs
     before each run of a batch's items it covers: the native ingest decodes them all at once.
-    ``nice`` (``--worker-nice``, 10 in the daemon) lowers each thread's scheduling priority by that much below the
-    reactor's (:mod:`txvoice.threadnice`).
+    ``inline_max`` (``--audio-inline-max``): a batch of at most that many items, all ``cheap``
+    (see :data:`Cheap`), whose shard is idle runs at once on the reactor instead of hopping: at
+    low load a batch holds about one frame and the hop (two wake-ups, the GIL passed back and
+    forth) costs more than the frame's work.  0 (the default) always hops.
+    ``nice`` (``--worker-nice``, 10 in the daemon) lowers each thread's scheduling priority
+    by that much below the reactor's (:mod:`txvoice.threadnice`).
     """
 
     name = "audio-workers"  # type: ignore[assignment]  # Twisted declares Service.name as None
 
     def __init__(
         self, reactor: IReactorThreads | IReactorTime | None = None, threads: int = 2, batch_delay: float = 0.0,
-        prepare: Prepare | None = None, nice: int = 0,
+        prepare: Prepare | None = None, inline_max: int = 0, cheap: Cheap | None = None, nice: int = 0,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
@@ -118,6 +125,8 @@ class AudioWorkers(Service):
         #: Seconds an item waits for others before its shard hands the batch over (0: the next turn).
         self.batch_delay = batch_delay
         self.prepare = prepare
+        self.inline_max = inline_max if cheap is not None else 0
+        self.cheap = cheap
         self.nice = nice
         self._shards = [_Shard() for _ in range(max(threads, 1))]
         self._threads: list[threading.Thread] = []
@@ -129,6 +138,8 @@ class AudioWorkers(Service):
         self._after: list[Callable[[], object]] | None = None
         self.batches = 0
         self.items = 0
+        #: Batches run on the reactor (inline_max) instead of hopping: counted in batches too.
+        self.inline_batches = 0
 
     # lifecycle
 
@@ -216,9 +227,22 @@ class AudioWorkers(Service):
 
     def _flush(self) -> None:
         self._flush_call = None
+        limit = self.inline_max
         for shard in self._shards:
-            if shard.pending and not shard.busy:
-                self._dispatch(shard)
+            pending = shard.pending
+            if pending and not shard.busy:
+                if len(pending) <= limit and all(map(self.cheap, pending)):  # type: ignore[arg-type]  # set with limit
+                    self._runInline(shard)
+                else:
+                    self._dispatch(shard)
+
+    def _runInline(self, shard: _Shard) -> None:
+        """A small batch of cheap items, its shard idle: run it here, delivered as a hop's would be."""
+        batch, shard.pending = shard.pending, []
+        self.batches += 1
+        self.inline_batches += 1
+        self.items += len(batch)
+        self._deliver(_run_batch(batch, self.prepare))
 
     def _dispatch(self, shard: _Shard) -> None:
         batch, shard.pending = shard.pending, []

@@ -188,8 +188,7 @@ class AudioSocketProtocol(Protocol):
         call_id = self.call_id = str(uuid.UUID(bytes=payload))
         conversation = self.server.conversation(call_id)
         conversation.metadata.update(telephony=DIALECT, call_id=call_id)
-        self.session.conversation_id = conversation.id
-        self.server.registry.changed(self.session)
+        self.session.identify(conversation_id=conversation.id)
         self.session.attributes["call"] = {"uuid": call_id}
         channel.start(SLIN_FORMAT, stream_id=call_id, mode="voice_activity",
                       options={"telephony": DIALECT, "call_id": call_id, "dtmf": [], "resample_quality": "QQ"})

@@ -24,7 +24,7 @@ from txvoice.protocol.envelope import Envelope, decode_envelope, encode_envelope
 from txvoice.protocol.messages import SUBPROTOCOL
 from txvoice.server.base import CLOSE_NORMAL, VoiceServerProtocol
 from txvoice.server.channel import VoiceChannel
-from txvoice.server.observer import IChannelObserver
+from txvoice.server.observer import IChannelObserver, chunk_error
 from txvoice.session.appheartbeat import AppHeartbeat, native_heartbeat
 from txvoice.session.resume import AckedIds, ResumeState, new_resume_token
 from txvoice.session.session import SessionState
@@ -134,12 +134,7 @@ class NativeVoiceProtocol(VoiceServerProtocol):
         """Audio is not acknowledged chunk by chunk in txvoice.v1 (IChannelObserver)."""
 
     def chunkFailed(self, failure: Failure) -> None:
-        error = failure.value
-        if isinstance(error, VoiceError):
-            self.sendError(error, None)
-        else:
-            self.wslog.failure("processing audio failed", failure)
-            self.sendError(VoiceError("the audio could not be processed", code="internal_error"), None)
+        self.sendError(chunk_error(failure, self.wslog), None)
 
     def sessionClosing(self) -> None:
         if self.app_heartbeat is not None:
@@ -219,7 +214,6 @@ class NativeVoiceProtocol(VoiceServerProtocol):
     def _resumableChanged(self) -> None:
         """The user, tenant or conversation changed: a store shared by nodes writes the resume state now."""
         if (session := self.session) is not None:
-            self.server.registry.changed(session)
             if self._log_id is not None and self.server.config.resume_ttl > 0:
                 self.server.resume_store.opened(session, self._log_id)
 
@@ -361,7 +355,7 @@ class NativeVoiceProtocol(VoiceServerProtocol):
         def ok(principal) -> None:
             if session.state is SessionState.CLOSED:
                 return
-            session.user_id, session.tenant = principal.user_id, principal.tenant
+            session.identify(user_id=principal.user_id, tenant=principal.tenant)
             if session.state is SessionState.CONNECTED:
                 session.transition(SessionState.AUTHENTICATED)
             self._resumableChanged()

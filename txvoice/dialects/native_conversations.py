@@ -47,7 +47,7 @@ def on_conversation_start(self: ConversationConnection, env: Envelope) -> None:
         if "metadata" in env.data:
             conv.metadata.update(env.data["metadata"])
         self.server.save_conversation(conv)  # shared (--redis): known to the other nodes from now
-        session.conversation_id = conv.id
+        session.identify(conversation_id=conv.id)
         self._resumableChanged()
         self.reply(env, "conversation_start", conv.as_dict())
         if deferred_ack:
@@ -79,7 +79,7 @@ def on_conversation_end(self: ConversationConnection, env: Envelope) -> None:
     cid = current_conversation(self, env)
     conv = self.server.conversation(cid)
     self.reply(env, "conversation_end", {**conv.as_dict(), "state": "ended"})
-    session.conversation_id = None
+    session.identify(conversation_id=None)
     self._resumableChanged()
     if not self.server.registry.by_conversation(cid):
         self.server.conversations.pop(cid, None)

@@ -71,9 +71,7 @@ def _resume(self: ResumeConnection, state: ResumeState | None, env: Envelope) ->
         # (the token is used up).
         greeting.update(resumed=False, resume_error="authentication_required")
     else:
-        session.user_id, session.tenant = state.user_id, state.tenant
-        session.conversation_id = state.conversation_id
-        self.server.registry.changed(session)
+        session.identify(user_id=state.user_id, tenant=state.tenant, conversation_id=state.conversation_id)
         self._acked = state.acked
         if state.log_id is not None:
             self._log_id = state.log_id

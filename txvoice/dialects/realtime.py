@@ -37,6 +37,7 @@ from txvoice.errors import ProtocolError, StateError, VoiceError
 from txvoice.security.session_tokens import BINDING_CLAIM
 from txvoice.server.base import CLOSE_NORMAL, VoiceServerProtocol
 from txvoice.server.factory import VoiceServerFactory
+from txvoice.server.observer import chunk_error
 from txvoice.session.appheartbeat import CLOSE_HEARTBEAT_MISSED, AppHeartbeat, HeartbeatConfig
 from txvoice.session.session import SessionState
 
@@ -212,12 +213,7 @@ class RealtimeProtocol(VoiceServerProtocol):
         return declared
 
     def chunkFailed(self, failure: Failure) -> None:
-        error = failure.value
-        if isinstance(error, VoiceError):
-            self.sendError(error, "audio_chunk")
-        else:
-            self.wslog.failure("processing audio failed", failure)
-            self.sendError(VoiceError("the audio could not be processed", code="internal_error"), "audio_chunk")
+        self.sendError(chunk_error(failure, self.wslog), "audio_chunk")
 
     # handlers: (self, message, data)
 
@@ -319,11 +315,9 @@ class RealtimeProtocol(VoiceServerProtocol):
             self.server.stats.resumes += 1
             self.server.metrics.reconnection()
         call.fallback_format, call.options, call.max_chunk_size = audio
-        session.user_id, session.tenant = principal.user_id, principal.tenant
-        session.conversation_id = call_id
         if session.state is SessionState.CONNECTED:
             session.transition(SessionState.AUTHENTICATED)
-        self.server.registry.changed(session)
+        session.identify(user_id=principal.user_id, tenant=principal.tenant, conversation_id=call_id)
         self.watchExpiry(principal.expires_at)
         if heartbeat is not None and self.heartbeat is not None:
             self.heartbeat.reconfigure(heartbeat)

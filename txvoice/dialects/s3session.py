@@ -22,7 +22,7 @@ from txvoice.audio.format import AudioFormat
 from txvoice.errors import ProtocolError, VoiceError
 from txvoice.pipeline.interfaces import IResponseSink
 from txvoice.server.channel import VoiceChannel
-from txvoice.server.observer import IChannelObserver
+from txvoice.server.observer import IChannelObserver, chunk_error
 from txvoice.session.session import Session
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -181,11 +181,7 @@ class UnifiedSession:
         """S3 acknowledges no audio frame (IChannelObserver)."""
 
     def chunkFailed(self, failure: Any) -> None:
-        error = failure.value
-        if not isinstance(error, VoiceError):
-            self.channel.log.failure("processing S3 audio failed", failure)
-            error = VoiceError("the audio could not be processed", code="internal_error")
-        self.error(error)
+        self.error(chunk_error(failure, self.channel.log, "processing S3 audio failed"))
 
     # the client's messages
 

@@ -22,7 +22,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface
 
-from txvoice.errors import VoiceError
+from txvoice.server.observer import chunk_error
 from txvoice.logging import NamespaceLogger
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -81,12 +81,8 @@ def audio_failed(failure: Failure, problem: Callable[[str, str], None], logger: 
     is an input problem like any other; anything else is logged with its traceback and counted
     as ``internal_error``.  The call goes on either way.
     """
-    error = failure.value
-    if isinstance(error, VoiceError):
-        problem(error.code, error.message)
-    else:
-        logger.failure("processing {bridge} audio failed", failure, bridge=bridge)
-        problem("internal_error", "the audio could not be processed")
+    error = chunk_error(failure, logger, "processing {bridge} audio failed", bridge=bridge)
+    problem(error.code, error.message)
 
 
 def deliver_dtmf(server: "VoiceServer", channel: "VoiceChannel", dialect: str, digit: str, details: dict[str, Any]) -> None:

@@ -291,8 +291,7 @@ class TwilioMediaStreamProtocol(VoiceServerProtocol):
         conversation = self.server.conversation(call_sid if isinstance(call_sid, str) and call_sid else None)
         conversation.metadata.update(telephony=DIALECT, call_sid=call_sid, account_sid=account_sid,
                                      stream_sid=stream_sid, custom_parameters=dict(params))
-        session.conversation_id = conversation.id
-        self.server.registry.changed(session)
+        session.identify(conversation_id=conversation.id)
         options: dict[str, Any] = {
             "telephony": DIALECT, "call_id": call_sid, "call_sid": call_sid, "account_sid": account_sid,
             "stream_sid": stream_sid, "custom_parameters": dict(params), "dtmf": [],

@@ -29,7 +29,7 @@ from txvoice.pipeline.interfaces import IResponseSink
 from txvoice.server.base import VoiceServerProtocol
 from txvoice.server.channel import VoiceChannel
 from txvoice.server.framing import PreparedText
-from txvoice.server.observer import IChannelObserver
+from txvoice.server.observer import IChannelObserver, chunk_error
 from txvoice.dialects.registry import websocket_endpoint
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -136,12 +136,8 @@ class VocalProtocol(VoiceServerProtocol):
         self.sendPreparedTextSoon(_CHUNK_RECEIVED)
 
     def chunkFailed(self, failure: Failure) -> None:  # IChannelObserver
-        error = failure.value
-        if isinstance(error, VoiceError):
-            self.sendError(error.code, error.message)
-        else:
-            self.wslog.failure("processing a chunk failed", failure)
-            self.sendError("internal_error", "the chunk could not be processed")
+        error = chunk_error(failure, self.wslog, "processing a chunk failed", "the chunk could not be processed")
+        self.sendError(error.code, error.message)
 
     def binaryReceived(self, payload: bytes) -> None:
         try:

@@ -64,7 +64,7 @@ def principal_attributes(session: Any, principal: Any) -> None:
     if site is not None:
         session.attributes["site_id"] = str(site)
     if session.tenant is None and claims.get("tenantId") is not None:
-        session.tenant = str(claims["tenantId"])
+        session.identify(tenant=str(claims["tenantId"]))
 
 
 class VoiceWSProtocol(VoiceServerProtocol):
@@ -89,8 +89,7 @@ class VoiceWSProtocol(VoiceServerProtocol):
         assert session is not None
         if session.state is SessionState.CONNECTED:
             session.transition(SessionState.AUTHENTICATED)  # --voicews-allow-anonymous
-        principal_attributes(session, self.admission.principal if self.admission else None)
-        self.server.registry.changed(session)  # the tenant from the token's claims
+        principal_attributes(session, self.admission.principal if self.admission else None)  # tenant: reported
         coordinator = self._coordinator = Coordinator.of(self.server)
         joined = coordinator.get(self._join_id)
         if joined is not None:

@@ -5,7 +5,7 @@ balancer to node B is resumed on B, with its offline queue, once.
 - ``call:<callId>``: JSON :class:`~txvoice.session.calls.CallRecord` (user, tenant, owning node,
   the owner's epoch, started_at, session_start's audio settings, resumes) with a TTL of
   ``--resume-ttl`` plus ``--redis-session-ttl``, re-armed for this node's calls every third of
-  ``--redis-session-ttl`` (one EVAL for all): a killed node's calls age out.
+  ``--redis-session-ttl`` (one EVAL per hundred, a reactor turn apart): a killed node's calls age out.
 - :meth:`RedisCallStore.claim` is one script: the previous record is read and replaced by this
   node's (keeping ``started_at``, counting the resume), unless it belongs to another user or
   tenant (``call_in_use``, nothing changed).
@@ -42,7 +42,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txvoice.scaleout.connection import RedisConnection
-from txvoice.scaleout.writes import OutageNotice, RefreshedStore
+from txvoice.scaleout.writes import OutageNotice, RefreshedStore, in_batches
 from txvoice.session.calls import HANDOFF_TIMEOUT, CallInUse, CallRecord, ICallStore, TakeoverHandler
 
 log = Logger(namespace="txvoice.redis")
@@ -237,12 +237,28 @@ class RedisCallStore(RefreshedStore):
     # refresh
 
     def refresh(self) -> defer.Deferred[Any]:
-        pairs: list[str] = []
-        for call_id, epoch in self.owned.items():
-            pairs += [self._key(call_id), epoch]
-        if not pairs:
+        """
+        Re-arm the TTL of every call this node owns, :data:`~txvoice.scaleout.writes.BATCH` records
+        per EVAL and one EVAL per reactor turn (as the registry's and resume store's refreshes):
+        one script over thousands of records would hold Redis, and encoding them the reactor.
+        Fires with the number of records re-armed (with None when Redis failed: logged once per outage).
+        """
+        rearmed = [0]
+
+        def send(batch: list[tuple[str, str]]) -> defer.Deferred[Any]:
+            # Encoded when sent: a call that ended or moved since the round began is left out.
+            pairs: list[str] = []
+            for call_id, epoch in batch:
+                if self.owned.get(call_id) == epoch:
+                    pairs += [self._key(call_id), epoch]
+            if not pairs:
+                return defer.succeed(0)
+            d = self.redis.ordered(pairs[0::2], lambda: self.redis.eval(_REFRESH, [], [self.ttl_ms, *pairs]))
+            return d.addCallback(lambda n: rearmed.__setitem__(0, rearmed[0] + int(n)))
+
+        if not self.owned:
             return defer.succeed(0)
-        d = self.redis.ordered(pairs[0::2], lambda: self.redis.eval(_REFRESH, [], [self.ttl_ms, *pairs]))
-        return self._notice.watch(d)
+        d = in_batches(self.redis.clock, list(self.owned.items()), send)
+        return self._notice.watch(d.addCallback(lambda _: rearmed[0]))
 
 

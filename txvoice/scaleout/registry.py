@@ -88,6 +88,7 @@ class RedisSessionRegistry(RefreshedStore):
 
     def add(self, session: Session) -> None:
         self.local.add(session)
+        session.on_identity = self.changed
         self._write([session])
 
     def remove(self, session: Session) -> None:

@@ -15,6 +15,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
+from txvoice.errors import VoiceError
+
 
 class IChannelObserver(Interface):
     """The dialect's side of a :class:`~txvoice.server.channel.VoiceChannel`'s audio."""
@@ -24,6 +26,21 @@ class IChannelObserver(Interface):
 
     def chunkFailed(failure: Failure) -> None:
         """A chunk, or the stream's end, could not be processed: report it to the client."""
+
+
+def chunk_error(failure: Failure, log: Any, what: str = "processing audio failed",
+                message: str = "the audio could not be processed", **fields: Any) -> VoiceError:
+    """
+    What a dialect tells the client of a chunk's ``failure`` (``IChannelObserver.chunkFailed``):
+    bad audio (a :class:`VoiceError`) as it is; anything else is logged through ``log`` with its
+    traceback (``what``, a format of ``fields``) and reported as ``internal_error`` with ``message``
+    (no internals reach the client).  The session goes on either way.
+    """
+    error = failure.value
+    if isinstance(error, VoiceError):
+        return error
+    log.failure(what, failure, **fields)
+    return VoiceError(message, code="internal_error")
 
 
 @implementer(IChannelObserver)

@@ -18,7 +18,7 @@ from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.python.usage import UsageError
 
-from txvoice.audio.ingest import batch_preparer
+from txvoice.audio.ingest import batch_preparer, inline_capable
 from txvoice.audio.workers import AudioWorkers
 from txvoice.config import VoiceConfig
 from txvoice.dialects.registry import DialectPathClash, dialect_services, mount_dialects
@@ -247,8 +247,10 @@ def makeVoiceService(
     shared = parse_tcp_listen(config.listen) if count > 1 and worker is None else None
     # Autobahn logs every connection at debug level through txaio; keep that off the hot path.
     txaio.set_global_log_level("info")  # type: ignore[attr-defined]  # set by txaio.use_twisted()
+    prepare = batch_preparer()
     workers = AudioWorkers(reactor, threads=config.audio_threads, batch_delay=config.audio_batch_ms / 1000.0,
-                           prepare=batch_preparer(), nice=config.worker_nice)
+                           prepare=prepare, inline_max=config.audio_inline_max,
+                           cheap=inline_capable if prepare is not None else None, nice=config.worker_nice)
     pipeline = pipeline or make_pipeline(config.pipeline, config)
     try:
         # --redis: the stores several nodes share; with --processes, process i is node <node-id>.<i>.

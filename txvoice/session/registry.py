@@ -23,6 +23,7 @@ class ISessionRegistry(Interface):
         A registered session's user, tenant or conversation became known or changed (in-protocol
         auth, a call's ``session_start``, a resume, joining a conversation): a registry shared by
         nodes re-writes its entry now rather than at its next refresh.  Never called per frame.
+        :meth:`add` makes it the session's ``on_identity``, so :meth:`Session.identify` calls it.
         """
 
     def get(session_id: str) -> Session | None:
@@ -50,9 +51,12 @@ class LocalSessionRegistry:
 
     def add(self, session: Session) -> None:
         self._sessions[session.id] = session
+        session.on_identity = self.changed
 
     def remove(self, session: Session) -> None:
-        self._sessions.pop(session.id, None)
+        if self._sessions.get(session.id) is session:
+            del self._sessions[session.id]
+            session.on_identity = None
 
     def changed(self, session: Session) -> None:
         """Nothing to do: the session itself is what is kept."""

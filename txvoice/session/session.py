@@ -123,6 +123,10 @@ class ISessionConnection(Interface):
         """A Deferred that fires once the connection has closed."""
 
 
+#: The fields that say who a session is (:meth:`Session.identify`).
+_IDENTITY = ("user_id", "tenant", "conversation_id")
+
+
 @dataclass(slots=True, eq=False)
 class Session:
     """
@@ -152,6 +156,25 @@ class Session:
     resume_token: str | None = None
     #: What a dialect keeps about its session beyond these (S3's transports and site ...).
     attributes: dict[str, Any] = field(default_factory=dict)
+    #: Told by :meth:`identify` when who the session is changed: set by the registry holding it
+    #: (a registry shared by nodes re-writes its entry then, not at its next refresh).
+    on_identity: Callable[["Session"], None] | None = field(default=None, repr=False)
+
+    def identify(self, **fields: str | None) -> None:
+        """
+        Set ``user_id``, ``tenant`` and/or ``conversation_id`` (only those given) and, when any of
+        them changed, tell the registry holding the session (:attr:`on_identity`).  The one way a
+        dialect changes who a registered session is, so that no dialect has to remember to report it.
+        """
+        changed = False
+        for name, value in fields.items():
+            if name not in _IDENTITY:
+                raise TypeError(f"identify() takes {', '.join(_IDENTITY)}, not {name!r}")
+            if getattr(self, name) != value:
+                setattr(self, name, value)
+                changed = True
+        if changed and self.on_identity is not None:
+            self.on_identity(self)
 
     def transition(self, new_state: SessionState) -> None:
         """Move to ``new_state`` or raise ``invalid_state``; a no-op when already there."""
