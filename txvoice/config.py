@@ -62,6 +62,7 @@ class VoiceConfig:
     compression_threshold: int = _opt(1024, "Smallest JSON message (bytes) that is compressed when deflate is negotiated.")
     compression_level: int = _opt(1, "zlib level for permessage-deflate (1 = fastest).")
     audio_threads: int = _opt(2, "Threads in the audio worker pool.")
+    worker_nice: int = _opt(10, "Linux: run the audio worker and synthesis threads (and the espeak-ng processes they start) this much nicer than the reactor thread (a per-thread nice increment, no privilege needed), so on busy cores a waking reactor gets a CPU before them; 0 leaves them at the reactor's priority. See doc/configuration.md 'Worker priority'.")
     audio_batch_ms: float = _opt(0.0, "Hold audio chunks this long (ms) before handing them to the audio thread, so one thread hop carries more frames (each hop costs about as much as decoding a frame); 0 hands them over on the next reactor turn. Adds up to this much to every acknowledgement.")
     audio_inline_max: int = _opt(0, "Run a batch of at most this many audio chunks on the reactor instead of handing it to the audio thread, when the thread is idle and every chunk is on the native ingest with no turn being fed (at low load a batch is about one chunk and the hop costs more than its work); 0 always hands over.")
     processes: int = _opt(1, "Server processes sharing the listening port, one per core (0: one per CPU this process may run on). Above 1 the listen description must be tcp: or tcp6:; each process keeps its own sessions, limits and metrics (see doc/operations.md).")

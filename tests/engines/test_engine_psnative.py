@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import gc
+import sys
 import threading
 import time
 
 import numpy as np
 
-from txvoice.engines._psnative import NativeDecoder, native_decoder
+from txvoice.engines._psnative import NativeDecoder, native_decoder, new_decoder
 from txvoice.engines.agent_rules import RulesAgent
 from txvoice.engines.stt_pocketsphinx import PocketSphinxSTT
 
@@ -86,3 +88,55 @@ def test_another_thread_runs_while_a_frame_decodes(speak) -> None:
     assert len(during) >= 5, (len(during), took)
     gaps = np.diff([began, *during, ended])
     assert gaps.max() < took / 2, (gaps.max(), took)
+
+
+def _ticks_during(load) -> tuple[int, float]:
+    """How often a Python thread ran while ``load()`` ran on this one (forced GIL switches off), and how long it took."""
+    ticks: list[float] = []
+    stop = threading.Event()
+
+    def tick() -> None:
+        while not stop.is_set():
+            ticks.append(time.perf_counter())
+            time.sleep(0.0002)
+
+    interval = sys.getswitchinterval()
+    thread = threading.Thread(target=tick)
+    thread.start()
+    try:
+        time.sleep(0.02)
+        sys.setswitchinterval(10.0)  # only a released GIL lets the thread in
+        began = time.perf_counter()
+        load()
+        ended = time.perf_counter()
+    finally:
+        sys.setswitchinterval(interval)
+        stop.set()
+        thread.join()
+    return len([t for t in ticks if began <= t <= ended]), ended - began
+
+
+def test_a_grammar_decoder_loads_with_the_gil_released() -> None:
+    """Loading a decoder (~10-25 ms of C) lets the other threads run: through the binding it did not."""
+    stt = PocketSphinxSTT(phrases=AGENT_PHRASES, pool_size=1)
+    decoders: list = []
+    ticks, took = _ticks_during(lambda: decoders.extend(stt._makeGrammar() for _ in range(3)))
+    assert ticks >= 20, (ticks, took)  # ~100 here: one every ~0.3 ms of the ~30 ms
+    assert all(native_decoder(d) is not None for d in decoders)
+    held = PocketSphinxSTT(phrases=AGENT_PHRASES, pool_size=1, release_gil=False)
+    ticks, took = _ticks_during(lambda: decoders.extend(held._makeGrammar() for _ in range(3)))
+    assert ticks < 20, (ticks, took)  # 3-5 here (between the loads): the binding holds the GIL through each
+
+
+def test_a_decoder_made_without_the_gil_holds_and_frees_its_config_as_the_bindings_do() -> None:
+    from pocketsphinx import Config
+
+    config = Config(lm=None, dict=None, loglevel="FATAL")
+    before = sys.getrefcount(config)
+    decoders = [new_decoder(config) for _ in range(5)]
+    assert all(d is not None and d.config is config for d in decoders)
+    assert sys.getrefcount(config) == before + 5
+    del decoders
+    gc.collect()
+    assert sys.getrefcount(config) == before
+    assert new_decoder(object()) is None

@@ -35,6 +35,8 @@ from twisted.internet.interfaces import IDelayedCall, IReactorThreads, IReactorT
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from txvoice.threadnice import lower_current_thread
+
 Work = Callable[[Any], Any]
 Deliver = Callable[[Any], None]
 Item = tuple[Work, Any, "Deliver | None", "Deliver | None"]
@@ -103,13 +105,15 @@ class AudioWorkers(Service):
     (see :data:`Cheap`), whose shard is idle runs at once on the reactor instead of hopping: at
     low load a batch holds about one frame and the hop (two wake-ups, the GIL passed back and
     forth) costs more than the frame's work.  0 (the default) always hops.
+    ``nice`` (``--worker-nice``, 10 in the daemon) lowers each thread's scheduling priority
+    by that much below the reactor's (:mod:`txvoice.threadnice`).
     """
 
     name = "audio-workers"  # type: ignore[assignment]  # Twisted declares Service.name as None
 
     def __init__(
         self, reactor: IReactorThreads | IReactorTime | None = None, threads: int = 2, batch_delay: float = 0.0,
-        prepare: Prepare | None = None, inline_max: int = 0, cheap: Cheap | None = None,
+        prepare: Prepare | None = None, inline_max: int = 0, cheap: Cheap | None = None, nice: int = 0,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
@@ -123,6 +127,7 @@ class AudioWorkers(Service):
         self.prepare = prepare
         self.inline_max = inline_max if cheap is not None else 0
         self.cheap = cheap
+        self.nice = nice
         self._shards = [_Shard() for _ in range(max(threads, 1))]
         self._threads: list[threading.Thread] = []
         self._flush_call: IDelayedCall | None = None
@@ -187,6 +192,7 @@ class AudioWorkers(Service):
 
     def _work(self, jobs: SimpleQueue) -> None:
         """A worker thread: run each batch and hand its results back in one reactor call."""
+        lower_current_thread(self.nice)
         get = jobs.get
         callFromThread = self._reactor.callFromThread
         batchDone = self._batchDone

@@ -14,6 +14,14 @@ it is used: ``Decoder`` is ``PyObject_HEAD, ps_decoder_t *_ps, Config _config`` 
 field is its own ``config`` attribute and the decoder's first C field (``ps->config``) is that
 config's pointer.  Anything else (another wheel, another layout) and :func:`native_decoder` returns
 None: the caller keeps the binding's own methods.
+
+:func:`new_decoder` makes a ``Decoder`` the same way the binding does (``ps_init`` on the config's
+``ps_config_t *``; ``ps_init`` takes its own reference to the config) but with the GIL released:
+loading a grammar decoder holds the thread ~15-25 ms in C, which under the binding was as long a
+stall of every session's reactor, once per speaker beyond the warm pool.  The C decoder is then
+put into an empty ``Decoder`` (``Decoder.__new__``: ``_ps`` NULL, ``_config`` None) with its config
+(a new reference), exactly the two fields the binding's own ``__init__`` sets, so the object frees
+it as one made by the binding does.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ import ctypes
 import threading
 from typing import Any
 
-__all__ = ["NativeDecoder", "native_decoder"]
+__all__ = ["NativeDecoder", "native_decoder", "new_decoder"]
 
 _POINTER = ctypes.sizeof(ctypes.c_void_p)
 _HEAD = 2 * _POINTER  # PyObject_HEAD: refcount, type
@@ -51,6 +59,8 @@ def _library() -> Any:
                 lib.ps_get_hyp.restype = ctypes.c_char_p
                 lib.ps_get_config.argtypes = [ctypes.c_void_p]
                 lib.ps_get_config.restype = ctypes.c_void_p
+                lib.ps_init.argtypes = [ctypes.c_void_p]
+                lib.ps_init.restype = ctypes.c_void_p
                 _lib = lib
             except (ImportError, OSError, AttributeError) as e:
                 _lib_error = e
@@ -133,3 +143,42 @@ def native_decoder(decoder: Any) -> NativeDecoder | None:
     except (ImportError, AttributeError, TypeError, ValueError):
         return None
     return NativeDecoder(decoder, ps, _lib) if ps else None
+
+
+def _layout_known() -> bool:
+    """The binding's ``Decoder`` and ``Config`` are the two-field objects described above."""
+    from pocketsphinx import Config, Decoder
+
+    return bool(Decoder.__basicsize__ == _HEAD + 2 * _POINTER and Config.__basicsize__ == _HEAD + 2 * _POINTER)
+
+
+def new_decoder(config: Any) -> Any:
+    """
+    ``Decoder(config)`` with the model loaded outside the GIL; None when the binding is not the
+    layout this knows (the caller then makes it with ``Decoder(config)``).  Raises RuntimeError
+    when PocketSphinx cannot load the configuration, as the binding does.
+    """
+    from pocketsphinx import Config, Decoder
+
+    try:
+        if type(config) is not Config or not _layout_known():
+            return None
+        lib = _library()
+        ps_config = _field(config, 1)
+        if lib is None or not ps_config:
+            return None
+        decoder = Decoder.__new__(Decoder)
+        if _field(decoder, 0) or _field(decoder, 1) != id(None):
+            return None
+    except (ImportError, AttributeError, TypeError, ValueError):
+        return None
+    ps = lib.ps_init(ps_config)  # GIL released (ctypes.CDLL)
+    if not ps:
+        raise RuntimeError("Failed to initialize PocketSphinx")
+    incref, decref = ctypes.pythonapi.Py_IncRef, ctypes.pythonapi.Py_DecRef
+    incref(ctypes.py_object(config))
+    base = id(decoder) + _HEAD
+    ctypes.c_void_p.from_address(base).value = ps
+    ctypes.c_void_p.from_address(base + _POINTER).value = id(config)
+    decref(ctypes.py_object(None))  # the None the empty object held
+    return decoder

@@ -9,8 +9,10 @@ Two modes, chosen per stream:
   lattice best-path pass: with it, PocketSphinx 5.1 collapses an FSG result to its first word.
 
 Decoders are not thread-safe, so each stream borrows one from a pool and gives it back when it
-finishes or is cancelled.  Loading one holds the GIL -- every session's reactor waits -- so the
-cost of a load matters as much as its frequency:
+finishes or is cancelled.  Loading one took the GIL for as long through the binding -- every
+session's reactor waited -- so the cost of a load mattered as much as its frequency; decoders are
+now loaded with the GIL released (:func:`txvoice.engines._psnative.new_decoder`, with ``release_gil``)
+and the rest still keeps the GIL time down:
 
 * grammar decoders load no dictionary at all (~15 ms, ~5 MB each, against ~110 ms and ~27 MB with
   the 126k-word dictionary): the dictionary is read once into a shared :class:`Lexicon`, and a
@@ -42,7 +44,7 @@ import numpy as np
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from txvoice.engines._psnative import NativeDecoder, native_decoder
+from txvoice.engines._psnative import NativeDecoder, native_decoder, new_decoder
 from txvoice.engines.ps_lexicon import ALTERNATE as _ALTERNATE
 from txvoice.engines.ps_lexicon import Lexicon
 from txvoice.engines.interfaces import IRecognitionStream, ISpeechToText, Transcript, VocabularyError, Word
@@ -271,21 +273,24 @@ class PocketSphinxSTT:
             config[key] = value
         return config
 
-    def _makeGeneral(self) -> Any:
+    def _load(self, config: Any) -> Any:
+        """A decoder for ``config``: loaded with the GIL released (``release_gil``) when the binding allows."""
         from pocketsphinx import Decoder
 
+        decoder = new_decoder(config) if self.release_gil else None
+        return decoder if decoder is not None else Decoder(config)
+
+    def _makeGeneral(self) -> Any:
         started = time.perf_counter()
-        decoder = Decoder(self._config({}, {}))
+        decoder = self._load(self._config({}, {}))
         self._inheritCMN(decoder)
         self.log.info("loaded general decoder in {elapsed_ms:.0f} ms", elapsed_ms=(time.perf_counter() - started) * 1000)
         return decoder
 
     def _makeGrammar(self) -> Any:
-        from pocketsphinx import Decoder
-
         started = time.perf_counter()
         # No n-gram model and no dictionary: useGrammar gives it the words of its grammars.
-        decoder = Decoder(self._config(GRAMMAR_BEAMS, {"lm": None, "dict": None, "bestpath": False}))
+        decoder = self._load(self._config(GRAMMAR_BEAMS, {"lm": None, "dict": None, "bestpath": False}))
         self._inheritCMN(decoder)
         self.log.info("loaded grammar decoder in {elapsed_ms:.0f} ms", elapsed_ms=(time.perf_counter() - started) * 1000)
         return decoder

@@ -53,6 +53,7 @@ from txvoice.pipeline.options import (
     parse_engine_options,
 )
 from txvoice.pipeline.turn import SpeechTurn
+from txvoice.threadnice import niced_thread_factory
 
 if TYPE_CHECKING:
     from txvoice.audio.workers import AudioWorkers
@@ -135,7 +136,7 @@ class SpeechPipeline:
     def makeService(self, host: PipelineHost) -> "SpeechService":
         """Bind to ``host``; the service owns the synthesis threads and loads the engines at start."""
         self.bind(host)
-        return SpeechService(self, host.reactor)
+        return SpeechService(self, host.reactor, nice=getattr(host.workers, "nice", 0))
 
     def useSynthesisPool(self, pool: "Callable[[], ThreadPool | None] | None") -> None:
         """Iterate syntheses on ``pool()`` (the :class:`SpeechService`'s), or on :meth:`threadpool` when None."""
@@ -222,14 +223,16 @@ class SpeechService(Service):
     """
     The speech pipeline's share of the server's life: a thread pool for syntheses (as many threads
     as turns may be processed at once), and the engines loaded in a thread at start so the first
-    turn does not wait.
+    turn does not wait.  Its threads (and the espeak-ng processes they start) run ``nice`` below
+    the reactor, as the audio workers do (:mod:`txvoice.threadnice`).
     """
 
     name = "speech"  # type: ignore[assignment]  # Twisted declares Service.name as None
 
-    def __init__(self, pipeline: SpeechPipeline, reactor: Any) -> None:
+    def __init__(self, pipeline: SpeechPipeline, reactor: Any, nice: int = 0) -> None:
         self.pipeline = pipeline
         self.reactor = reactor
+        self.nice = nice
         self.pool: ThreadPool | None = None
         self.ready: Deferred | None = None
 
@@ -239,6 +242,8 @@ class SpeechService(Service):
         if not IReactorThreads.providedBy(reactor):
             return  # a test's memory reactor: no threads, nothing to warm
         pool = self.pool = ThreadPool(0, self.pipeline.limiter.max_active, name="txvoice-tts")
+        if self.nice > 0:
+            pool.threadFactory = niced_thread_factory(self.nice)  # type: ignore[assignment]
         pool.start()
         self.pipeline.useSynthesisPool(lambda: self.pool)
         self.ready = deferToThreadPool(reactor, reactor.getThreadPool(), self.pipeline.warmUp)

@@ -250,7 +250,7 @@ def makeVoiceService(
     prepare = batch_preparer()
     workers = AudioWorkers(reactor, threads=config.audio_threads, batch_delay=config.audio_batch_ms / 1000.0,
                            prepare=prepare, inline_max=config.audio_inline_max,
-                           cheap=inline_capable if prepare is not None else None)
+                           cheap=inline_capable if prepare is not None else None, nice=config.worker_nice)
     pipeline = pipeline or make_pipeline(config.pipeline, config)
     try:
         # --redis: the stores several nodes share; with --processes, process i is node <node-id>.<i>.
