@@ -100,3 +100,39 @@ def test_rediss_tls_with_a_ca_file(tmp_path):
         for d in daemons:
             d.stop()
         redis.stop()
+
+
+def _stall_watch():
+    """A connection's stall watchdog on a fake clock, with one command in flight since now."""
+    from twisted.internet.task import Clock
+
+    from txvoice.scaleout.connection import STALL_CHECK, RedisConnection
+
+    clock = Clock()
+    conn = RedisConnection(parse_redis_settings(VoiceConfig(redis="redis://127.0.0.1")), clock)
+    conn._stall_check.start(STALL_CHECK, now=False)
+    conn._inflight, conn._waiting_since = 1, clock.seconds()
+    return conn, clock, STALL_CHECK
+
+
+def test_a_command_unanswered_past_stalled_while_the_reactor_runs_is_a_stall() -> None:
+    conn, clock, step = _stall_watch()
+    for _ in range(4):
+        clock.advance(step)  # on time: the reactor polled its sockets every 0.1 s, no answer
+    assert conn._stalled
+    conn._stall_check.stop()
+
+
+def test_time_the_reactor_itself_was_held_is_not_redis_stalling() -> None:
+    """A late check (the node's reactor held 0.75 s): the wait counts from then, not from the send."""
+    conn, clock, step = _stall_watch()
+    clock.advance(step)
+    clock.advance(0.75)  # one late tick: what went in flight may not even have been written
+    clock.advance(0)  # the confirmation a turn later, had a stall been concluded
+    assert not conn._stalled and conn._waiting_since == clock.seconds()
+    clock.advance(step)
+    assert not conn._stalled
+    for _ in range(3):
+        clock.advance(step)  # unanswered for 0.3 s of a running reactor from then: a stall after all
+    assert conn._stalled
+    conn._stall_check.stop()
