@@ -13,8 +13,8 @@ piles up (~200 at 100 reliable messages a second) and each waits that long befor
 it alone; txredisapi then fails them all in one reactor turn.  A stall is only concluded after the
 reactor has polled its sockets once more (a node whose own reactor was held past STALLED has its
 answers waiting there, unread: that is not Redis hanging), and a watchdog check that runs late
-(the reactor was held) restarts the wait: what was sent meanwhile may still sit in the write buffer.  A ``PING`` every second tells whether Redis
-answers; :meth:`RedisConnection.health_reason` is what ``/health`` shows as ``degraded`` while it
+(the reactor was held) restarts the wait: what was sent meanwhile may still sit in the write
+buffer.  A ``PING`` every second tells whether Redis answers; :meth:`RedisConnection.health_reason` is what ``/health`` shows as ``degraded`` while it
 does not.  :meth:`RedisConnection.ordered` sends commands for one key one after another
 (:mod:`txvoice.scaleout.ordering`: the pool would otherwise apply them in any order).  Callbacks registered with :meth:`RedisConnection.on_up` run each time Redis is back (a
 registry re-writes its sessions then).
@@ -142,8 +142,8 @@ class RedisConnection(Service):
         #: Since when commands have been in flight with no answer (None: none in flight).
         self._waiting_since: float | None = None
         self._stalled = False
-        self._stall_check = LoopingCall(self._checkStall)
-        self._last_check: float | None = None  # when the stall check last ran (a late one: the reactor was held)
+        #: withCount: how many STALL_CHECK intervals passed since the last check (more than 2: a late one).
+        self._stall_check = LoopingCall.withCount(self._checkStall)
         self._stall_check.clock = clock
         #: Units of commands per key, in order (:meth:`ordered`).
         self.order = KeyOrder()
@@ -286,10 +286,9 @@ class RedisConnection(Service):
         """
         return self.order.run(keys, send)
 
-    def _checkStall(self) -> None:
+    def _checkStall(self, intervals: int = 1) -> None:
         now = self.clock.seconds()
-        last, self._last_check = self._last_check, now
-        if last is not None and now - last > 2 * STALL_CHECK and self._waiting_since is not None:
+        if intervals > 2 and self._waiting_since is not None:
             # This check is late: our own reactor was held, and what went "in flight" meanwhile
             # may not even have been written to the socket.  That time is not Redis's.
             self._waiting_since = now
