@@ -128,6 +128,8 @@ SERVERS: dict[str, ServerSpec] = {
                    about="txvoice holding audio chunks 2 ms before the hop to the audio thread (--audio-batch-ms 2), for comparison"),
         ServerSpec("txvoice-inline2", _txvoice_cmd(["--audio-inline-max", "2"]), env=_txvoice_env,
                    about="txvoice running audio batches of up to 2 chunks on the reactor when the audio thread is idle (--audio-inline-max 2), for comparison"),
+        ServerSpec("txvoice-hop", _txvoice_cmd(["--audio-inline-max", "0"]), env=_txvoice_env,
+                   about="txvoice handing every audio batch to the audio thread (--audio-inline-max 0; the default on one CPU runs small native batches on the reactor), for comparison"),
         ServerSpec("txvoice-frames3", _txvoice_cmd(["--barge-in-rule", "frames3"]), env=_txvoice_env,
                    about="txvoice with the three-frame barge-in rule (--barge-in-rule frames3, no 10 ms onset detector), for comparison"),
         ServerSpec("txvoice-deflate", _txvoice_cmd(["--compression"]), deflate=True, env=_txvoice_env,

@@ -113,8 +113,12 @@ def start_daemon(
     timeout: float = 20.0,
     twistd_args: tuple[str, ...] = (),
     port: int | None = None,
+    twistd_prefix: tuple[str, ...] = (),
 ) -> Daemon:
-    """Start the daemon on a free loopback port (or ``port``: a restart) and wait until ``/health`` answers."""
+    """
+    Start the daemon on a free loopback port (or ``port``: a restart) and wait until ``/health``
+    answers; ``twistd_prefix`` runs it through a command first (``taskset -c 0``).
+    """
     port = port or free_port()
     log_path = tmp_path / f"twistd-{port}.log"
     # The daemon runs the working tree's code (the installed plugin imports txvoice from here).
@@ -123,7 +127,7 @@ def start_daemon(
     if "--pipeline" not in args:
         args = ("--pipeline", "echo", *args)  # tests of the server itself use the echo pipeline
     log_args = list(twistd_args) or ["--logfile", str(log_path)]
-    cmd = [TWISTD, "--nodaemon", "--pidfile=", *log_args, "txvoice",
+    cmd = [*twistd_prefix, TWISTD, "--nodaemon", "--pidfile=", *log_args, "txvoice",
            "--listen", f"tcp:{port}:interface=127.0.0.1", *args]
     stdout = open(log_path, "wb") if twistd_args else subprocess.DEVNULL
     proc = subprocess.Popen(cmd, env=full_env, cwd=str(tmp_path), stdout=stdout, stderr=subprocess.PIPE)

@@ -11,7 +11,7 @@ from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 from twisted.python import log
 
-from txvoice.service.poll import install_lean_poll
+from txvoice.service.poll import after_dispatch, install_lean_poll
 
 
 class _Reader:
@@ -142,3 +142,56 @@ def test_an_error_escaping_the_handler_is_logged_with_the_prefix_and_polling_goe
     escaped = [e for e in logged if e.get("isError") and "connectionLost broke" in str(e.get("failure"))]
     assert escaped and escaped[0].get("system") == "the-bad-one"
 
+
+
+class _Asking(_Reader):
+    """A reader that asks for a call after the dispatch while it reads, recording the order."""
+
+    def __init__(self, sock: socket.socket, name: str, order: list[str], after) -> None:
+        super().__init__(sock, name)
+        self.order = order
+        self.after = after
+
+    def doRead(self):
+        self.order.append(f"read {self.name} dispatching={self.after.dispatching}")
+        self.after.calls.append(lambda: self.order.append(f"after {self.name}"))
+        return super().doRead()
+
+
+def test_calls_asked_while_reading_run_once_every_event_is_handled(reactor, pairs) -> None:
+    assert after_dispatch(reactor) is None  # not installed: nothing to ask
+    install_lean_poll(reactor)
+    after = after_dispatch(reactor)
+    assert after is not None and not after.dispatching
+    order: list[str] = []
+    (a1, b1), (a2, b2) = pairs(), pairs()
+    reactor.addReader(_Asking(a1, "one", order, after))
+    reactor.addReader(_Asking(a2, "two", order, after))
+    b1.send(b"x")
+    b2.send(b"y")
+    reactor.doIteration(1)
+    reads = sorted(o for o in order if o.startswith("read"))
+    assert reads == ["read one dispatching=True", "read two dispatching=True"]
+    assert order[:2] == [o for o in order if o.startswith("read")]  # both reads first ...
+    assert sorted(order[2:]) == ["after one", "after two"]  # ... then each call once
+    assert not after.dispatching and after.calls == []
+    reactor.doIteration(0)  # nothing ready: nothing runs again
+    assert len(order) == 4
+
+
+def test_a_failing_after_call_is_logged_and_the_others_still_run(reactor, pairs, logged) -> None:
+    install_lean_poll(reactor)
+    after = after_dispatch(reactor)
+    ran: list[str] = []
+
+    def fail() -> None:
+        raise ZeroDivisionError("after call broke")
+
+    def chained() -> None:  # a call asking for another: it runs in the same pass
+        ran.append("first")
+        after.calls.append(lambda: ran.append("second"))
+
+    after.calls.extend([fail, chained])
+    reactor.doIteration(0)
+    assert ran == ["first", "second"]
+    assert any(e.get("isError") and "after call broke" in str(e.get("failure")) for e in logged)

@@ -64,3 +64,34 @@ def test_inline_batches_ack_and_report_turns_as_the_hop_does(daemon: Any, inline
     assert _events(inline) == _events(hopped) and any(m["status"] == "turn_end" for m in inline)
     if respond:
         assert [m["status"] for m in inline if m["status"].startswith("response")] == ["response", "response_end"]
+
+
+def _counter(port: int, name: str) -> float:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(name + "{") or line.startswith(name + " "):
+                return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+@pytest.mark.skipif(not native.available(), reason="the native ingest is not built")
+def test_the_default_runs_small_batches_inline_only_on_one_cpu(tmp_path: Any, daemon: Any) -> None:
+    """--audio-inline-max -1 (the default): a daemon limited to one CPU runs them on the reactor, else it hops."""
+    import os
+
+    packets = _opus_speech()
+    name = "txvoice_pool_inline_batches_total"
+    if len(os.sched_getaffinity(0)) > 1:  # the shared daemon may use every CPU here: it hops
+        before = _counter(daemon.port, name)
+        assert _session(daemon.port, packets, False)[0] == len(packets)
+        assert _counter(daemon.port, name) == before
+    one_cpu = start_daemon(tmp_path, "--audio-threads", "1", twistd_prefix=("taskset", "-c", str(min(os.sched_getaffinity(0)))))
+    try:
+        acks, got = _session(one_cpu.port, packets, False)
+        assert acks == len(packets) and any(m["status"] == "turn_end" for m in got)
+        # The client sends all at once: a read may hold more than 64 chunks, and such a batch hops.
+        assert _counter(one_cpu.port, name) > 0
+    finally:
+        one_cpu.stop()

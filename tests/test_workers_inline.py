@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any, Callable
 
@@ -12,7 +13,7 @@ from twisted.internet.task import Clock
 from txvoice.audio import native
 from txvoice.audio.format import AudioFormat
 from txvoice.audio.ingest import StreamIngest, StreamSettings, inline_capable, prepare_batch
-from txvoice.audio.workers import AudioWorkers
+from txvoice.audio.workers import AUTO_INLINE_MAX, AudioWorkers, inline_limit
 
 
 class ThreadClock(Clock):
@@ -129,6 +130,27 @@ def test_off_by_default() -> None:
     assert AudioWorkers(Clock(), threads=1, inline_max=3).inline_max == 0  # no predicate: nothing is cheap
 
 
+def test_auto_limit_follows_the_cpus_the_process_may_use() -> None:
+    """-1 (the daemon's default): inline only where a hop can buy no parallelism (one CPU)."""
+    assert inline_limit(-1, cpus=1) == AUTO_INLINE_MAX == 64
+    assert inline_limit(-1, cpus=2) == 0
+    assert inline_limit(-1, cpus=64) == 0
+    assert inline_limit(0, cpus=1) == 0 and inline_limit(5, cpus=8) == 5  # set: as set
+    assert inline_limit(-1) == (64 if len(os.sched_getaffinity(0)) == 1 else 0)
+    with pytest.raises(ValueError, match="-1 \\(auto\\)"):
+        inline_limit(-2)
+
+
+def test_daemon_refuses_a_bad_inline_limit() -> None:
+    from twisted.python.usage import UsageError
+
+    from txvoice.config import VoiceConfig
+    from txvoice.service.voice import makeVoiceService
+
+    with pytest.raises(UsageError, match="audio-inline-max"):
+        makeVoiceService(VoiceConfig(audio_inline_max=-5), reactor=Clock())
+
+
 needs_native = pytest.mark.skipif(not native.available(), reason="the native ingest is not built")
 OPUS = AudioFormat("opus", 48000, 1)
 
@@ -174,3 +196,36 @@ def test_inline_and_hopped_chunks_give_the_same_events() -> None:
     inline, all_inline = run(2)
     assert none_inline == 0 and all_inline == len(packets)
     assert inline == hopped and any(hopped)
+
+
+def test_reads_flush_after_the_poll_dispatch_not_on_a_delayed_call() -> None:
+    """With the lean poll's AfterDispatch, frames a read queued flush once the poll's events are handled."""
+    from txvoice.service.poll import AfterDispatch
+
+    pool, clock = workers(8, lambda item: True)
+    after = AfterDispatch()
+    pool.flushAfterDispatch(after)
+    try:
+        got: list[int] = []
+        after.dispatching = True  # as while a read handler runs
+        pool.submit(0, lambda n: n, 1, got.append)
+        pool.submit(1, lambda n: n, 2, got.append)
+        assert clock.getDelayedCalls() == [] and len(after.calls) == 1  # one flush asked, no DelayedCall
+        after.dispatching = False
+        after.run()
+        assert got == [1, 2] and pool.inline_batches == 1
+        # Queued outside a dispatch (a timer, a thread's result): the next reactor turn, as before.
+        pool.submit(0, lambda n: n, 3, got.append)
+        assert after.calls == [] and len(clock.getDelayedCalls()) == 1
+        clock.advance(0)
+        assert got == [1, 2, 3]
+        # A batch delay (--audio-batch-ms) keeps its DelayedCall even from a read.
+        pool.batch_delay = 0.002
+        after.dispatching = True
+        pool.submit(0, lambda n: n, 4, got.append)
+        after.dispatching = False
+        assert after.calls == [] and len(clock.getDelayedCalls()) == 1
+        clock.advance(0.002)
+        assert got == [1, 2, 3, 4]
+    finally:
+        stop(pool, clock)

@@ -24,6 +24,7 @@ has been, so a connection writes the acknowledgements of all its frames in the b
 
 from __future__ import annotations
 
+import os
 import threading
 from itertools import count
 from queue import SimpleQueue
@@ -76,6 +77,33 @@ def _run_batch(items: list[Item], prepare: Prepare | None = None) -> list[tuple[
 
 
 _log = Logger(namespace="txvoice.audio.processor")
+
+
+#: ``--audio-inline-max -1`` on a process that may run on one CPU only.
+AUTO_INLINE_MAX = 64
+
+
+def usable_cpus() -> int:
+    """How many CPUs this process may run on (its affinity mask on Linux)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def inline_limit(setting: int, cpus: int | None = None) -> int:
+    """
+    What ``--audio-inline-max`` means: ``-1`` (the default) is :data:`AUTO_INLINE_MAX` when the
+    process may run on one CPU only, else 0.  On one CPU the audio thread cannot run beside the
+    reactor: a hop buys no parallelism, only two wake-ups and the GIL passed back and forth
+    (issue 26: 0.89x the CPU per frame at 50, 150 and 300 sessions, pinned to one core).  With
+    more CPUs the decode of a hopped batch overlaps the reactor, so the hop stays.
+    """
+    if setting >= 0:
+        return setting
+    if setting != -1:
+        raise ValueError(f"--audio-inline-max must be -1 (auto), 0 or more, not {setting}")
+    return AUTO_INLINE_MAX if (usable_cpus() if cpus is None else cpus) == 1 else 0
 
 
 def _log_failure(failure: Failure) -> None:
@@ -131,6 +159,9 @@ class AudioWorkers(Service):
         self._shards = [_Shard() for _ in range(max(threads, 1))]
         self._threads: list[threading.Thread] = []
         self._flush_call: IDelayedCall | None = None
+        #: The lean poll's after-dispatch calls (txvoice.service.poll.AfterDispatch), when in use.
+        self._after_dispatch: Any = None
+        self._flush_asked = False  # a flush is among the after-dispatch calls
         self._calls = 0  # single calls (callInThreadWithCallback) not finished yet
         self._next_call = count()
         self._idle_waiters: list[Deferred] = []
@@ -222,11 +253,25 @@ class AudioWorkers(Service):
             self._deliver(_run_batch([(work, arg, deliver, fail)], self.prepare), inline=True)
             return
         self._shards[key % len(self._shards)].pending.append((work, arg, deliver, fail))
-        if self._flush_call is None:
-            self._flush_call = self._reactor.callLater(self.batch_delay, self._flush)
+        if self._flush_call is None and not self._flush_asked:
+            after = self._after_dispatch
+            if after is not None and after.dispatching and not self.batch_delay:
+                self._flush_asked = True
+                after.calls.append(self._flush)
+            else:
+                self._flush_call = self._reactor.callLater(self.batch_delay, self._flush)
+
+    def flushAfterDispatch(self, after: Any) -> None:
+        """
+        Hand over what a poll's reads queued once that poll's events are handled (``after``: the
+        lean poll's :class:`~txvoice.service.poll.AfterDispatch`), not on a ``callLater(0)``;
+        items queued anywhere else still flush on the next reactor turn.  None: always ``callLater``.
+        """
+        self._after_dispatch = after
 
     def _flush(self) -> None:
         self._flush_call = None
+        self._flush_asked = False
         limit = self.inline_max
         for shard in self._shards:
             pending = shard.pending

@@ -89,7 +89,7 @@ class _PoolCollector:
 
     def __init__(self, namespace: str) -> None:
         self._ns = namespace
-        self.pools: dict[str, Callable[[], tuple[int, int]]] = {}
+        self.pools: dict[str, Callable[[], tuple[int, int, int]]] = {}
 
     def describe(self) -> list:
         return []
@@ -100,11 +100,15 @@ class _PoolCollector:
         items = CounterMetricFamily(f"{self._ns}_pool_batch_items",
                                     "Items those batches carried (items / batches: frames per thread hop)",
                                     labels=["pool"])
+        inline = CounterMetricFamily(f"{self._ns}_pool_inline_batches",
+                                     "Of those batches, the ones run on the reactor instead of a hop (--audio-inline-max)",
+                                     labels=["pool"])
         for pool, read in self.pools.items():
-            handed, carried = read()
+            handed, carried, on_reactor = read()
             batches.add_metric([pool], handed)
             items.add_metric([pool], carried)
-        return [batches, items]
+            inline.add_metric([pool], on_reactor)
+        return [batches, items, inline]
 
 
 class VoiceMetrics:
@@ -287,8 +291,8 @@ class VoiceMetrics:
             child = self._pools[pool] = self.pool_queue_depth.labels(pool)
         child.set(depth)
 
-    def watch_pool_batches(self, pool: str, read: Callable[[], tuple[int, int]]) -> None:
-        """Expose ``read()`` -> (batches, items so far) of worker pool ``pool`` as two counters."""
+    def watch_pool_batches(self, pool: str, read: Callable[[], tuple[int, int, int]]) -> None:
+        """Expose ``read()`` -> (batches, items, batches run inline so far) of worker pool ``pool`` as counters."""
         self._pool_batches.pools[pool] = read
 
     def render(self) -> bytes:

@@ -49,7 +49,7 @@ class Telemetry:
         self.stats = ServerStats()
         self.barge_in_delays_ms: list[float] = []
         self.metrics = VoiceMetrics(traffic=self.traffic)
-        self.metrics.watch_pool_batches("audio", lambda: (self.workers.batches, self.workers.items))
+        self.metrics.watch_pool_batches("audio", lambda: (self.workers.batches, self.workers.items, self.workers.inline_batches))
         self.lag = ReactorLagProbe(clock, interval=config.reactor_lag_interval, on_sample=self.metrics.observe_reactor_lag,
                                    cpu_wait=runqueue_wait if runqueue_wait_available() else None,
                                    on_own_sample=self.metrics.observe_reactor_lag_own)

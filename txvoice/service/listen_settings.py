@@ -5,9 +5,10 @@ and the ``tcp:``/``tcp6:`` listen description they share, parsed as Twisted pars
 
 from __future__ import annotations
 
-import os
 import socket
 from dataclasses import dataclass
+
+from txvoice.audio.workers import usable_cpus
 
 MAX_PROCESSES = 256
 
@@ -16,12 +17,7 @@ def process_count(setting: int) -> int:
     """The number of processes ``--processes`` asks for (0: one per CPU this process may use)."""
     if setting < 0 or setting > MAX_PROCESSES:
         raise ValueError(f"--processes must be between 0 (one per CPU) and {MAX_PROCESSES}, not {setting}")
-    if setting == 0:
-        try:
-            return max(1, len(os.sched_getaffinity(0)))
-        except AttributeError:  # not Linux
-            return os.cpu_count() or 1
-    return setting
+    return usable_cpus() if setting == 0 else setting
 
 
 @dataclass(frozen=True)

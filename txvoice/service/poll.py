@@ -15,19 +15,50 @@ connection's log prefix).  txvoice, Autobahn and Twisted's own modern code log t
 ``twisted.logger``, which never read that context.  An exception that escapes
 ``_doReadOrWrite`` (from a ``connectionLost``) is logged with the descriptor's prefix as before
 and the remaining events are still handled.
+
+The lean dispatch also runs what asked to run once this poll's events are handled
+(:class:`AfterDispatch`): the audio workers hand over (or run) the frames the reads queued there,
+instead of through a ``callLater(0)`` per reactor turn (a ``DelayedCall``, a heap push and pop and
+the timeout computed around it, for every poll that read a frame).
 """
 
 from __future__ import annotations
 
 import errno
 import types
-from typing import Any
+from typing import Any, Callable
 
 from twisted.python import log
 
 
+class AfterDispatch:
+    """
+    Calls to make once the events of the poll being dispatched are handled, before the reactor
+    turns again.  Only while ``dispatching`` (a read handler is running) does asking make sense:
+    anywhere else nothing would run them until the next poll returns, so callers check it and use
+    ``callLater(0)`` otherwise.
+    """
+
+    __slots__ = ("dispatching", "calls")
+
+    def __init__(self) -> None:
+        self.dispatching = False
+        self.calls: list[Callable[[], object]] = []
+
+    def run(self) -> None:
+        """Make the calls asked for (each once; one that raises is logged, the rest still run)."""
+        while self.calls:
+            calls, self.calls = self.calls, []
+            for call in calls:
+                try:
+                    call()
+                except Exception:
+                    log.err(None, "a call after the poll's dispatch failed")
+
+
 def _lean_do_poll(self: Any, timeout: float | None) -> None:
     """``EPollReactor.doPoll`` (Twisted 26.10) without the per-event ``callWithLogger``."""
+    after: AfterDispatch = self._txvoice_after_dispatch
     if timeout is None:
         timeout = -1  # wait indefinitely
     try:
@@ -38,6 +69,16 @@ def _lean_do_poll(self: Any, timeout: float | None) -> None:
         raise
     selectables = self._selectables
     handle = self._doReadOrWrite
+    after.dispatching = True
+    try:
+        _dispatch(events, selectables, handle)
+    finally:
+        after.dispatching = False
+        if after.calls:
+            after.run()
+
+
+def _dispatch(events: list[tuple[int, int]], selectables: dict[int, Any], handle: Callable[..., Any]) -> None:
     for fd, event in events:
         selectable = selectables.get(fd)
         if selectable is None:
@@ -67,5 +108,11 @@ def install_lean_poll(reactor: Any) -> bool:
         return False
     if type(reactor).doIteration is not EPollReactor.doPoll or "doIteration" in vars(reactor):
         return False  # someone else changed the iteration already
+    reactor._txvoice_after_dispatch = AfterDispatch()  # type: ignore[attr-defined]  # ours, beside the iteration we install
     reactor.doIteration = types.MethodType(_lean_do_poll, reactor)  # type: ignore[method-assign]  # the point
     return True
+
+
+def after_dispatch(reactor: Any) -> AfterDispatch | None:
+    """The :class:`AfterDispatch` of a reactor the lean dispatch was installed on, else None."""
+    return getattr(reactor, "_txvoice_after_dispatch", None) if "doIteration" in vars(reactor) else None

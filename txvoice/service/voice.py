@@ -19,7 +19,7 @@ from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succee
 from twisted.python.usage import UsageError
 
 from txvoice.audio.ingest import batch_preparer, inline_capable
-from txvoice.audio.workers import AudioWorkers
+from txvoice.audio.workers import AudioWorkers, inline_limit
 from txvoice.config import VoiceConfig
 from txvoice.dialects.registry import DialectPathClash, dialect_services, mount_dialects
 from txvoice.logging import NamespaceLogger
@@ -34,7 +34,7 @@ from txvoice.service.heap import apply_gc_thresholds, freeze_startup_heap, parse
 from txvoice.service.heartbeat import HeartbeatService
 from txvoice.service.listener import ListenerService
 from txvoice.service.monitoring import MonitoringService
-from txvoice.service.poll import install_lean_poll
+from txvoice.service.poll import after_dispatch, install_lean_poll
 from txvoice.service.processes import (
     STOP_GRACE,
     ParentWatchService,
@@ -129,6 +129,7 @@ class VoiceService(MultiService):
         if self.server.config.lean_poll:
             if install_lean_poll(self.server.clock):
                 self.log.info("lean epoll dispatch installed (no per-event legacy log context)")
+            self.server.workers.flushAfterDispatch(after_dispatch(self.server.clock))
         # Which audio path Opus streams take (txvoice.audio.native; TXVOICE_NATIVE_INGEST=0 turns it off).
         native = self.server.workers.prepare is not None
         self.log.info("audio ingest: {path}", path="native batch (txvoice/audio/_native.c)" if native else "pure Python",
@@ -242,6 +243,7 @@ def makeVoiceService(
     count = process_count(config.processes)
     try:
         parse_gc_thresholds(config.gc_thresholds)
+        inline_max = inline_limit(config.audio_inline_max)
     except ValueError as e:
         raise UsageError(str(e)) from None
     shared = parse_tcp_listen(config.listen) if count > 1 and worker is None else None
@@ -249,7 +251,7 @@ def makeVoiceService(
     txaio.set_global_log_level("info")  # type: ignore[attr-defined]  # set by txaio.use_twisted()
     prepare = batch_preparer()
     workers = AudioWorkers(reactor, threads=config.audio_threads, batch_delay=config.audio_batch_ms / 1000.0,
-                           prepare=prepare, inline_max=config.audio_inline_max,
+                           prepare=prepare, inline_max=inline_max,
                            cheap=inline_capable if prepare is not None else None, nice=config.worker_nice)
     pipeline = pipeline or make_pipeline(config.pipeline, config)
     try:
