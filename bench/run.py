@@ -485,6 +485,29 @@ def make_payloads() -> dict[str, Path]:
     return frames.make(PAYLOADS)
 
 
+FLOOR = BENCH / "floor.py"
+ECHO = "autobahn-echo"
+
+
+def audio_floor() -> dict[str, Any]:
+    """``bench/floor.py`` on the server's core (with the servers' priority): the audio work alone, per frame."""
+    proc = subprocess.run([*pinned(SERVER_CPU), PY, str(FLOOR), "--frames", str(PAYLOADS / "opus48k.frames"),
+                           "--pcm48", str(PAYLOADS / "pcm48k.frames")], capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+        return {"error": (proc.stderr or proc.stdout).strip()[-500:]}
+    return json.loads(proc.stdout)
+
+
+def floor_summary(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """The floor's figures over the run's samples (the smallest of each: a floor), and the samples."""
+    keys = ("decode_us", "audio_us", "silk_decode_us")
+    out: dict[str, Any] = {"samples": samples}
+    for key in keys:
+        values = [x[key] for x in samples if x.get(key) is not None]
+        out[key] = min(values) if values else None
+    return out
+
+
 def raise_fd_limit(need: int) -> int:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
@@ -1090,7 +1113,43 @@ def table_lines(result: dict[str, Any]) -> list[str]:
                   + (f" (server's / generator's core busy {'/'.join(f'{v:.0%}' for v in m['busy_by_core'].values())})"
                      if m.get("busy_by_core") else "")
                   + (f" ({lim['error'][:120]})" if lim.get("error") else "") + "."]
+    lines += floor_lines(result)
     return lines
+
+
+def floor_lines(result: dict[str, Any]) -> list[str]:
+    """The audio work alone beside the echo's whole cost: how much of the target is left for everything else."""
+    floor = result.get("floor") or {}
+    audio = floor.get("audio_us")
+    if audio is None:
+        errors = [x["error"] for x in floor.get("samples", []) if x.get("error")]
+        return ["", f"Audio work alone: not measured ({errors[0][:200]})."] if errors else []
+    cfg, summary = result["config"], result["summary"]
+    ref = result["reference"]
+    cpu_ns = sorted({cfg["fixed_n"], *(cfg.get("cpu_ns") or [])})
+
+    def cpu(name: str, k: int) -> float | None:
+        return ((summary.get(name) or {}).get("at_n") or {}).get(str(k), {}).get("cpu_us_per_frame")
+
+    text = (f"Audio work alone (`bench/floor.py` on the server's core before and after the servers ran, the smallest of "
+            f"{2 * floor['samples'][0].get('passes', 1)} passes over the payload, no socket or Python around it): "
+            f"libopus decode to 16 kHz {fmt(floor.get('decode_us'))} µs/frame, the native batch txvoice runs "
+            f"(decode, webrtcvad, the spectral gate) {fmt(audio)} µs/frame.")
+    echo = [(k, cpu(ECHO, k)) for k in cpu_ns]
+    if all(v for _, v in echo):
+        text += (f" That is {' / '.join(ratio(audio, v) for _, v in echo)} of `{ECHO}`'s whole CPU per frame at "
+                 f"N={' / '.join(str(k) for k, _ in echo)}: at 1.0× the echo, `{ref}` would have "
+                 f"{' / '.join(fmt(v - audio) for _, v in echo)} µs per frame left for the sockets, framing, turns "
+                 f"and acks")
+        mine = [cpu(ref, k) for k, _ in echo]
+        if all(mine):
+            text += f"; it spends {' / '.join(fmt(v - audio) for v in mine if v)} on them in this run"
+        text += "."
+    if floor.get("silk_decode_us") is not None:
+        text += (f" The same speech from a sender that caps Opus at wideband decodes in {fmt(floor['silk_decode_us'])} "
+                 "µs/frame: at a 16 kHz output libopus still decodes a hybrid packet's CELT layer and then zeroes it "
+                 "(all its bands are above 8 kHz), work only the sender can spare.")
+    return ["", text]
 
 
 def write_markdown(path: Path, result: dict[str, Any]) -> None:
@@ -1264,6 +1323,9 @@ def check_quick(result: dict[str, Any], files: list[Path]) -> list[str]:
         elif r["lost"]:
             problems.append(f"{r['server']} {r['workload']} N={r['sessions']}: {r['lost']} frames lost"
                             + (f" ({r['first_error']})" if r.get("first_error") else ""))
+    floor = result.get("floor") or {}
+    if floor.get("audio_us") is None or floor.get("decode_us") is None:
+        problems.append(f"the audio floor was not measured: {floor.get('samples')}")
     for f in files:
         if not f.exists() or f.stat().st_size == 0:
             problems.append(f"{f} was not written")
@@ -1437,7 +1499,9 @@ def main(argv: list[str] | None = None) -> int:
     log(f"bench: servers {', '.join(servers)}; workloads {', '.join(a.workloads)}; fixed N={a.fixed_n}; "
         f"CPU per frame at N={sorted({a.fixed_n, *a.cpu_n})}; ladder {a.ladder}; {a.reps} rep(s) of {a.duration} s; "
         f"load average {env['loadavg_start']}{'; realtime' if a.realtime else ''}")
+    floor = [audio_floor()]
     execute(plan)
+    floor.append(audio_floor())
     turns = None
     if a.turns_k > 0 and REFERENCE in servers:
         turns = run_turns(a)
@@ -1456,6 +1520,7 @@ def main(argv: list[str] | None = None) -> int:
         "reference": reference,
         "skipped": skipped,
         "summary": summarize(plan),
+        "floor": floor_summary(floor),
         "turns": turns,
         "runs": plan.runs,
         "elapsed_s": round(time.monotonic() - t_start, 1),

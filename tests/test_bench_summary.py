@@ -114,3 +114,55 @@ def test_with_only_lower_bounds_the_largest_is_reported(bench) -> None:
     s = bench.summarize(plan(bench, runs))["txvoice"]
     assert s["max_sessions_p99_50ms"] == 75 and s["ladder_generator_bound"]  # not the median, 50
     assert (s["ladder_reps_measured"], s["ladder_reps_bound"]) == (0, 3)
+
+
+def test_the_audio_floor_is_set_beside_the_echo_and_what_is_left_for_the_rest(bench) -> None:
+    at = {"txvoice": {"50": 90.0, "150": 60.0}, "autobahn-echo": {"50": 70.0, "150": 40.0}}
+    result = {
+        "config": {"fixed_n": 50, "cpu_ns": [150]},
+        "reference": "txvoice",
+        "summary": {name: {"at_n": {k: {"cpu_us_per_frame": v} for k, v in cpu.items()}} for name, cpu in at.items()},
+        "floor": bench.floor_summary([
+            {"passes": 3, "decode_us": 26.0, "audio_us": 30.0, "silk_decode_us": 15.0},
+            {"passes": 3, "decode_us": 25.0, "audio_us": 28.0, "silk_decode_us": 16.0},
+        ]),
+    }
+    assert (result["floor"]["decode_us"], result["floor"]["audio_us"], result["floor"]["silk_decode_us"]) == (25.0, 28.0, 15.0)
+    text = " ".join(bench.floor_lines(result))
+    assert "decode to 16 kHz 25.0 µs/frame" in text and "(decode, webrtcvad, the spectral gate) 28.0 µs/frame" in text
+    assert "0.40× / 0.70× of `autobahn-echo`'s whole CPU per frame at N=50 / 150" in text
+    assert "would have 42.0 / 12.0 µs per frame left" in text and "it spends 62.0 / 32.0 on them" in text
+    assert "caps Opus at wideband decodes in 15.0" in text
+
+
+def test_an_audio_floor_that_failed_says_why_and_none_says_nothing(bench) -> None:
+    result = {"config": {"fixed_n": 50}, "reference": "txvoice", "summary": {},
+              "floor": bench.floor_summary([{"error": "ImportError: no libopus"}])}
+    assert bench.floor_lines(result) == ["", "Audio work alone: not measured (ImportError: no libopus)."]
+    assert bench.floor_lines({"config": {"fixed_n": 50}, "reference": "txvoice", "summary": {}}) == []
+
+
+@pytest.fixture(scope="module")
+def floor():
+    yield from loaded("floor.py", "txvoice_bench_floor")
+
+
+def test_the_audio_floor_measures_the_payload(floor, tmp_path: Path) -> None:
+    """bench/floor.py on a short payload of real Opus packets: every figure measured (the VM's noise allows no order)."""
+    import numpy as np
+
+    from txvoice.audio.codecs.opus import OpusEncoder
+    from txvoice.audio.format import AudioFormat
+
+    t = np.arange(48000 * 2) / 48000.0
+    pcm = (8000 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 3 * t))).astype(np.int16)
+    enc = OpusEncoder(AudioFormat.validated(codec="opus", sample_rate=48000, channels=1), bitrate=24000)
+    packets = enc.encode(pcm)
+    raw = tmp_path / "pcm48k.frames"
+    opus = tmp_path / "opus48k.frames"
+    opus.write_bytes(b"".join(len(p).to_bytes(4, "little") + p for p in packets))
+    frames = [pcm[i:i + 960].tobytes() for i in range(0, len(pcm), 960)]
+    raw.write_bytes(b"".join(len(f).to_bytes(4, "little") + f for f in frames))
+    got = floor.measure(opus, raw, passes=1, batch=2)
+    assert got["frames"] == len(packets) == 100
+    assert got["decode_us"] > 0 and got["audio_us"] > 0 and got["silk_decode_us"] > 0
