@@ -28,7 +28,7 @@ import os
 import threading
 from itertools import count
 from queue import SimpleQueue
-from typing import Any, Callable
+from typing import Any, Callable, Final, Literal, Protocol
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
@@ -45,6 +45,22 @@ Item = tuple[Work, Any, "Deliver | None", "Deliver | None"]
 #: native batch ingest: :func:`txvoice.audio.ingest.prepare_batch`) before they run; returns the
 #: index after that run.
 Prepare = Callable[[list[Item], int], int]
+
+
+class DispatchHook(Protocol):
+    """
+    Calls to make once the events of the poll being dispatched are handled: what
+    :class:`txvoice.service.poll.AfterDispatch` offers (the audio layer sits below the service
+    layer, so it names the shape, not the class).
+    """
+
+    dispatching: bool
+    calls: list[Callable[[], object]]
+
+
+#: :attr:`AudioWorkers._flush_pending` while a flush waits among a poll's after-dispatch calls.
+_AFTER_DISPATCH: Final = "after dispatch"
+
 #: ``cheap(item)``: whether an item's work is small and bounded enough to run on the reactor
 #: instead of a hop (the native ingest: :func:`txvoice.audio.ingest.inline_capable`).
 Cheap = Callable[[Item], bool]
@@ -158,10 +174,10 @@ class AudioWorkers(Service):
         self.nice = nice
         self._shards = [_Shard() for _ in range(max(threads, 1))]
         self._threads: list[threading.Thread] = []
-        self._flush_call: IDelayedCall | None = None
-        #: The lean poll's after-dispatch calls (txvoice.service.poll.AfterDispatch), when in use.
-        self._after_dispatch: Any = None
-        self._flush_asked = False  # a flush is among the after-dispatch calls
+        #: The flush to come: its DelayedCall, _AFTER_DISPATCH when the poll's dispatch runs it, or None.
+        self._flush_pending: IDelayedCall | Literal["after dispatch"] | None = None
+        #: The lean poll's after-dispatch calls, when in use.
+        self._after_dispatch: DispatchHook | None = None
         self._calls = 0  # single calls (callInThreadWithCallback) not finished yet
         self._next_call = count()
         self._idle_waiters: list[Deferred] = []
@@ -194,8 +210,9 @@ class AudioWorkers(Service):
         super().stopService()
         if not self._threads:
             return succeed(None)
-        if self._flush_call is not None and self._flush_call.active():
-            self._flush_call.cancel()
+        pending = self._flush_pending
+        if pending is not None and pending != _AFTER_DISPATCH and pending.active():
+            pending.cancel()
         self._flush()
         idle: Deferred[None] = Deferred()
         self._idle_waiters.append(idle)
@@ -253,15 +270,15 @@ class AudioWorkers(Service):
             self._deliver(_run_batch([(work, arg, deliver, fail)], self.prepare), inline=True)
             return
         self._shards[key % len(self._shards)].pending.append((work, arg, deliver, fail))
-        if self._flush_call is None and not self._flush_asked:
+        if self._flush_pending is None:
             after = self._after_dispatch
             if after is not None and after.dispatching and not self.batch_delay:
-                self._flush_asked = True
+                self._flush_pending = _AFTER_DISPATCH
                 after.calls.append(self._flush)
             else:
-                self._flush_call = self._reactor.callLater(self.batch_delay, self._flush)
+                self._flush_pending = self._reactor.callLater(self.batch_delay, self._flush)
 
-    def flushAfterDispatch(self, after: Any) -> None:
+    def flushAfterDispatch(self, after: DispatchHook | None) -> None:
         """
         Hand over what a poll's reads queued once that poll's events are handled (``after``: the
         lean poll's :class:`~txvoice.service.poll.AfterDispatch`), not on a ``callLater(0)``;
@@ -270,8 +287,7 @@ class AudioWorkers(Service):
         self._after_dispatch = after
 
     def _flush(self) -> None:
-        self._flush_call = None
-        self._flush_asked = False
+        self._flush_pending = None
         limit = self.inline_max
         for shard in self._shards:
             pending = shard.pending
