@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
-import struct
 import sys
 import time
 from pathlib import Path
@@ -37,21 +36,12 @@ from typing import Any, Callable
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
+sys.path.insert(0, str(BENCH))
+from frames import read_frames  # noqa: E402  # bench/frames.py: the payload files' reader
 
 FRAMES = BENCH / "build" / "payloads" / "opus48k.frames"
 PCM48 = BENCH / "build" / "payloads" / "pcm48k.frames"
 OPUS_BANDWIDTH_WIDEBAND = 1103
-
-
-def read_frames(path: Path) -> list[bytes]:
-    """The frames of a ``bench/frames.py`` payload file (each a little-endian uint32 length, then the bytes)."""
-    data = path.read_bytes()
-    frames, i = [], 0
-    while i < len(data):
-        (n,) = struct.unpack_from("<I", data, i)
-        frames.append(data[i + 4 : i + 4 + n])
-        i += 4 + n
-    return frames
 
 
 def smallest(passes: int, run: Callable[[], int]) -> float:
